@@ -1,0 +1,3 @@
+"""gigabatch: the batch job runner for the GigaChat API."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,89 @@
+"""What the GigaChat API answers, as the client hands it to the rest of gigabatch.
+
+Plain frozen dataclasses: the client's parse functions build them from JSON, job kinds turn
+them into output rows, the summary adds up their usage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens one answer was billed for; `precached_prompt_tokens` are free."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    precached_prompt_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.precached_prompt_tokens + other.precached_prompt_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCompletion:
+    """The first choice of a chat completion, with the model version that produced it."""
+
+    content: str
+    finish_reason: str
+    model: str
+    usage: Usage
+    function_call: dict[str, Any] | None = None
+    functions_state_id: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingItem:
+    """One vector; `index` is the position of its text in the request's `input`."""
+
+    index: int
+    embedding: list[float]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    model: str
+    items: list[EmbeddingItem]
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCount:
+    tokens: int
+    characters: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str
+    type: str
+    owned_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceEntry:
+    usage: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """A bearer token and when it stops working (unix seconds). Never printed."""
+
+    value: str = field(repr=False)
+    expires_at: float
+
+    def __repr__(self) -> str:
+        return f"AccessToken(value='***', expires_at={self.expires_at!r})"

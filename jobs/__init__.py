@@ -1,0 +1,1 @@
+"""Job kinds (chat, embeddings, token counts) and the readers of job files."""
