@@ -1,0 +1,1 @@
+"""Benchmarks: each script prints its figures (medians, ratios against named peers)."""
