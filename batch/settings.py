@@ -98,16 +98,11 @@ class ClientSettings:
     def has_auth(self) -> bool:
         """True when some way to authenticate is configured (token, key, user, or mTLS)."""
         return bool(
-            self.access_token
-            or self.credentials
-            or (self.user and self.password)
-            or self.cert_file
+            self.access_token or self.credentials or (self.user and self.password) or self.cert_file
         )
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> ClientSettings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientSettings:
         """Settings from `GIGACHAT_<FIELD>` variables (as the SDK names them), with every
         non-None keyword in `overrides` winning over the environment. Empty variables count
         as unset. Raises ConfigError for malformed values (never echoing a secret)."""

@@ -26,8 +26,10 @@ _API_OPTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
     (
         ("--credentials",),
         "credentials",
-        {"help": "Authorization key, base64 [env GIGACHAT_CREDENTIALS]. Prefer the variable: "
-         "options show up in the process list."},
+        {
+            "help": "Authorization key, base64 [env GIGACHAT_CREDENTIALS]. Prefer the variable: "
+            "options show up in the process list."
+        },
     ),
     (
         ("--scope",),
@@ -44,14 +46,18 @@ _API_OPTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
     (
         ("--cert-file",),
         "cert_file",
-        {"help": "Client certificate for mTLS [env GIGACHAT_CERT_FILE].",
-         "type": click.Path(dir_okay=False)},
+        {
+            "help": "Client certificate for mTLS [env GIGACHAT_CERT_FILE].",
+            "type": click.Path(dir_okay=False),
+        },
     ),
     (
         ("--key-file",),
         "key_file",
-        {"help": "Client private key for mTLS [env GIGACHAT_KEY_FILE].",
-         "type": click.Path(dir_okay=False)},
+        {
+            "help": "Client private key for mTLS [env GIGACHAT_KEY_FILE].",
+            "type": click.Path(dir_okay=False),
+        },
     ),
     (
         ("--key-file-password",),
@@ -61,21 +67,27 @@ _API_OPTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
     (
         ("--ca-bundle-file",),
         "ca_bundle_file",
-        {"help": "CA bundle to verify the server with, e.g. the Russian Trusted Root CA "
-         "[env GIGACHAT_CA_BUNDLE_FILE].",
-         "type": click.Path(dir_okay=False)},
+        {
+            "help": "CA bundle to verify the server with, e.g. the Russian Trusted Root CA "
+            "[env GIGACHAT_CA_BUNDLE_FILE].",
+            "type": click.Path(dir_okay=False),
+        },
     ),
     (
         ("--verify-ssl/--no-verify-ssl",),
         "verify_ssl_certs",
-        {"help": "Verify the server's TLS certificate (default on) "
-         "[env GIGACHAT_VERIFY_SSL_CERTS]."},
+        {
+            "help": "Verify the server's TLS certificate (default on) "
+            "[env GIGACHAT_VERIFY_SSL_CERTS]."
+        },
     ),
     (
         ("--timeout",),
         "timeout",
-        {"help": "Seconds to wait for an answer (read timeout) [env GIGACHAT_TIMEOUT].",
-         "type": click.FloatRange(min=0, min_open=True)},
+        {
+            "help": "Seconds to wait for an answer (read timeout) [env GIGACHAT_TIMEOUT].",
+            "type": click.FloatRange(min=0, min_open=True),
+        },
     ),
 )
 

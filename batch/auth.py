@@ -1,0 +1,156 @@
+"""Access tokens for the client: which of the four ways in applies, and single-flight refresh.
+
+Precedence follows the official SDK: a token given directly is used first (until the API
+rejects it); new tokens come from the authorization key (OAuth) if set, else from user and
+password; with only a client certificate (mTLS) no token is sent. However many requests find
+the token stale or get a 401 at the same moment, exactly one token request goes out: the
+others wait on the lock and, seeing the generation moved on, use the token it fetched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from batch import wire
+from batch.api_types import AccessToken
+from batch.errors import ApiError, AuthenticationFailed, RateLimited, RetryableError
+from batch.settings import ClientSettings
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[wire.ApiRequest], Awaitable[httpx.Response]]
+
+# Refresh when less than this much of a token's life is left (the SDK's buffer) - or half its
+# life, for the short-lived tokens of tests, so that a fresh token is never "stale" at birth.
+REFRESH_MARGIN = 60.0
+# The OAuth endpoint allows about 10 requests/s; a few patient retries ride out a storm.
+TOKEN_ATTEMPTS = 6
+MAX_TOKEN_WAIT = 30.0
+
+
+class Authenticator:
+    """Hands out the Authorization header for API calls and refreshes it, once at a time."""
+
+    def __init__(
+        self,
+        settings: ClientSettings,
+        send: Send,
+        *,
+        clock: Callable[[], float] = time.time,
+        backoff: float = 0.5,
+    ) -> None:
+        self._settings = settings
+        self._send = send
+        self._clock = clock
+        self._backoff = backoff
+        self._lock = anyio.Lock()
+        self._token: AccessToken | None = None
+        self._margin = REFRESH_MARGIN
+        self._generation = 0
+        self.token_requests = 0
+        if settings.access_token is not None:
+            # A token given directly carries no expiry: use it until the API says 401.
+            self._token = AccessToken(settings.access_token.reveal(), math.inf)
+
+    @property
+    def can_refresh(self) -> bool:
+        """True when new tokens can be fetched (an authorization key or user and password)."""
+        s = self._settings
+        return s.credentials is not None or bool(s.user and s.password)
+
+    @property
+    def method(self) -> str:
+        """Which way in is used, for messages: never contains a secret."""
+        s = self._settings
+        if s.access_token is not None and self._generation == 0:
+            return "access token"
+        if s.credentials is not None:
+            return f"authorization key (scope {s.scope})"
+        if s.user and s.password:
+            return f"user {s.user!r}"
+        if s.access_token is not None:
+            return "access token"
+        return "client certificate"
+
+    def _usable(self) -> bool:
+        token = self._token
+        return token is not None and token.expires_at - self._clock() > self._margin
+
+    async def authorization(self) -> tuple[str | None, int]:
+        """The Authorization header value (None under mTLS only) and the token generation it
+        belongs to; pass the generation back to `unauthorized` if the API rejects it."""
+        if self._token is None and not self.can_refresh:
+            return None, self._generation
+        if self._usable():
+            assert self._token is not None
+            return f"Bearer {self._token.value}", self._generation
+        observed = self._generation
+        async with self._lock:
+            if self._generation == observed and not self._usable():
+                await self._refresh()
+            assert self._token is not None
+            return f"Bearer {self._token.value}", self._generation
+
+    async def unauthorized(self, generation: int, error: ApiError) -> None:
+        """The API answered 401 to a request made with `generation`'s token: fetch a new one,
+        unless another request already did. Raises AuthenticationFailed when there is no way
+        to get a new token."""
+        if not self.can_refresh:
+            raise AuthenticationFailed(
+                f"{error.message}: the {self.method} was rejected and neither GIGACHAT_CREDENTIALS "
+                "nor GIGACHAT_USER/GIGACHAT_PASSWORD is set to get a new token",
+                status=error.status,
+                request_id=error.request_id,
+            )
+        async with self._lock:
+            if self._generation == generation:
+                logger.info("token rejected (%s), fetching a new one", error.message)
+                await self._refresh()
+
+    async def _refresh(self) -> None:
+        """Fetch a token (caller holds the lock), retrying the token endpoint's 429/5xx."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(TOKEN_ATTEMPTS),
+            wait=self._wait,
+            retry=retry_if_exception_type(RetryableError),
+            sleep=anyio.sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                token = await self._fetch()
+        now = self._clock()
+        self._token = token
+        self._margin = min(REFRESH_MARGIN, max(0.0, token.expires_at - now) / 2)
+        self._generation += 1
+        logger.debug("new token via %s, valid %.0f s", self.method, token.expires_at - now)
+
+    async def _fetch(self) -> AccessToken:
+        s = self._settings
+        if s.credentials is not None:
+            request = wire.oauth_request(s.auth_url, s.credentials.reveal(), s.scope)
+        else:
+            assert s.user is not None and s.password is not None
+            request = wire.password_token_request(s.user, s.password.reveal())
+        self.token_requests += 1
+        response = await self._send(request)
+        return wire.parse_token(response)
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, RateLimited) and error.retry_after is not None:
+            return min(error.retry_after, MAX_TOKEN_WAIT)
+        return float(wait_exponential_jitter(initial=self._backoff, max=MAX_TOKEN_WAIT)(state))
