@@ -1,0 +1,251 @@
+"""How many requests may be in flight, and when any may be sent at all.
+
+`AdaptiveLimiter` finds the server's concurrent-stream limit by itself (AIMD: additive
+increase on success, multiplicative decrease on 429) and holds near the last level that
+worked; `Cooldown` is the run-wide pause a 429 imposes on every worker.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+
+class Cooldown:
+    """A run-wide pause: while it lasts no worker sends anything.
+
+    A 429 with `Retry-After` pauses until that instant; a 429 without one pauses for a
+    shared exponential backoff with jitter that grows with consecutive 429s and resets on
+    the first success. 429s answering requests sent before the current pause began do not
+    grow the backoff again: a burst of rejections from one overload is one event.
+    """
+
+    def __init__(
+        self,
+        *,
+        base: float = 0.05,
+        cap: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self._clock = clock
+        self._rng = rng
+        self._until = 0.0
+        self._level = 0
+        self._backoff_started = float("-inf")
+
+    @property
+    def remaining(self) -> float:
+        """Seconds left in the current pause (0 when none)."""
+        return max(0.0, self._until - self._clock())
+
+    def pause_until(self, deadline: float) -> None:
+        """Pause every worker until `deadline` (on this cooldown's clock); never shortens."""
+        self._until = max(self._until, deadline)
+
+    def retry_after(self, seconds: float) -> None:
+        """The server said when to come back."""
+        self.pause_until(self._clock() + seconds)
+
+    def backoff(self, sent_at: float) -> float:
+        """A 429 without `Retry-After` for a request sent at `sent_at`: pause with jittered
+        exponential backoff; returns the pause's remaining seconds."""
+        now = self._clock()
+        if sent_at >= self._backoff_started:
+            delay = min(self.cap, self.base * 2.0**self._level)
+            # Equal jitter: never below half the delay, so the pause still relieves the server.
+            delay = delay / 2 + self._rng() * delay / 2
+            self._level = min(self._level + 1, 30)
+            self._backoff_started = now
+            self.pause_until(now + delay)
+        return self.remaining
+
+    def reset(self) -> None:
+        """A request succeeded: the next 429 without `Retry-After` starts from the base."""
+        self._level = 0
+
+    async def wait(self) -> None:
+        """Return once no pause is in force (the pause may be extended while waiting)."""
+        while True:
+            delta = self._until - self._clock()
+            if delta <= 0:
+                return
+            await anyio.sleep(delta)
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One request's slot: when it was sent and under which limit epoch."""
+
+    sent_at: float
+    epoch: int
+
+
+class AdaptiveLimiter:
+    """AIMD concurrency between 1 and `maximum`, shared by every worker of a run.
+
+    - Increase: +1 after `limit` successes in a row (about one step per round trip), and
+      only when the current limit was actually used, so an idle run does not inflate it.
+      Until the first 429 the limit doubles instead (slow start), to find the level fast.
+    - Decrease on 429: x`decrease`, but not below the highest level that once completed a
+      full window cleanly ("safe"), because the server's limit is usually stable and
+      dropping far below it wastes capacity. A 429 at or below "safe" means the server
+      shrank (or a release raced): "safe" steps down by about 10%.
+    - At most one decrease per round trip: a 429 for a request sent before the last
+      decrease says nothing new (its epoch is old).
+    - After a decrease the limit holds for `hold` windows before probing upwards again;
+      each failed probe just above "safe" doubles that hold, so probing costs few 429s.
+    """
+
+    def __init__(
+        self,
+        maximum: int,
+        *,
+        initial: int = 2,
+        decrease: float = 0.7,
+        hold: int = 4,
+        max_hold: int = 256,
+        cooldown: Cooldown | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if maximum < 1:
+            raise ValueError("maximum concurrency must be at least 1")
+        self.maximum = maximum
+        self.cooldown = cooldown if cooldown is not None else Cooldown(clock=clock)
+        self._clock = clock
+        self._decrease = decrease
+        self._base_hold = hold
+        self._max_hold = max_hold
+        self._hold_windows = hold
+        self._limit = max(1, min(initial, maximum))
+        self._safe = 0
+        self._in_flight = 0
+        self._peak_since_change = 0
+        self._successes = 0
+        self._hold_left = 0
+        self._epoch = 0
+        self._slow_start = True
+        self._changed = anyio.Event()
+        self.rate_limited = 0
+        self.started = clock()
+        self._history: deque[tuple[float, int]] = deque(maxlen=20_000)
+        self._history.append((self.started, self._limit))
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def acquire(self) -> Ticket:
+        """Wait for a free slot and for any run-wide pause to end, then take the slot.
+        Nothing awaits between the last check and returning, so the caller sends at once."""
+        while True:
+            await self.cooldown.wait()
+            if self._in_flight < self._limit:
+                if self.cooldown.remaining > 0:
+                    continue
+                self._in_flight += 1
+                if self._in_flight > self._peak_since_change:
+                    self._peak_since_change = self._in_flight
+                return Ticket(self._clock(), self._epoch)
+            changed = self._changed
+            await changed.wait()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        self._wake()
+
+    def release(self, ticket: Ticket) -> None:
+        """The request ended without telling anything about capacity (another error)."""
+        self._release()
+
+    def succeeded(self, ticket: Ticket) -> None:
+        self._release()
+        self.cooldown.reset()
+        if self._hold_left > 0:
+            self._hold_left -= 1
+            return
+        self._successes += 1
+        if self._successes < self._limit:
+            return
+        self._successes = 0
+        if self._peak_since_change < self._limit:
+            return  # the limit was not the bottleneck: no evidence it could go higher
+        if self._limit > self._safe:
+            # A full window at a new level: known good, and the server may have grown.
+            self._safe = self._limit
+            self._hold_windows = self._base_hold
+        if self._limit < self.maximum:
+            # Before the first 429 nothing is known: double per window (slow start).
+            step = self._limit if self._slow_start else 1
+            self._set_limit(self._limit + step)
+
+    def rate_limited_by_server(self, ticket: Ticket, retry_after: float | None) -> None:
+        """The request got 429: pause the run as the server asked, and maybe decrease."""
+        self.rate_limited += 1
+        if retry_after is not None:
+            self.cooldown.retry_after(retry_after)
+        else:
+            self.cooldown.backoff(ticket.sent_at)
+        self._release()
+        if ticket.epoch < self._epoch:
+            return  # sent before the last decrease: already accounted for
+        level = self._limit
+        self._slow_start = False
+        if level <= self._safe:
+            # The server's limit went down (or a response raced its stream's release):
+            # step the known-good level down gently rather than forgetting it.
+            self._safe = max(0, min(level - 1, int(level * 0.9)))
+            self._hold_windows = self._base_hold
+        elif level == self._safe + 1:
+            # A probe just above the known-good level failed: probe less often.
+            self._hold_windows = min(self._max_hold, self._hold_windows * 2)
+        decreased = int(level * self._decrease)
+        self._set_limit(max(1, decreased, self._safe))
+        self._hold_left = self._hold_windows * self._limit
+        self._epoch += 1
+
+    def _set_limit(self, value: int) -> None:
+        self._limit = max(1, min(self.maximum, value))
+        self._successes = 0
+        self._peak_since_change = self._in_flight
+        self._history.append((self._clock(), self._limit))
+        self._wake()
+
+    def settled(self, *, tail: float = 0.5) -> float:
+        """The concurrency the run settled at: the time-weighted median of the limit over
+        the last `tail` fraction of the run so far."""
+        now = self._clock()
+        start = now - (now - self.started) * tail
+        spans: dict[int, float] = {}
+        entries = list(self._history)
+        for i, (t, value) in enumerate(entries):
+            end = entries[i + 1][0] if i + 1 < len(entries) else now
+            lo = max(t, start)
+            if end > lo:
+                spans[value] = spans.get(value, 0.0) + (end - lo)
+        if not spans:
+            return float(self._limit)
+        total = sum(spans.values())
+        levels = sorted(spans)
+        cumulative = []
+        acc = 0.0
+        for value in levels:
+            acc += spans[value]
+            cumulative.append(acc)
+        return float(levels[bisect.bisect_left(cumulative, total / 2)])

@@ -1,0 +1,100 @@
+"""Per-request retry of retryable API errors (tenacity): capped exponential backoff with
+jitter, up to `max_attempts` failed sends and `max_elapsed` seconds.
+
+429s are special: the run-wide `Cooldown` already makes every worker wait as the server
+asked, so a 429 is retried at once (the next send waits in `AdaptiveLimiter.acquire`) and
+does not use up `max_attempts`, which is for errors that say something about the request or
+the server's health (5xx, resets, timeouts). A request stuck behind 429s still gives up when
+`max_elapsed` has passed since its first send.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from batch.errors import RateLimited, RetryableError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    max_elapsed: float = 300.0
+    initial: float = 0.5
+    max_wait: float = 20.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+
+class _Budget:
+    """The stop and wait decisions for one request, counting failures that are not 429s."""
+
+    def __init__(self, policy: RetryPolicy, clock: Callable[[], float], started: float) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.started = started
+        self.failures = 0
+
+    def give_up(self, exc: BaseException | None) -> bool:
+        if not isinstance(exc, RateLimited):
+            self.failures += 1
+            if self.failures >= self.policy.max_attempts:
+                return True
+        return self.clock() - self.started >= self.policy.max_elapsed
+
+    def delay(self, exc: BaseException | None) -> float:
+        if isinstance(exc, RateLimited):
+            return 0.0
+        p = self.policy
+        backoff = min(p.max_wait, p.initial * 2.0 ** (self.failures - 1))
+        left = p.max_elapsed - (self.clock() - self.started)
+        return max(0.0, min(backoff + random.uniform(0, p.jitter), left))
+
+    def stop(self, state: RetryCallState) -> bool:
+        return self.give_up(state.outcome.exception() if state.outcome else None)
+
+    def wait(self, state: RetryCallState) -> float:
+        return self.delay(state.outcome.exception() if state.outcome else None)
+
+
+async def call_with_retry(
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """Run `attempt` until it returns, retrying RetryableError per `policy`; the last error
+    is re-raised when the policy gives up. Other errors propagate at once."""
+    started = clock()
+    # Fast path: most requests succeed first time, and building tenacity's machinery per
+    # request costs CPU that a 1,000-requests-per-second run notices.
+    try:
+        return await attempt()
+    except RetryableError as exc:
+        budget = _Budget(policy, clock, started)
+        if budget.give_up(exc):
+            raise
+        pause = budget.delay(exc)
+    await anyio.sleep(pause)
+    retrying = AsyncRetrying(
+        sleep=anyio.sleep,
+        stop=budget.stop,
+        wait=budget.wait,
+        retry=retry_if_exception_type(RetryableError),
+        reraise=True,
+    )
+    async for try_ in retrying:
+        with try_:
+            return await attempt()
+    raise AssertionError("unreachable: tenacity re-raises or returns")  # pragma: no cover
