@@ -1,0 +1,536 @@
+"""What a job file will cost, before it runs: the pure arithmetic behind `gigabatch estimate`.
+
+Input tokens are tallied per model (exactly, from `/tokens/count`, or approximately from
+characters offline); output tokens are bounded by `max_tokens`, or projected from a random
+sample of jobs answered for real, with a confidence interval; both are priced by the
+`PriceTable`. No I/O here: the command in `batch/cli/estimate.py` feeds these functions.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from batch.api_types import BalanceEntry
+from batch.pricing import PriceTable
+
+Kind = Literal["chat", "embed"]
+
+# Russian and English text run at 3-4 characters per token (Sber's documentation); offline
+# estimates use the middle of that range and say so.
+CHARS_PER_TOKEN = 3.5
+
+# What /tokens/count accepts in one call: many texts, a bounded request body.
+COUNT_BATCH_TEXTS = 100
+COUNT_BATCH_CHARS = 200_000
+
+
+def approximate_tokens(text: str) -> int:
+    """Offline stand-in for /tokens/count: characters / CHARS_PER_TOKEN, rounded up."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def pack_texts(
+    texts: Iterable[str],
+    *,
+    max_texts: int = COUNT_BATCH_TEXTS,
+    max_chars: int = COUNT_BATCH_CHARS,
+) -> Iterator[list[str]]:
+    """Group texts into /tokens/count calls of at most `max_texts` texts and about
+    `max_chars` characters (a longer text travels alone)."""
+    group: list[str] = []
+    chars = 0
+    for text in texts:
+        if group and (len(group) >= max_texts or chars + len(text) > max_chars):
+            yield group
+            group, chars = [], 0
+        group.append(text)
+        chars += len(text)
+    if group:
+        yield group
+
+
+@dataclass(slots=True)
+class ModelTally:
+    """Running totals for the jobs of one model."""
+
+    model: str
+    kind: Kind
+    rows: int = 0
+    input_tokens: int = 0
+    # Sum over rows of each answer's maximum length: max_tokens where the job sets it, the
+    # stated default elsewhere (`rows_default_bound` counts those rows).
+    output_bound: int = 0
+    rows_default_bound: int = 0
+
+
+@dataclass(slots=True)
+class Tally:
+    """Per-model totals for one job file; chat rows add an output bound, embeddings none."""
+
+    kind: Kind
+    models: dict[str, ModelTally] = field(default_factory=dict)
+
+    def model(self, name: str) -> ModelTally:
+        tally = self.models.get(name)
+        if tally is None:
+            tally = self.models[name] = ModelTally(name, self.kind)
+        return tally
+
+    def add_row(self, model: str, *, output_bound: int = 0, default_bound: bool = False) -> None:
+        tally = self.model(model)
+        tally.rows += 1
+        tally.output_bound += output_bound
+        tally.rows_default_bound += int(default_bound)
+
+    def add_input(self, model: str, tokens: int) -> None:
+        self.model(model).input_tokens += tokens
+
+    @property
+    def rows(self) -> int:
+        return sum(t.rows for t in self.models.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Low, expected and high of one quantity; `expected` is None when nothing supports a
+    point value (output tokens without a sample)."""
+
+    low: float
+    expected: float | None
+    high: float
+
+    def __add__(self, other: Span) -> Span:
+        expected = (
+            None
+            if self.expected is None or other.expected is None
+            else self.expected + other.expected
+        )
+        return Span(self.low + other.low, expected, self.high + other.high)
+
+    def scaled(self, factor: float) -> Span:
+        expected = None if self.expected is None else self.expected * factor
+        return Span(self.low * factor, expected, self.high * factor)
+
+    def shifted(self, amount: float) -> Span:
+        expected = None if self.expected is None else self.expected + amount
+        return Span(self.low + amount, expected, self.high + amount)
+
+
+def _t_density(t: float, df: int) -> float:
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    return math.exp(log_norm - (df + 1) / 2 * math.log1p(t * t / df))
+
+
+def _t_cdf(t: float, df: int, steps: int = 400) -> float:
+    """P(T <= t) for t >= 0, by Simpson's rule on the density (smooth, so 400 steps suffice)."""
+    h = t / steps
+    inner = sum((4 if i % 2 else 2) * _t_density(i * h, df) for i in range(1, steps))
+    return 0.5 + h / 3 * (_t_density(0.0, df) + inner + _t_density(t, df))
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student's t with `df` degrees of freedom (p > 0.5).
+
+    Exact for df 1 and 2; above that the Cornish-Fisher expansion (Abramowitz & Stegun
+    26.7.5) polished by Newton steps on the CDF (no scipy dependency for one number).
+    """
+    if not 0.5 < p < 1:
+        raise ValueError("p must be in (0.5, 1)")
+    if df < 1:
+        raise ValueError("df must be at least 1")
+    if df == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if df == 2:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    z = statistics.NormalDist().inv_cdf(p)
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    t = z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+    for _ in range(3):
+        t -= (_t_cdf(t, df) - p) / _t_density(t, df)
+    return t
+
+
+def project_total(
+    sample: Sequence[int],
+    population: int,
+    *,
+    confidence: float = 0.95,
+    bound: float | None = None,
+) -> Span:
+    """Total of a quantity over `population` rows from a simple random sample of them
+    (without replacement): expected N * mean, with a Student-t interval whose standard
+    error carries the finite-population correction, sqrt(1 - n/N).
+
+    Why t and not a bootstrap: answer lengths are bounded (by max_tokens), so the sample
+    mean is close to normal for the sample sizes people use (tens to hundreds), t widens the
+    interval honestly for small ones, and it costs nothing. The interval is clipped to what
+    is certain: no less than the sample's own total (the other rows cannot be negative),
+    no more than `bound` (the sum of the rows' max_tokens) when there is one.
+    """
+    n = len(sample)
+    if n == 0:
+        raise ValueError("an empty sample projects nothing")
+    if n > population:
+        raise ValueError("the sample is larger than the population")
+    seen = float(sum(sample))
+    mean = seen / n
+    expected = mean * population
+    if n == population:
+        return Span(seen, seen, seen)
+    if n == 1:
+        low, high = seen, math.inf
+    else:
+        stdev = statistics.stdev(sample)
+        fpc = math.sqrt(1 - n / population)
+        margin = t_quantile(0.5 + confidence / 2, n - 1) * population * stdev / math.sqrt(n) * fpc
+        low, high = expected - margin, expected + margin
+    low = max(low, seen)
+    if bound is not None:
+        high = min(high, bound)
+        expected = min(expected, bound)
+    return Span(low, expected, high)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEstimate:
+    model: str
+    kind: Kind
+    rows: int
+    input_tokens: int
+    output_tokens: Span
+    cost: Span
+    price_per_million: float
+
+
+@dataclass(frozen=True, slots=True)
+class SampleReport:
+    """The jobs answered for real to project output lengths."""
+
+    requested: int
+    answered: int
+    failed: int
+    completion_tokens: int
+    prompt_tokens: int
+    cost: float
+    out: str
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceReport:
+    """The prepaid balance next to the estimate; `entries` is None when /balance gave none
+    (a 403: not a prepaid account) and `note` says why."""
+
+    entries: list[BalanceEntry] | None
+    warnings: list[str]
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    source: str
+    kind: Kind
+    exact_input: bool
+    models: list[ModelEstimate]
+    output_method: str
+    prices: PriceTable
+    notes: list[str] = field(default_factory=list)
+    sample: SampleReport | None = None
+    balance: BalanceReport | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(m.rows for m in self.models)
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(m.input_tokens for m in self.models)
+
+    @property
+    def output_tokens(self) -> Span:
+        return sum((m.output_tokens for m in self.models), Span(0, 0, 0))
+
+    @property
+    def cost(self) -> Span:
+        return sum((m.cost for m in self.models), Span(0, 0, 0))
+
+
+def output_span(
+    tally: ModelTally,
+    sample: Sequence[int] | None,
+    *,
+    confidence: float,
+) -> Span:
+    """Output tokens of one model's rows: 0 for embeddings; without a sample, between 0
+    and the max_tokens bound with no expected value; with one, the projection."""
+    if tally.kind == "embed":
+        return Span(0, 0, 0)
+    if not sample:
+        return Span(0, None, tally.output_bound)
+    # The bound is a hard limit only when every row set max_tokens itself.
+    bound = float(tally.output_bound) if tally.rows_default_bound == 0 else None
+    span = project_total(sample, tally.rows, confidence=confidence, bound=bound)
+    if math.isinf(span.high):  # one sampled answer says nothing about spread
+        assert span.expected is not None
+        return Span(span.low, span.expected, max(span.expected, float(tally.output_bound)))
+    return span
+
+
+def build_estimate(
+    tally: Tally,
+    prices: PriceTable,
+    *,
+    source: str,
+    exact_input: bool,
+    output_method: str,
+    samples: Mapping[str, Sequence[int]] | None = None,
+    confidence: float = 0.95,
+    notes: Sequence[str] = (),
+    sample_report: SampleReport | None = None,
+) -> Estimate:
+    """Price a tally. `samples` maps a model to the completion tokens of its sampled rows;
+    a model without sampled rows keeps the max_tokens bound."""
+    models: list[ModelEstimate] = []
+    all_notes = list(notes)
+    for name in sorted(tally.models):
+        model = tally.models[name]
+        sample = (samples or {}).get(name)
+        if samples is not None and not sample and model.kind == "chat":
+            all_notes.append(f"no sampled answer for {name}: its output shows the bound only")
+        output = output_span(model, sample, confidence=confidence)
+        price = prices.price_per_million(name)
+        input_cost = model.input_tokens * price / 1_000_000
+        cost = output.scaled(price / 1_000_000).shifted(input_cost)
+        models.append(
+            ModelEstimate(name, model.kind, model.rows, model.input_tokens, output, cost, price)
+        )
+    return Estimate(
+        source=source,
+        kind=tally.kind,
+        exact_input=exact_input,
+        models=models,
+        output_method=output_method,
+        prices=prices,
+        notes=all_notes,
+        sample=sample_report,
+    )
+
+
+def balance_usage(model: str, kind: Kind) -> str:
+    """The `usage` a model draws on in /balance: embeddings share one, chat models their
+    own name (without the version suffix)."""
+    return "embeddings" if kind == "embed" else model.split(":", 1)[0]
+
+
+def check_balance(estimate: Estimate, entries: Sequence[BalanceEntry]) -> BalanceReport:
+    """Compare the estimate's tokens with the prepaid balance (counted in tokens, per usage):
+    warn when the expected tokens, or failing that the high end, exceed what is left."""
+    left = {e.usage.lower(): e.value for e in entries}
+    needed: dict[str, tuple[float, float | None]] = {}
+    for m in estimate.models:
+        usage = balance_usage(m.model, m.kind)
+        high = m.input_tokens + m.output_tokens.high
+        expected = (
+            None if m.output_tokens.expected is None else m.input_tokens + m.output_tokens.expected
+        )
+        prev_high, prev_expected = needed.get(usage, (0.0, 0.0))
+        needed[usage] = (
+            prev_high + high,
+            None if expected is None or prev_expected is None else prev_expected + expected,
+        )
+    warnings: list[str] = []
+    for usage, (high, expected) in needed.items():
+        available = left.get(usage.lower())
+        if available is None:
+            warnings.append(f"the balance has no entry for {usage}: cannot check it")
+        elif expected is not None and expected > available:
+            warnings.append(
+                f"the estimate for {usage} ({_int(expected)} tokens expected) exceeds the "
+                f"balance ({_int(available)} tokens)"
+            )
+        elif high > available:
+            what = "at the high end" if expected is not None else "at the max_tokens bound"
+            warnings.append(
+                f"the estimate for {usage} {what} ({_int(high)} tokens) exceeds the "
+                f"balance ({_int(available)} tokens)"
+            )
+    return BalanceReport(list(entries), warnings)
+
+
+def _int(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{round(value):,}"
+
+
+def _rub(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:,.4f}" if value < 1 else f"{value:,.2f}"
+
+
+def _tokens(value: float | None) -> str:
+    return "-" if value is None else _int(value)
+
+
+def render_table(estimate: Estimate) -> str:
+    """The estimate as a plain-text table with the method, prices, sample and balance."""
+    input_label = "input tokens" if estimate.exact_input else "input tokens ~"
+    header = [
+        "model",
+        "rows",
+        input_label,
+        "output low",
+        "expected",
+        "high",
+        f"cost low {estimate.prices.currency}",
+        "expected",
+        "high",
+    ]
+    rows: list[list[str]] = [header]
+
+    def line(name: str, n: int, inp: int, out: Span, cost: Span) -> list[str]:
+        return [
+            name,
+            f"{n:,}",
+            f"{inp:,}",
+            _tokens(out.low),
+            _tokens(out.expected),
+            _tokens(out.high),
+            _rub(cost.low),
+            _rub(cost.expected),
+            _rub(cost.high),
+        ]
+
+    for m in estimate.models:
+        rows.append(line(m.model, m.rows, m.input_tokens, m.output_tokens, m.cost))
+    if len(estimate.models) > 1:
+        rows.append(
+            line(
+                "total",
+                estimate.rows,
+                estimate.input_tokens,
+                estimate.output_tokens,
+                estimate.cost,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    table = [
+        "  ".join(
+            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(r)
+        ).rstrip()
+        for r in rows
+    ]
+    out: list[str] = []
+    if not estimate.exact_input:
+        out.append(
+            "OFFLINE APPROXIMATION: no requests were made; input tokens are characters / "
+            f"{CHARS_PER_TOKEN} and may be off by 30% or more."
+        )
+    out.append(f"Estimate for {estimate.source} ({estimate.kind}, {estimate.rows:,} rows)")
+    out.extend(table)
+    input_how = (
+        "exact, from /tokens/count plus the per-request overhead the API bills"
+        if estimate.exact_input
+        else f"approximate, characters / {CHARS_PER_TOKEN}"
+    )
+    out.append(f"input: {input_how}")
+    out.append(f"output: {estimate.output_method}")
+    p = estimate.prices
+    out.append(f"prices: {p.currency} per 1M tokens, taken {p.taken} ({p.source})")
+    if estimate.sample is not None:
+        s = estimate.sample
+        out.append(
+            f"sample: {s.answered} of {s.requested} jobs answered ({s.failed} failed), "
+            f"{s.completion_tokens:,} completion tokens, cost {_rub(s.cost)} {p.currency}, "
+            f"kept in {s.out}"
+        )
+    for note in estimate.notes:
+        out.append(f"note: {note}")
+    if estimate.balance is not None:
+        b = estimate.balance
+        if b.entries is None:
+            out.append(f"balance: unavailable ({b.note})")
+        else:
+            shown = ", ".join(f"{e.usage} {_int(e.value)} tokens" for e in b.entries)
+            out.append(f"balance: {shown or 'empty'}")
+        for warning in b.warnings:
+            out.append(f"WARNING: {warning}")
+    return "\n".join(out)
+
+
+def _span_json(span: Span) -> dict[str, float | None]:
+    def num(v: float | None) -> float | None:
+        return None if v is None or math.isinf(v) else v
+
+    return {"low": num(span.low), "expected": num(span.expected), "high": num(span.high)}
+
+
+def estimate_to_json(estimate: Estimate) -> dict[str, Any]:
+    """The estimate for machines (`--json`). Infinite or unknown values are null."""
+    p = estimate.prices
+    data: dict[str, Any] = {
+        "source": estimate.source,
+        "kind": estimate.kind,
+        "mode": "exact" if estimate.exact_input else "offline-approximation",
+        "input_method": (
+            "tokens/count" if estimate.exact_input else f"characters/{CHARS_PER_TOKEN}"
+        ),
+        "output_method": estimate.output_method,
+        "rows": estimate.rows,
+        "models": [
+            {
+                "model": m.model,
+                "kind": m.kind,
+                "rows": m.rows,
+                "input_tokens": m.input_tokens,
+                "output_tokens": _span_json(m.output_tokens),
+                "cost": _span_json(m.cost),
+                "price_per_million": m.price_per_million,
+            }
+            for m in estimate.models
+        ],
+        "total": {
+            "rows": estimate.rows,
+            "input_tokens": estimate.input_tokens,
+            "output_tokens": _span_json(estimate.output_tokens),
+            "cost": _span_json(estimate.cost),
+        },
+        "currency": p.currency,
+        "prices": {"taken": p.taken, "source": p.source},
+        "notes": estimate.notes,
+        "sample": None,
+        "balance": None,
+    }
+    if estimate.sample is not None:
+        s = estimate.sample
+        data["sample"] = {
+            "requested": s.requested,
+            "answered": s.answered,
+            "failed": s.failed,
+            "completion_tokens": s.completion_tokens,
+            "prompt_tokens": s.prompt_tokens,
+            "cost": s.cost,
+            "out": s.out,
+            "confidence": s.confidence,
+        }
+    if estimate.balance is not None:
+        b = estimate.balance
+        data["balance"] = {
+            "available": b.entries is not None,
+            "entries": (
+                None
+                if b.entries is None
+                else [{"usage": e.usage, "value": e.value} for e in b.entries]
+            ),
+            "warnings": b.warnings,
+            "note": b.note,
+        }
+    return data
