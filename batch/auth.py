@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Awaitable, Callable
 
@@ -21,7 +22,6 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
 from batch import wire
@@ -153,4 +153,5 @@ class Authenticator:
         error = state.outcome.exception() if state.outcome is not None else None
         if isinstance(error, RateLimited) and error.retry_after is not None:
             return min(error.retry_after, MAX_TOKEN_WAIT)
-        return float(wait_exponential_jitter(initial=self._backoff, max=MAX_TOKEN_WAIT)(state))
+        delay = self._backoff * 2 ** (state.attempt_number - 1)
+        return min(MAX_TOKEN_WAIT, delay) * random.uniform(0.5, 1.0)
