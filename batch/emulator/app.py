@@ -1,0 +1,550 @@
+"""The emulator as a raw ASGI app: routing, authentication, limits, faults, latency, and the
+endpoints of the GigaChat API plus the `/_emulator/*` control endpoints.
+
+No framework: the hot path is a dict lookup, one orjson parse and one orjson dump, so a
+single process serves thousands of requests/s and never limits a benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from batch.emulator import chat
+from batch.emulator.config import SCOPE_STREAM_LIMITS, SCOPES, EmulatorConfig, coerce_knobs
+from batch.emulator.content import embedding
+from batch.emulator.faults import HTML_502, FaultDice
+from batch.emulator.limits import RateWindow, Storm, StreamLimiter, TokenStore, retry_after
+from batch.emulator.models import MODELS, model_entry
+from batch.emulator.stats import Stats
+from batch.emulator.tokens import EMBEDDING_OVERHEAD, count_tokens
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON = b"application/json"
+EVENT_STREAM = b"text/event-stream"
+CHAT_POOL = "GigaChat"
+EMBEDDING_POOL = "embeddings"
+
+
+def _error(status: int, message: str) -> bytes:
+    return orjson.dumps({"status": status, "message": message})
+
+
+TOO_MANY = _error(429, "Too many requests")
+UNAUTHORIZED = _error(401, "Unauthorized")
+EXPIRED = _error(401, "Token has expired")
+NOT_FOUND = _error(404, "Not found")
+NO_SUCH_MODEL = _error(404, "No such model")
+SERVER_ERROR = _error(500, "Internal Server Error")
+GATEWAY_TIMEOUT = _error(504, "Gateway Timeout")
+FORBIDDEN = _error(403, "Permission denied")
+PAYMENT_REQUIRED = _error(402, "Payment required: token balance exhausted")
+METHOD_NOT_ALLOWED = _error(405, "Method not allowed")
+# A reset cuts the answer after this many bytes of a body announced as much longer.
+RESET_AFTER = b'{"choices":[{"message":{"role":"assistant","content":"'
+RESET_ANNOUNCED = b"4096"
+
+
+def credentials_for(config: EmulatorConfig) -> str:
+    """The base64 authorization key the emulator accepts."""
+    return base64.b64encode(f"{config.client_id}:{config.client_secret}".encode()).decode()
+
+
+def _oauth_error(code: int, message: str) -> bytes:
+    return orjson.dumps({"code": code, "message": message})
+
+
+class Call:
+    """One request in flight: what the handlers need and the status it got."""
+
+    __slots__ = (
+        "body", "headers", "method", "path", "query", "request_id", "send", "session", "status"
+    )
+
+    def __init__(self, scope: Scope, body: bytes, send: Send) -> None:
+        self.path: str = scope["path"]
+        self.method: str = scope["method"]
+        self.query: bytes = scope.get("query_string", b"")
+        self.headers: dict[bytes, bytes] = dict(scope["headers"])
+        self.body = body
+        self.send = send
+        self.request_id = self.headers.get(b"x-request-id") or str(uuid.uuid4()).encode()
+        self.session = self.headers.get(b"x-session-id")
+        self.status = 0
+
+    @property
+    def session_id(self) -> bytes:
+        if self.session is None:
+            self.session = str(uuid.uuid4()).encode()
+        return self.session
+
+    async def reply(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: bytes = JSON,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        self.status = status
+        await self.send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", self.request_id),
+                (b"x-session-id", self.session_id),
+                *extra,
+            ],
+        })
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def stream(self, frames: list[bytes], gap_s: float) -> None:
+        self.status = 200
+        await self.send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", EVENT_STREAM),
+                (b"cache-control", b"no-store"),
+                (b"x-request-id", self.request_id),
+                (b"x-session-id", self.session_id),
+            ],
+        })
+        for frame in frames:
+            if gap_s > 0:
+                await asyncio.sleep(gap_s)
+            await self.send({"type": "http.response.body", "body": frame, "more_body": True})
+        await self.send({"type": "http.response.body", "body": b""})
+
+
+Handler = Callable[[Call, str], Awaitable[None]]
+
+
+def _json_body(call: Call) -> Any:
+    try:
+        data = orjson.loads(call.body)
+    except orjson.JSONDecodeError:
+        raise chat.RequestRejected(400, "Invalid JSON in request body") from None
+    if not isinstance(data, dict):
+        raise chat.RequestRejected(400, "Request body must be a JSON object")
+    return data
+
+
+def _texts(body: Mapping[str, Any]) -> list[str]:
+    raw = body.get("input")
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw or not all(isinstance(t, str) for t in raw):
+        raise chat.RequestRejected(422, "input must be a non-empty list of strings")
+    return raw
+
+
+class EmulatorApp:
+    """The ASGI application; all state lives here and on the one event loop serving it."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.stats = Stats()
+        self.streams = StreamLimiter()
+        self.tokens = TokenStore()
+        self.oauth_rate = RateWindow()
+        self.storm = Storm()
+        self.cache = chat.PrefixCache()
+        self.credentials = credentials_for(config).encode()
+        self._seed(config.seed)
+        self.balance = self._fresh_balance()
+        # path -> (method, handler, needs a stream slot); None handler = public endpoint.
+        self.routes: dict[str, tuple[str, Handler, bool]] = {
+            "/api/v1/chat/completions": ("POST", self._chat_legacy, True),
+            "/api/v2/chat/completions": ("POST", self._chat_primary, True),
+            "/api/v1/embeddings": ("POST", self._embeddings, True),
+            "/api/v1/tokens/count": ("POST", self._tokens_count, True),
+            "/api/v1/models": ("GET", self._models, False),
+            "/api/v1/balance": ("GET", self._balance, False),
+        }
+
+    def _seed(self, seed: int) -> None:
+        self.dice = FaultDice(seed)
+        self.jitter = random.Random(f"latency-{seed}")
+
+    def _fresh_balance(self) -> dict[str, int]:
+        tokens = self.config.balance_tokens or 0
+        return {CHAT_POOL: tokens, EMBEDDING_POOL: tokens}
+
+    # -- ASGI entry -------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        arrived = time.time()
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        while message.get("more_body"):
+            message = await receive()
+            body += message.get("body", b"")
+        call = Call(scope, body, send)
+        path = call.path
+        if path.startswith("/_emulator/"):
+            await self._control(call)
+            return
+        stat_path = path
+        try:
+            route = self.routes.get(path)
+            if route is not None:
+                method, handler, limited = route
+                if call.method != method:
+                    await call.reply(405, METHOD_NOT_ALLOWED)
+                else:
+                    await self._api(call, handler, limited)
+            elif path == "/api/v2/oauth":
+                await self._oauth(call)
+            elif path == "/api/v1/token":
+                await self._password_token(call)
+            elif path.startswith("/api/v1/models/"):
+                stat_path = "/api/v1/models/{id}"
+                await self._api(call, self._model, False)
+            else:
+                stat_path = "other"
+                await call.reply(404, NOT_FOUND)
+        finally:
+            self.stats.record(stat_path, call.status, arrived)
+
+    # -- the pipeline every API request goes through ----------------------------------
+
+    async def _api(self, call: Call, handler: Handler, limited: bool) -> None:
+        now = time.time()
+        storm = self.storm.remaining(now)
+        if storm > 0:
+            await self._too_many(call, storm, now)
+            return
+        scope = await self._authorize(call, now)
+        if scope is None:
+            return
+        if not limited:
+            await handler(call, scope)
+            return
+        config = self.config
+        limit = config.stream_limit or SCOPE_STREAM_LIMITS[scope]
+        if not self.streams.try_acquire(scope, limit):
+            await self._too_many(call, config.retry_after_s, now)
+            return
+        self.stats.concurrency(self.streams.total())
+        try:
+            fault = self.dice.roll(config)
+            if fault is None:
+                await handler(call, scope)
+            else:
+                self.stats.faults[fault] += 1
+                await self._fault(call, fault, now)
+        finally:
+            self.streams.release(scope)
+
+    async def _authorize(self, call: Call, now: float) -> str | None:
+        header = call.headers.get(b"authorization", b"")
+        if not header.startswith(b"Bearer "):
+            await call.reply(401, UNAUTHORIZED)
+            return None
+        scope, expired = self.tokens.check(header[7:].decode("latin-1"), now)
+        if scope is None or expired:
+            await call.reply(401, EXPIRED if expired else UNAUTHORIZED)
+            return None
+        return scope
+
+    async def _too_many(self, call: Call, seconds: float, now: float) -> None:
+        header, until = retry_after(self.config.retry_after, seconds, now)
+        if header is None:
+            await call.reply(429, TOO_MANY)
+            return
+        self.stats.window(now, until)
+        await call.reply(429, TOO_MANY, extra=((b"retry-after", header),))
+
+    async def _fault(self, call: Call, fault: str, now: float) -> None:
+        if fault == "5xx":
+            await call.reply(500, SERVER_ERROR)
+        elif fault == "html_502":
+            await call.reply(502, HTML_502, content_type=b"text/html")
+        elif fault == "reset":
+            # Announce a long body, send its first bytes, return: uvicorn then closes the
+            # connection, which the client sees as a reset mid-response.
+            await call.send({
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", JSON),
+                    (b"content-length", RESET_ANNOUNCED),
+                    (b"x-request-id", call.request_id),
+                    (b"x-session-id", call.session_id),
+                ],
+            })
+            await call.send({"type": "http.response.body", "body": RESET_AFTER, "more_body": True})
+        elif fault == "hang":
+            await asyncio.sleep(self.config.hang_s)
+            await call.reply(504, GATEWAY_TIMEOUT)
+        elif fault == "error_body":
+            await call.reply(200, TOO_MANY)
+        else:  # storm: this request opens it
+            self.storm.start(now, self.config.storm_s)
+            await self._too_many(call, self.storm.remaining(now), now)
+
+    def _latency(self, prompt: int, completion: int) -> tuple[float, float]:
+        """Seeded latency split into (before the answer starts, while it streams)."""
+        config = self.config
+        before = (config.latency_base_ms + config.latency_per_prompt_token_ms * prompt) / 1000
+        during = config.latency_per_completion_token_ms * completion / 1000
+        if config.latency_jitter and before + during > 0:
+            factor = 1 + config.latency_jitter * (2 * self.jitter.random() - 1)
+            before, during = before * factor, during * factor
+        self.stats.latency(before + during)
+        return before, during
+
+    async def _wait(self, prompt: int, completion: int) -> None:
+        before, during = self._latency(prompt, completion)
+        if before + during > 0:
+            await asyncio.sleep(before + during)
+
+    async def _reject(self, call: Call, exc: chat.RequestRejected) -> None:
+        await call.reply(exc.status, _error(exc.status, exc.message))
+
+    def _check_balance(self, pool: str) -> None:
+        if self.config.balance_tokens is not None and self.balance[pool] <= 0:
+            raise chat.RequestRejected(402, "Payment required: token balance exhausted")
+
+    def _charge(self, pool: str, tokens: int) -> None:
+        if self.config.balance_tokens is not None:
+            self.balance[pool] = max(0, self.balance[pool] - tokens)
+
+    # -- authentication ---------------------------------------------------------------
+
+    async def _oauth(self, call: Call) -> None:
+        self.stats.oauth_calls += 1
+        now = time.time()
+        config = self.config
+        if call.method != "POST":
+            await call.reply(405, METHOD_NOT_ALLOWED)
+            return
+        if not self.oauth_rate.allow(now, config.oauth_rate_per_s):
+            header, _ = retry_after(config.retry_after, 1.0, now)
+            extra = ((b"retry-after", header),) if header else ()
+            await call.reply(429, _oauth_error(10, "Too many requests"), extra=extra)
+            return
+        try:
+            rquid = uuid.UUID(call.headers.get(b"rquid", b"").decode("latin-1"))
+        except ValueError:
+            rquid = None
+        if rquid is None or rquid.version != 4:
+            await call.reply(400, _oauth_error(5, "RqUID header must be a uuid4"))
+            return
+        header = call.headers.get(b"authorization", b"")
+        if not header.startswith(b"Basic "):
+            await call.reply(401, _oauth_error(4, "Can't decode 'Authorization' header"))
+            return
+        if header[6:].strip() != self.credentials:
+            await call.reply(401, _oauth_error(6, "credentials doesn't match db data"))
+            return
+        scope = parse_qs(call.body.decode("utf-8", "replace")).get("scope", [""])[0]
+        if scope not in SCOPES:
+            await call.reply(400, _oauth_error(7, "scope is invalid"))
+            return
+        if scope != config.scope:
+            await call.reply(
+                400, _oauth_error(7, "scope from db not fully includes consumed scope")
+            )
+            return
+        token, expires = self.tokens.issue(scope, now, config.token_ttl_s)
+        await call.reply(
+            200, orjson.dumps({"access_token": token, "expires_at": int(expires * 1000)})
+        )
+
+    async def _password_token(self, call: Call) -> None:
+        now = time.time()
+        header = call.headers.get(b"authorization", b"")
+        expected = f"{self.config.user}:{self.config.password}".encode()
+        try:
+            given = base64.b64decode(header[6:], validate=True)
+        except (binascii.Error, ValueError):
+            given = b""
+        if call.method != "POST" or not header.startswith(b"Basic ") or given != expected:
+            await call.reply(401, UNAUTHORIZED)
+            return
+        token, expires = self.tokens.issue(self.config.scope, now, self.config.token_ttl_s)
+        await call.reply(200, orjson.dumps({"tok": token, "exp": int(expires * 1000)}))
+
+    # -- API endpoints ----------------------------------------------------------------
+
+    async def _chat_legacy(self, call: Call, scope: str) -> None:
+        await self._chat(call, primary=False)
+
+    async def _chat_primary(self, call: Call, scope: str) -> None:
+        await self._chat(call, primary=True)
+
+    async def _chat(self, call: Call, *, primary: bool) -> None:
+        now = time.time()
+        try:
+            body = _json_body(call)
+            request = chat.parse_primary(body) if primary else chat.parse_legacy(body)
+            self._check_balance(CHAT_POOL)
+            session = call.session.decode("latin-1") if call.session else None
+            outcome = chat.complete(request, self.config, self.cache, session, now)
+        except chat.RequestRejected as exc:
+            await self._reject(call, exc)
+            return
+        tokens = self.stats.tokens
+        tokens["prompt"] += outcome.prompt_tokens
+        tokens["completion"] += outcome.completion_tokens
+        tokens["precached"] += outcome.precached_tokens
+        self._charge(CHAT_POOL, outcome.prompt_tokens + outcome.completion_tokens)
+        if request.stream:
+            message_id = str(uuid.uuid4())
+            frames = (
+                chat.primary_frames(outcome, message_id)
+                if primary
+                else chat.legacy_frames(outcome)
+            )
+            before, during = self._latency(outcome.prompt_tokens, outcome.completion_tokens)
+            if before > 0:
+                await asyncio.sleep(before)
+            await call.stream(frames, during / len(frames))
+            return
+        await self._wait(outcome.prompt_tokens, outcome.completion_tokens)
+        answer = (
+            chat.primary_body(outcome, str(uuid.uuid4()))
+            if primary
+            else chat.legacy_body(outcome, request.n)
+        )
+        await call.reply(200, answer)
+
+    async def _embeddings(self, call: Call, scope: str) -> None:
+        try:
+            body = _json_body(call)
+            spec = MODELS.get(body.get("model", "Embeddings"))
+            if spec is None or spec.type != "embedder":
+                raise chat.RequestRejected(404, "No such model")
+            texts = _texts(body)
+            counts = [count_tokens(text) for text in texts]
+            limit = spec.limit_for(self.config)
+            for index, count in enumerate(counts):
+                if count > limit:
+                    raise chat.RequestRejected(
+                        413, f"Input {index} has {count} tokens, over the limit of {limit}"
+                    )
+            self._check_balance(EMBEDDING_POOL)
+        except chat.RequestRejected as exc:
+            await self._reject(call, exc)
+            return
+        usage = sum(counts) + EMBEDDING_OVERHEAD * len(counts)
+        self.stats.tokens["embedding"] += usage
+        self._charge(EMBEDDING_POOL, usage)
+        await self._wait(sum(counts), 0)
+        data = [
+            {
+                "object": "embedding",
+                "embedding": embedding(text, spec.id, spec.dims),
+                "index": index,
+                "usage": {"prompt_tokens": count + EMBEDDING_OVERHEAD},
+            }
+            for index, (text, count) in enumerate(zip(texts, counts, strict=True))
+        ]
+        await call.reply(200, orjson.dumps({"object": "list", "model": spec.id, "data": data}))
+
+    async def _tokens_count(self, call: Call, scope: str) -> None:
+        try:
+            body = _json_body(call)
+            if body.get("model", "GigaChat") not in MODELS:
+                raise chat.RequestRejected(404, "No such model")
+            texts = _texts(body)
+        except chat.RequestRejected as exc:
+            await self._reject(call, exc)
+            return
+        counts = [
+            {"object": "tokens", "tokens": count_tokens(text), "characters": len(text)}
+            for text in texts
+        ]
+        await self._wait(0, 0)
+        await call.reply(200, orjson.dumps(counts))
+
+    async def _models(self, call: Call, scope: str) -> None:
+        data = [model_entry(spec) for spec in MODELS.values()]
+        await call.reply(200, orjson.dumps({"object": "list", "data": data}))
+
+    async def _model(self, call: Call, scope: str) -> None:
+        spec = MODELS.get(call.path.rsplit("/", 1)[-1])
+        if spec is None:
+            await call.reply(404, NO_SUCH_MODEL)
+        else:
+            await call.reply(200, orjson.dumps(model_entry(spec)))
+
+    async def _balance(self, call: Call, scope: str) -> None:
+        if self.config.balance_tokens is None:
+            await call.reply(403, FORBIDDEN)
+            return
+        entries = [{"usage": pool, "value": value} for pool, value in self.balance.items()]
+        await call.reply(200, orjson.dumps({"balance": entries}))
+
+    # -- control endpoints (outside /api, never counted) ------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """The running config plus what follows from it."""
+        return {
+            "config": self.config.to_dict(),
+            "stream_limit": self.config.effective_stream_limit,
+            "storm_remaining_s": self.storm.remaining(time.time()),
+        }
+
+    def reconfigure(self, knobs: dict[str, Any]) -> None:
+        """Change runtime knobs (ValueError for unknown, fixed or invalid ones);
+        `start_storm_s` opens a 429 storm of that many seconds now."""
+        knobs = dict(knobs)
+        storm = knobs.pop("start_storm_s", None)
+        changes = coerce_knobs(knobs)
+        fixed = sorted(
+            name for name in changes
+            if not EmulatorConfig.__dataclass_fields__[name].metadata["runtime"]
+        )
+        if fixed:
+            raise ValueError(f"cannot change while running: {', '.join(fixed)}")
+        self.config = self.config.replace(**changes)
+        if "seed" in changes:
+            self._seed(self.config.seed)
+        if "balance_tokens" in changes:
+            self.balance = self._fresh_balance()
+        if storm is not None:
+            self.storm.start(time.time(), float(storm))
+
+    async def _control(self, call: Call) -> None:
+        path, method = call.path, call.method
+        if path == "/_emulator/stats" and method == "GET":
+            query = parse_qs(call.query.decode("latin-1"))
+            arrivals = query.get("arrivals", ["1"])[0] != "0"
+            await call.reply(200, orjson.dumps(self.stats.snapshot(arrivals=arrivals)))
+        elif path == "/_emulator/reset" and method == "POST":
+            self.stats.reset()
+            await call.reply(200, orjson.dumps({"reset": True}))
+        elif path == "/_emulator/config" and method == "GET":
+            await call.reply(200, orjson.dumps(self.describe()))
+        elif path == "/_emulator/config" and method == "POST":
+            try:
+                self.reconfigure(_json_body(call))
+            except chat.RequestRejected as exc:
+                await self._reject(call, exc)
+                return
+            except ValueError as exc:
+                await call.reply(422, _error(422, str(exc)))
+                return
+            await call.reply(200, orjson.dumps(self.describe()))
+        else:
+            await call.reply(404, NOT_FOUND)
