@@ -153,5 +153,5 @@ class Authenticator:
         error = state.outcome.exception() if state.outcome is not None else None
         if isinstance(error, RateLimited) and error.retry_after is not None:
             return min(error.retry_after, MAX_TOKEN_WAIT)
-        delay = self._backoff * 2 ** (state.attempt_number - 1)
+        delay = self._backoff * 2.0 ** (state.attempt_number - 1)
         return min(MAX_TOKEN_WAIT, delay) * random.uniform(0.5, 1.0)

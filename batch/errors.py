@@ -5,7 +5,7 @@ The engine acts on the branch an error sits in, never on a status code:
     GigabatchError                     anything gigabatch reports to a user
     ├── ConfigError                    settings or credentials missing or malformed (exit 2)
     ├── JobFileError                   a job file that fails validation (exit 2)
-    ├── RunRefused                     a resume that would mix answers of different settings (exit 2)
+    ├── RunRefused                     a resume that would mix answers of other settings (exit 2)
     ├── BudgetExhausted                the next request could cross --max-cost / --max-tokens
     └── ApiError                       the API answered with an error, or could not be reached
         ├── RetryableError             try the same request again later
@@ -13,7 +13,7 @@ The engine acts on the branch an error sits in, never on a status code:
         │   ├── ServerError            5xx, including HTML pages from the front proxy
         │   ├── ConnectionFailed       connect refused, reset mid-response, protocol error
         │   └── RequestTimedOut        no answer within the configured timeout
-        ├── PermanentError             this request will never succeed: its rows fail, the run goes on
+        ├── PermanentError             this request will never succeed: rows fail, the run goes on
         │   ├── BadRequest             400
         │   ├── NotFound               404 (unknown model)
         │   ├── PayloadTooLarge        413 (over the context window or the input limit)
@@ -26,6 +26,7 @@ The engine acts on the branch an error sits in, never on a status code:
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 import time
@@ -190,6 +191,9 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
             return None
         if when is None:
             return None
+        if when.tzinfo is None:
+            # "-0000" parses naive; HTTP dates are always UTC, never the local zone.
+            when = when.replace(tzinfo=datetime.timezone.utc)
         current = time.time() if now is None else now
         return max(0.0, when.timestamp() - current)
     if math.isnan(seconds) or math.isinf(seconds):
