@@ -138,6 +138,11 @@ class JobKind(Protocol):
         Raises JobInvalid listing every problem."""
         ...
 
+    def source_fields(self) -> Mapping[str, str]:
+        """The fields a record may carry: canonical name (`id`, `text`, ...) -> the key or
+        column it is read from (column mapping applied). Readers project Parquet onto these."""
+        ...
+
     def answer_settings(self) -> Mapping[str, Any]:
         """The settings that change answers (model, defaults...), for the run's fingerprint."""
         ...

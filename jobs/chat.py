@@ -1,0 +1,295 @@
+"""Chat jobs: one line is one `/chat/completions` request, one answer is one result row.
+
+A line gives `messages`, or the shorthand `prompt` (sent after the run's `--system` message,
+or the line's own `system`). Per-line `model`, `temperature`, `top_p`, `max_tokens`,
+`repetition_penalty`, `functions` and `function_call` override the run's defaults; `metadata`
+is carried to the output untouched, as JSON text. Requests that share a model, system prompt
+and functions share an `X-Session-ID`, so the server's prefix cache serves the repeated
+prefix as `precached_prompt_tokens`, which are not billed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+
+import orjson
+import pyarrow as pa
+
+from batch.api_types import ChatCompletion, Usage
+from batch.errors import ConfigError
+from jobs.base import Batch, Job, JobOutcome, JobResult, KindOptions, SourceLocation
+from jobs.tokens import token_ceiling
+from jobs.validation import RecordFields, json_text, number_problem, type_name
+
+DEFAULT_MODEL = "GigaChat"
+ROLES = ("system", "user", "assistant", "function")
+# Keys a message may carry besides role and content (function calling, attachments).
+MESSAGE_KEYS = frozenset(
+    {"role", "content", "name", "function_call", "functions_state_id", "attachments"}
+)
+# A budget reservation for a request without max_tokens. The API itself does not cap an
+# answer below the context window, so this is an estimate, not a bound: set --max-tokens
+# when a budget must hold exactly.
+DEFAULT_COMPLETION_RESERVE = 1024
+# Tokens a message costs beyond its content (role, separators): a ceiling, well over what
+# the API and the emulator charge.
+MESSAGE_OVERHEAD_CEILING = 8
+
+_FIELDS = (
+    "id",
+    "messages",
+    "prompt",
+    "system",
+    "model",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "repetition_penalty",
+    "functions",
+    "function_call",
+    "metadata",
+)
+
+
+class ChatClient(Protocol):
+    """The part of GigaChatClient chat jobs use."""
+
+    async def chat(
+        self, body: Mapping[str, Any], *, session_id: str | None = None
+    ) -> ChatCompletion: ...
+
+
+def _check_options(options: KindOptions) -> None:
+    checks = (
+        ("--temperature", options.temperature, {"above": 0.0}),
+        ("--top-p", options.top_p, {"at_least": 0.0, "at_most": 1.0}),
+        ("--repetition-penalty", options.repetition_penalty, {"above": 0.0}),
+    )
+    for name, value, limits in checks:
+        if value is not None and (problem := number_problem(value, **limits)):
+            raise ConfigError(f"{name} {problem}")
+    if options.max_tokens is not None and options.max_tokens < 1:
+        raise ConfigError(f"--max-tokens must be at least 1, got {options.max_tokens}")
+    if options.prompt_column and options.text_column:
+        raise ConfigError("give --prompt-column or --text-column for chat jobs, not both")
+
+
+class ChatKind:
+    """Chat completions, one request per job."""
+
+    name: ClassVar[str] = "chat"
+
+    def __init__(self, options: KindOptions) -> None:
+        _check_options(options)
+        self.options = options
+        self.model = options.model or DEFAULT_MODEL
+        self._sources = {name: name for name in _FIELDS}
+        if options.id_column:
+            self._sources["id"] = options.id_column
+        if options.prompt_column or options.text_column:
+            self._sources["prompt"] = options.prompt_column or options.text_column or "prompt"
+
+    def source_fields(self) -> Mapping[str, str]:
+        return self._sources
+
+    def answer_settings(self) -> Mapping[str, Any]:
+        o = self.options
+        return {
+            "kind": self.name,
+            "model": self.model,
+            "system": o.system,
+            "temperature": o.temperature,
+            "top_p": o.top_p,
+            "max_tokens": o.max_tokens,
+            "repetition_penalty": o.repetition_penalty,
+            "columns": dict(self._sources),
+        }
+
+    def job_from_record(self, record: Mapping[str, Any], location: SourceLocation) -> Job:
+        fields = RecordFields(record, location, self._sources)
+        job_id = fields.job_id()
+        messages = self._messages(fields)
+        body: dict[str, Any] = {"model": fields.string("model") or self.model}
+        if messages is not None:
+            body["messages"] = messages
+        o = self.options
+        settings: dict[str, float | int | None] = {
+            "temperature": _first(fields.number("temperature", above=0.0), o.temperature),
+            "top_p": _first(fields.number("top_p", at_least=0.0, at_most=1.0), o.top_p),
+            "max_tokens": _first(fields.integer("max_tokens", at_least=1), o.max_tokens),
+            "repetition_penalty": _first(
+                fields.number("repetition_penalty", above=0.0), o.repetition_penalty
+            ),
+        }
+        body.update({key: value for key, value in settings.items() if value is not None})
+        functions = _functions(fields)
+        if functions is not None:
+            body["functions"] = functions
+        function_call = _function_call(fields)
+        if function_call is not None:
+            body["function_call"] = function_call
+        fields.check()
+        return Job(id=job_id, location=location, request=body, metadata=fields.value("metadata"))
+
+    def _messages(self, fields: RecordFields) -> list[dict[str, Any]] | None:
+        if fields.has("messages"):
+            for name in ("prompt", "system"):
+                if fields.has(name):
+                    fields.add_problem(
+                        name, "give either 'messages' or the 'prompt' shorthand, not both"
+                    )
+            return _message_list(fields)
+        prompt = fields.string("prompt")
+        system = fields.string("system") if fields.has("system") else self.options.system
+        if prompt is None:
+            if not fields.has("prompt"):
+                fields.add_problem("prompt", "missing: give 'messages' or 'prompt'")
+            return None
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        return messages
+
+    def packer(self) -> SinglePacker:
+        return SinglePacker()
+
+    def reserve(self, batch: Batch) -> Usage:
+        prompt = completion = 0
+        for job in batch.jobs:
+            body = job.request
+            for message in body.get("messages", ()):
+                prompt += token_ceiling(len(message.get("content", ""))) + MESSAGE_OVERHEAD_CEILING
+            if "functions" in body:
+                prompt += token_ceiling(len(orjson.dumps(body["functions"])))
+            completion += body.get("max_tokens") or DEFAULT_COMPLETION_RESERVE
+        return Usage(prompt_tokens=prompt, completion_tokens=completion)
+
+    async def send(self, client: ChatClient, batch: Batch) -> Sequence[JobOutcome]:
+        outcomes: list[JobOutcome] = []
+        for job in batch.jobs:
+            answer = await client.chat(job.request, session_id=session_id(job.request))
+            row = {
+                "content": answer.content,
+                "finish_reason": answer.finish_reason,
+                "model": answer.model,
+                "prompt_tokens": answer.usage.prompt_tokens,
+                "completion_tokens": answer.usage.completion_tokens,
+                "precached_prompt_tokens": answer.usage.precached_prompt_tokens,
+                "total_tokens": answer.usage.total_tokens,
+                "metadata": json_text(job.metadata),
+                "function_call": json_text(answer.function_call),
+            }
+            outcomes.append(JobResult(job=job, row=row, usage=answer.usage, model=answer.model))
+        return outcomes
+
+    def result_schema(self) -> pa.Schema:
+        return pa.schema(
+            [
+                pa.field("id", pa.string(), nullable=False),
+                pa.field("content", pa.string()),
+                pa.field("finish_reason", pa.string()),
+                pa.field("model", pa.string()),
+                pa.field("prompt_tokens", pa.int64()),
+                pa.field("completion_tokens", pa.int64()),
+                pa.field("precached_prompt_tokens", pa.int64()),
+                pa.field("total_tokens", pa.int64()),
+                pa.field("latency_ms", pa.float64()),
+                pa.field("attempts", pa.int32()),
+                pa.field("metadata", pa.string()),
+                pa.field("function_call", pa.string()),
+            ]
+        )
+
+
+class SinglePacker:
+    """One job per request: chat has no batching in its API."""
+
+    def add(self, job: Job) -> list[Batch]:
+        return [Batch(jobs=[job])]
+
+    def flush(self) -> list[Batch]:
+        return []
+
+
+def session_id(body: Mapping[str, Any]) -> str | None:
+    """A stable X-Session-ID for requests sharing a model, system prompt and functions, so
+    they land on the server's prefix cache; None when there is no system prompt to share."""
+    messages = body.get("messages") or ()
+    if not messages or messages[0].get("role") != "system":
+        return None
+    key = orjson.dumps([body.get("model"), messages[0].get("content"), body.get("functions")])
+    return str(uuid.UUID(bytes=hashlib.blake2b(key, digest_size=16).digest()))
+
+
+def _first(line_value: float | int | None, default: float | int | None) -> float | int | None:
+    return line_value if line_value is not None else default
+
+
+def _message_list(fields: RecordFields) -> list[dict[str, Any]] | None:
+    raw = fields.value("messages")
+    where = fields.source("messages")
+    if not isinstance(raw, (list, tuple)) or not raw:
+        fields.add_problem("messages", f"must be a non-empty array, got {_describe(raw)}")
+        return None
+    messages: list[dict[str, Any]] = []
+    for n, item in enumerate(raw):
+        at = f"{where}[{n}]"
+        if not isinstance(item, Mapping):
+            fields.add_problem_at(at, f"must be an object, got {type_name(item)}")
+            continue
+        # Parquet structs give every key of the column's type; null means absent.
+        message = {str(k): v for k, v in item.items() if v is not None}
+        for key in message.keys() - MESSAGE_KEYS:
+            fields.add_problem_at(f"{at}.{key}", "unknown message field")
+        role = message.get("role")
+        if role not in ROLES:
+            fields.add_problem_at(f"{at}.role", f"must be one of {', '.join(ROLES)}, got {role!r}")
+        content = message.get("content")
+        if content is None and role == "assistant" and "function_call" in message:
+            message["content"] = ""
+        elif not isinstance(content, str):
+            fields.add_problem_at(f"{at}.content", f"must be a string, got {type_name(content)}")
+        messages.append(message)
+    return messages
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "an empty array"
+    return type_name(value)
+
+
+def _functions(fields: RecordFields) -> list[dict[str, Any]] | None:
+    raw = fields.value("functions")
+    if raw is None:
+        return None
+    where = fields.source("functions")
+    if not isinstance(raw, (list, tuple)):
+        fields.add_problem("functions", f"must be an array of objects, got {type_name(raw)}")
+        return None
+    functions: list[dict[str, Any]] = []
+    for n, item in enumerate(raw):
+        if not isinstance(item, Mapping):
+            fields.add_problem_at(f"{where}[{n}]", f"must be an object, got {type_name(item)}")
+            continue
+        function = {str(k): v for k, v in item.items() if v is not None}
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            fields.add_problem_at(f"{where}[{n}].name", "must be a non-empty string")
+        if not isinstance(function.get("parameters", {}), Mapping):
+            fields.add_problem_at(f"{where}[{n}].parameters", "must be an object")
+        functions.append(function)
+    return functions
+
+
+def _function_call(fields: RecordFields) -> str | dict[str, Any] | None:
+    raw = fields.value("function_call")
+    if raw is None:
+        return None
+    if raw in ("auto", "none"):
+        return str(raw)
+    if isinstance(raw, Mapping) and isinstance(raw.get("name"), str) and raw["name"]:
+        return dict(raw)
+    fields.add_problem("function_call", f'must be "auto", "none" or {{"name": ...}}, got {raw!r}')
+    return None

@@ -1,0 +1,419 @@
+"""Embedding jobs: texts packed many to a request, each answered as a fixed-size float32 vector.
+
+The packer groups up to `batch_size` jobs and `max_batch_chars` characters of distinct text per
+request; a text repeated inside a pending batch is sent once, and a bounded LRU of recent
+vectors answers repeats across batches without a request. A text over the model's input
+limit fails its row (or is truncated with `on_long_text="truncate"`): long texts are counted
+exactly with `/tokens/count`, and a 413 on a many-text request is bisected down to the text
+that caused it, so the other texts still get their vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import pyarrow as pa
+
+from batch.api_types import Embeddings, TokenCount, Usage
+from batch.errors import ConfigError, FatalError, PayloadTooLarge, ServerError
+from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult, KindOptions, SourceLocation
+from jobs.tokens import surely_fits, token_ceiling
+from jobs.validation import RecordFields, json_text
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingModel:
+    """What the output schema and the length check need to know about a model."""
+
+    dim: int
+    max_input_tokens: int
+
+
+# Third-party documented limits; `extra={"max_input_tokens": N}` overrides them, and
+# `extra={"embedding_dim": D}` lets a model missing here be used.
+MODELS: Mapping[str, EmbeddingModel] = {
+    "Embeddings": EmbeddingModel(dim=1024, max_input_tokens=512),
+    "Embeddings-2": EmbeddingModel(dim=1024, max_input_tokens=512),
+    "EmbeddingsGigaR": EmbeddingModel(dim=2560, max_input_tokens=4096),
+}
+DEFAULT_MODEL = "Embeddings"
+DEFAULT_MAX_INPUT_TOKENS = 512
+# Billed usage per text is its count plus about 5; a ceiling for budget reservations.
+EMBEDDING_OVERHEAD_CEILING = 8
+# The LRU of recent vectors holds at most this many bytes of float32 (4,096 vectors of 1024
+# floats, 1,638 of 2560), so memory stays flat however long the run.
+CACHE_BYTES = 16 * 1024 * 1024
+# Truncation aims this many tokens under the limit, and gives up after this many rounds.
+TRUNCATE_MARGIN = 16
+TRUNCATE_ROUNDS = 4
+# Jobs of at most this many models are pending at once; the oldest batch is sent early.
+MAX_PENDING_MODELS = 8
+
+_FIELDS = ("id", "text", "model", "metadata")
+
+
+class EmbeddingsClient(Protocol):
+    """The part of GigaChatClient embedding jobs use."""
+
+    async def embeddings(self, inputs: Sequence[str], model: str) -> Embeddings: ...
+
+    async def tokens_count(self, inputs: Sequence[str], model: str) -> list[TokenCount]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingPayload:
+    """One request: distinct `texts` in `input` order; `slots[i]` is the text of job i."""
+
+    model: str
+    texts: list[str]
+    slots: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Vector:
+    values: array[float]
+    tokens: int
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    message: str
+    status: int | None = None
+    request_id: str | None = None
+
+
+_Answer = _Vector | _Rejected
+
+
+@dataclass(slots=True)
+class _Pending:
+    jobs: list[Job] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    texts: dict[str, int] = field(default_factory=dict)
+    chars: int = 0
+
+
+class EmbeddingPacker:
+    """Packs jobs into requests per model: at most `batch_size` jobs and `max_chars`
+    characters of distinct text each (a longer text goes alone)."""
+
+    def __init__(self, batch_size: int, max_chars: int) -> None:
+        self.batch_size = batch_size
+        self.max_chars = max_chars
+        self._pending: dict[str, _Pending] = {}
+
+    def add(self, job: Job) -> list[Batch]:
+        model: str = job.request["model"]
+        text: str = job.request["text"]
+        full: list[Batch] = []
+        pending = self._pending.get(model)
+        if (
+            pending is not None
+            and text not in pending.texts
+            and pending.chars + len(text) > self.max_chars
+        ):
+            full.append(self._close(model))
+            pending = None
+        if pending is None:
+            pending = self._pending[model] = _Pending()
+            if len(self._pending) > MAX_PENDING_MODELS:
+                full.append(self._close(next(iter(self._pending))))
+        if text not in pending.texts:
+            pending.texts[text] = len(pending.texts)
+            pending.chars += len(text)
+        pending.jobs.append(job)
+        pending.slots.append(pending.texts[text])
+        if len(pending.jobs) >= self.batch_size:
+            full.append(self._close(model))
+        return full
+
+    def flush(self) -> list[Batch]:
+        return [self._close(model) for model in list(self._pending)]
+
+    def _close(self, model: str) -> Batch:
+        pending = self._pending.pop(model)
+        payload = EmbeddingPayload(model=model, texts=list(pending.texts), slots=pending.slots)
+        return Batch(jobs=pending.jobs, payload=payload)
+
+
+class VectorCache:
+    """A least-recently-used map of (model, text) hashes to answered vectors, bounded in bytes."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[bytes, _Vector] = OrderedDict()
+
+    @staticmethod
+    def key(model: str, text: str) -> bytes:
+        return hashlib.blake2b(f"{model}\0{text}".encode(), digest_size=16).digest()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes) -> _Vector | None:
+        vector = self._entries.get(key)
+        if vector is not None:
+            self._entries.move_to_end(key)
+        return vector
+
+    def put(self, key: bytes, vector: _Vector) -> None:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return
+        self._entries[key] = vector
+        self.bytes += _size(vector)
+        while self.bytes > self.max_bytes and self._entries:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= _size(evicted)
+
+
+def _size(vector: _Vector) -> int:
+    return vector.values.itemsize * len(vector.values)
+
+
+class EmbeddingsKind:
+    """Embeddings, many texts per request."""
+
+    name: ClassVar[str] = "embed"
+
+    def __init__(self, options: KindOptions) -> None:
+        if options.prompt_column:
+            raise ConfigError("--prompt-column is for chat jobs; use --text-column for embeddings")
+        if options.batch_size < 1 or options.max_batch_chars < 1:
+            raise ConfigError("--batch-size and the batch character budget must be at least 1")
+        self.options = options
+        self.model = options.model or DEFAULT_MODEL
+        dim = self._dim(self.model)
+        if dim is None:
+            raise ConfigError(
+                f"unknown embeddings model '{self.model}' (known: {', '.join(MODELS)}): "
+                "its vector size must be given as embedding_dim"
+            )
+        self.dim = dim
+        self.cache = VectorCache(int(options.extra.get("cache_bytes", CACHE_BYTES)))
+        self._sources = {name: name for name in _FIELDS}
+        if options.id_column:
+            self._sources["id"] = options.id_column
+        if options.text_column:
+            self._sources["text"] = options.text_column
+
+    def _dim(self, model: str) -> int | None:
+        known = MODELS.get(model)
+        if known is not None:
+            return known.dim
+        override = self.options.extra.get("embedding_dim")
+        return int(override) if override else None
+
+    def max_input_tokens(self, model: str) -> int:
+        override = self.options.extra.get("max_input_tokens")
+        if override:
+            return int(override)
+        known = MODELS.get(model)
+        return known.max_input_tokens if known else DEFAULT_MAX_INPUT_TOKENS
+
+    def source_fields(self) -> Mapping[str, str]:
+        return self._sources
+
+    def answer_settings(self) -> Mapping[str, Any]:
+        return {
+            "kind": self.name,
+            "model": self.model,
+            "dim": self.dim,
+            "max_input_tokens": self.max_input_tokens(self.model),
+            "on_long_text": self.options.on_long_text,
+            "columns": dict(self._sources),
+        }
+
+    def job_from_record(self, record: Mapping[str, Any], location: SourceLocation) -> Job:
+        fields = RecordFields(record, location, self._sources)
+        job_id = fields.job_id()
+        text = fields.string("text")
+        if not fields.has("text"):
+            fields.add_problem("text", "missing")
+        model = fields.string("model")
+        if model is not None:
+            dim = self._dim(model)
+            if dim is None:
+                known = ", ".join(MODELS)
+                fields.add_problem("model", f"unknown embeddings model (known: {known})")
+            elif dim != self.dim:
+                fields.add_problem(
+                    "model",
+                    f"gives {dim}-dimensional vectors, but this run writes {self.dim} "
+                    f"({self.model}); split the file by model",
+                )
+        fields.check()
+        return Job(
+            id=job_id,
+            location=location,
+            request={"model": model or self.model, "text": text},
+            metadata=fields.value("metadata"),
+        )
+
+    def packer(self) -> EmbeddingPacker:
+        return EmbeddingPacker(self.options.batch_size, self.options.max_batch_chars)
+
+    def reserve(self, batch: Batch) -> Usage:
+        payload: EmbeddingPayload = batch.payload
+        limit = self.max_input_tokens(payload.model)
+        tokens = sum(
+            min(token_ceiling(len(text)), limit) + EMBEDDING_OVERHEAD_CEILING
+            for text in payload.texts
+        )
+        return Usage(prompt_tokens=tokens)
+
+    async def send(self, client: EmbeddingsClient, batch: Batch) -> Sequence[JobOutcome]:
+        payload: EmbeddingPayload = batch.payload
+        answers: dict[int, _Answer] = {}
+        todo: dict[int, str] = {}
+        for slot, text in enumerate(payload.texts):
+            cached = self.cache.get(VectorCache.key(payload.model, text))
+            if cached is None:
+                todo[slot] = text
+            else:
+                answers[slot] = cached
+        if todo:
+            sendable, rejected = await self._fit(client, payload.model, todo)
+            answers.update(rejected)
+            if sendable:
+                embedded = await self._embed(client, payload.model, list(sendable.items()))
+                for slot, answer in embedded.items():
+                    if isinstance(answer, _Vector):
+                        self.cache.put(VectorCache.key(payload.model, todo[slot]), answer)
+                answers.update(embedded)
+        return self._outcomes(batch, answers, billable=set(todo))
+
+    def _outcomes(
+        self, batch: Batch, answers: Mapping[int, _Answer], billable: set[int]
+    ) -> list[JobOutcome]:
+        """One outcome per job; a text sent for several jobs is billed to the first."""
+        payload: EmbeddingPayload = batch.payload
+        outcomes: list[JobOutcome] = []
+        for job, slot in zip(batch.jobs, payload.slots, strict=True):
+            answer = answers[slot]
+            if isinstance(answer, _Rejected):
+                outcomes.append(
+                    JobFailure(
+                        job, "PayloadTooLarge", answer.message, answer.status, answer.request_id
+                    )
+                )
+                continue
+            usage = Usage(prompt_tokens=answer.tokens) if slot in billable else Usage()
+            billable.discard(slot)
+            row = {
+                "embedding": answer.values,
+                "prompt_tokens": answer.tokens,
+                "model": answer.model,
+                "metadata": json_text(job.metadata),
+            }
+            outcomes.append(JobResult(job=job, row=row, usage=usage, model=answer.model))
+        return outcomes
+
+    async def _fit(
+        self, client: EmbeddingsClient, model: str, texts: dict[int, str]
+    ) -> tuple[dict[int, str], dict[int, _Answer]]:
+        """The texts to send (truncated where allowed) and the rejected ones. Only texts the
+        character heuristic cannot clear are counted, all in one `/tokens/count` call."""
+        limit = self.max_input_tokens(model)
+        unsure = {i: t for i, t in texts.items() if not surely_fits(len(t), limit)}
+        if not unsure:
+            return texts, {}
+        sendable = dict(texts)
+        over = await _over_limit(client, model, unsure, limit)
+        if self.options.on_long_text == "truncate":
+            target = limit - TRUNCATE_MARGIN
+            for _ in range(TRUNCATE_ROUNDS):
+                if not over:
+                    break
+                shorter = {
+                    i: sendable[i][: max(1, len(sendable[i]) * target // tokens)]
+                    for i, tokens in over.items()
+                }
+                sendable.update(shorter)
+                over = await _over_limit(client, model, shorter, limit)
+        rejected: dict[int, _Answer] = {}
+        for i, tokens in over.items():
+            del sendable[i]
+            rejected[i] = _Rejected(
+                f"text has {tokens} tokens, over the {limit}-token input limit of {model}"
+                + (
+                    " after truncation"
+                    if self.options.on_long_text == "truncate"
+                    else " (use --on-long-text truncate to cut it)"
+                )
+            )
+        return sendable, rejected
+
+    async def _embed(
+        self, client: EmbeddingsClient, model: str, items: list[tuple[int, str]]
+    ) -> dict[int, _Answer]:
+        """Vectors for `items` (slot, text); a 413 is bisected to the text that causes it."""
+        try:
+            answer = await client.embeddings([text for _, text in items], model)
+        except PayloadTooLarge as exc:
+            if len(items) == 1:
+                return {
+                    items[0][0]: _Rejected(
+                        f"the API refused the text as too large: {exc.message}",
+                        exc.status,
+                        exc.request_id,
+                    )
+                }
+            middle = len(items) // 2
+            first = await self._embed(client, model, items[:middle])
+            return first | await self._embed(client, model, items[middle:])
+        return self._vectors(answer, items)
+
+    def _vectors(self, answer: Embeddings, items: list[tuple[int, str]]) -> dict[int, _Answer]:
+        found: dict[int, _Answer] = {}
+        for item in answer.items:
+            if not 0 <= item.index < len(items) or items[item.index][0] in found:
+                raise ServerError(
+                    f"embeddings answer has an unexpected index {item.index}",
+                    request_id=answer.request_id,
+                )
+            if len(item.embedding) != self.dim:
+                raise FatalError(
+                    f"{answer.model} answered {len(item.embedding)}-dimensional vectors, but "
+                    f"this run writes {self.dim}; give the model's embedding_dim",
+                    request_id=answer.request_id,
+                )
+            found[items[item.index][0]] = _Vector(
+                array("f", item.embedding), item.prompt_tokens, answer.model
+            )
+        if len(found) != len(items):
+            raise ServerError(
+                f"embeddings answer has {len(found)} vectors for {len(items)} texts",
+                request_id=answer.request_id,
+            )
+        return found
+
+    def result_schema(self) -> pa.Schema:
+        return pa.schema(
+            [
+                pa.field("id", pa.string(), nullable=False),
+                pa.field("embedding", pa.list_(pa.float32(), self.dim)),
+                pa.field("prompt_tokens", pa.int64()),
+                pa.field("model", pa.string()),
+                pa.field("latency_ms", pa.float64()),
+                pa.field("attempts", pa.int32()),
+                pa.field("metadata", pa.string()),
+            ]
+        )
+
+
+async def _over_limit(
+    client: EmbeddingsClient, model: str, texts: Mapping[int, str], limit: int
+) -> dict[int, int]:
+    """Exact token counts of `texts`, keeping those over `limit`."""
+    counts = await client.tokens_count(list(texts.values()), model)
+    if len(counts) != len(texts):
+        raise ServerError(f"tokens/count answered {len(counts)} counts for {len(texts)} texts")
+    return {i: c.tokens for i, c in zip(texts, counts, strict=True) if c.tokens > limit}

@@ -1,0 +1,297 @@
+"""Job files in, jobs out: streaming readers for JSONL and Parquet, and whole-file validation.
+
+Nothing here holds a file in memory: JSONL is read line by line, Parquet in bounded record
+batches (a file, or a directory of `*.parquet` files in name order). A malformed record is a
+`Problem` naming the file, the line or row and the field, never a traceback. Duplicate ids are
+found with 8 bytes per job (64-bit id hashes, sorted), then confirmed by a second pass that
+looks only at the ids whose hashes collided.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from batch.errors import JobFileError
+from jobs.base import Job, JobInvalid, JobKind, Problem, SourceLocation
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+# Rows per Parquet record batch: bounds memory whatever the file's row-group size.
+PARQUET_BATCH_ROWS = 1024
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+Record = dict[str, Any]
+
+
+def is_parquet(path: Path) -> bool:
+    return path.is_dir() or path.suffix.lower() in PARQUET_SUFFIXES
+
+
+def input_files(path: Path) -> list[Path]:
+    """The files a job input consists of: the file itself, or a directory's `*.parquet`
+    files in sorted name order (hidden and `_`-prefixed files, like `_SUCCESS`, skipped)."""
+    if path.is_dir():
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file()
+            and p.suffix.lower() in PARQUET_SUFFIXES
+            and not p.name.startswith((".", "_"))
+        )
+        if not files:
+            raise JobFileError(f"{path}: directory has no *.parquet files")
+        return files
+    if not path.exists():
+        raise JobFileError(f"{path}: no such file or directory")
+    return [path]
+
+
+def iter_records(
+    path: Path,
+    *,
+    columns: Collection[str] | None = None,
+    batch_rows: int = PARQUET_BATCH_ROWS,
+) -> Iterator[tuple[SourceLocation, Record | Problem]]:
+    """Every record of a job input with its location, or a Problem when the record cannot be
+    read. `columns` projects Parquet onto the columns a kind reads (those the file lacks are
+    simply absent); JSONL lines always keep every key, so typos can be reported."""
+    if is_parquet(path):
+        for file in input_files(path):
+            yield from _parquet_records(file, columns, batch_rows)
+    else:
+        input_files(path)
+        yield from _jsonl_records(path)
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[SourceLocation, Record | Problem]]:
+    name = str(path)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise JobFileError(f"{path}: cannot read: {exc.strerror}") from None
+    with handle:
+        for number, raw in enumerate(handle, 1):
+            location = SourceLocation(name, number, "line")
+            line = raw[len(_UTF8_BOM) :] if number == 1 and raw.startswith(_UTF8_BOM) else raw
+            if not line.strip():
+                continue
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                yield location, Problem(location, None, _json_problem(line, exc))
+                continue
+            if not isinstance(value, dict):
+                yield (
+                    location,
+                    Problem(location, None, f"expected a JSON object, got {_json_type(value)}"),
+                )
+                continue
+            yield location, value
+
+
+def _json_problem(line: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not valid UTF-8 (byte {bad.start + 1} of the line)"
+    return f"not valid JSON: {exc.msg} at column {exc.colno}"
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
+def _parquet_records(
+    path: Path, columns: Collection[str] | None, batch_rows: int
+) -> Iterator[tuple[SourceLocation, Record | Problem]]:
+    name = str(path)
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise JobFileError(f"{path}: not a readable Parquet file ({exc})") from None
+    present = set(parquet.schema_arrow.names)
+    wanted = None if columns is None else [c for c in dict.fromkeys(columns) if c in present]
+    number = 0
+    with parquet:
+        if wanted == []:
+            # None of the kind's columns: every row is a record with no fields.
+            for number in range(1, parquet.metadata.num_rows + 1):
+                yield SourceLocation(name, number, "row"), {}
+            return
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted):
+            for record in batch.to_pylist():
+                number += 1
+                yield SourceLocation(name, number, "row"), record
+
+
+def input_fingerprint(path: Path) -> str:
+    """A content hash of the job input (streamed; for a directory, every part file's name,
+    size and bytes in order), so a resume can tell whether the input changed."""
+    digest = hashlib.blake2b(digest_size=16)
+    for file in input_files(path):
+        try:
+            with file.open("rb") as handle:
+                digest.update(file.name.encode() + b"\0")
+                digest.update(str(file.stat().st_size).encode() + b"\0")
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise JobFileError(f"{file}: cannot read: {exc.strerror}") from None
+    return f"blake2b:{digest.hexdigest()}"
+
+
+def iter_outcomes(
+    path: Path, kind: JobKind
+) -> Iterator[tuple[SourceLocation, Job | list[Problem]]]:
+    """Each record of `path` as the kind's Job, or the list of its problems.
+
+    Records without an id get their line or row number; in a directory of Parquet files,
+    where row numbers restart in each file, they get `<file name>:<row>` instead."""
+    sources = kind.source_fields()
+    id_source = sources.get("id")
+    numbered_by_file = path.is_dir()
+    for location, record in iter_records(path, columns=list(sources.values())):
+        if isinstance(record, Problem):
+            yield location, [record]
+            continue
+        if numbered_by_file and id_source is not None and record.get(id_source) is None:
+            record[id_source] = f"{Path(location.file).name}:{location.number}"
+        try:
+            yield location, kind.job_from_record(record, location)
+        except JobInvalid as exc:
+            yield location, exc.problems
+
+
+def read_jobs(
+    path: Path,
+    kind: JobKind,
+    *,
+    skip_invalid: bool = False,
+    on_problem: Callable[[Problem], None] | None = None,
+    exclude: Iterable[Problem] = (),
+) -> Iterator[Job]:
+    """Stream the valid jobs of `path`. Each problem goes to `on_problem`; without
+    `skip_invalid` the first invalid record raises JobFileError. `exclude` takes the
+    `duplicates` of a ValidationReport: those records are skipped and reported too."""
+    excluded = {problem.location: problem for problem in exclude}
+    for location, outcome in iter_outcomes(path, kind):
+        if isinstance(outcome, Job) and location not in excluded:
+            yield outcome
+            continue
+        problems = [excluded[location]] if isinstance(outcome, Job) else outcome
+        if on_problem is not None:
+            for problem in problems:
+                on_problem(problem)
+        if not skip_invalid:
+            raise JobFileError(_summary(path, problems, len(problems)), problems)
+
+
+@dataclass(slots=True)
+class ValidationReport:
+    """The outcome of validating a job input without sending anything.
+
+    `jobs` counts the jobs a run would send (valid, first occurrence of their id); `problems`
+    holds the first `max_problems` problems of `problem_count`; `duplicates` every repeated id
+    (its later occurrence), which `read_jobs(exclude=...)` skips."""
+
+    path: Path
+    records: int
+    jobs: int
+    fingerprint: str
+    problems: list[Problem] = field(default_factory=list)
+    problem_count: int = 0
+    duplicates: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    def raise_for_problems(self) -> None:
+        """Raise JobFileError listing the problems, if there are any."""
+        if not self.ok:
+            raise JobFileError(
+                _summary(self.path, self.problems, self.problem_count), self.problems
+            )
+
+
+def _summary(path: Path, problems: list[Problem], count: int) -> str:
+    first = str(problems[0]) if problems else "invalid"
+    more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
+    return f"{path}: invalid job input: {first}{more}"
+
+
+def validate_jobs(path: Path, kind: JobKind, *, max_problems: int = 100) -> ValidationReport:
+    """Validate every record of `path`, including duplicate ids, in constant memory plus
+    8 bytes per job; computes the input's fingerprint too."""
+    hashes = array("Q")
+    problems: list[Problem] = []
+    problem_count = records = 0
+    for _location, outcome in iter_outcomes(path, kind):
+        records += 1
+        if isinstance(outcome, Job):
+            hashes.append(_id_hash(outcome.id))
+            continue
+        problem_count += len(outcome)
+        problems.extend(outcome[: max(0, max_problems - len(problems))])
+    jobs = len(hashes)
+    colliding = _repeated_values(hashes)
+    del hashes
+    duplicates = _duplicate_ids(path, kind, colliding) if colliding else []
+    problems.extend(duplicates[: max(0, max_problems - len(problems))])
+    return ValidationReport(
+        path=path,
+        records=records,
+        jobs=jobs - len(duplicates),
+        fingerprint=input_fingerprint(path),
+        problems=problems,
+        problem_count=problem_count + len(duplicates),
+        duplicates=duplicates,
+    )
+
+
+def _id_hash(job_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(job_id.encode(), digest_size=8).digest(), "little")
+
+
+def _repeated_values(values: array[int]) -> set[int]:
+    """The values that occur more than once, by sorting a copy inside Arrow (8 bytes each)."""
+    if len(values) < 2:
+        return set()
+    ordered = pa.Array.from_buffers(pa.uint64(), len(values), [None, pa.py_buffer(values)]).sort()
+    later = ordered.slice(1)
+    same = pc.equal(later, ordered.slice(0, len(ordered) - 1))
+    return {int(v) for v in pc.filter(later, same).to_pylist()}
+
+
+def _duplicate_ids(path: Path, kind: JobKind, colliding: set[int]) -> list[Problem]:
+    """Second pass: only jobs whose id hash collided are looked at; equal ids are problems
+    at their later occurrence (hash collisions of different ids are not)."""
+    first_seen: dict[str, SourceLocation] = {}
+    duplicates: list[Problem] = []
+    id_field = kind.source_fields().get("id", "id")
+    for location, outcome in iter_outcomes(path, kind):
+        if not isinstance(outcome, Job) or _id_hash(outcome.id) not in colliding:
+            continue
+        first = first_seen.setdefault(outcome.id, location)
+        if first is not location:
+            duplicates.append(
+                Problem(location, id_field, f"duplicate id '{outcome.id}' (first at {first})")
+            )
+    return duplicates

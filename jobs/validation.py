@@ -1,0 +1,168 @@
+"""The rules every job kind applies to the fields of one record, in one place.
+
+A `RecordFields` reads a record through the kind's column mapping, checks types and ranges,
+and collects every problem (named by the key or column the user wrote) before the kind
+raises `JobInvalid` once with all of them. `null` counts as absent, so Parquet columns with
+gaps behave like JSONL lines that leave a field out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from jobs.base import JobInvalid, Problem, SourceLocation
+
+
+def type_name(value: Any) -> str:
+    """The JSON name of a value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
+def is_number(value: Any) -> bool:
+    """A finite JSON number (booleans are not numbers, although Python says so)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class RecordFields:
+    """One record seen through a column mapping, collecting problems as fields are read.
+
+    `sources` maps each canonical field the kind knows to the key it is read from; any other
+    key in the record is a problem (a typo like `temprature` must not silently change answers).
+    """
+
+    def __init__(
+        self,
+        record: Mapping[str, Any],
+        location: SourceLocation,
+        sources: Mapping[str, str],
+    ) -> None:
+        self.record = record
+        self.location = location
+        self.sources = sources
+        self.problems: list[Problem] = []
+        known = set(sources.values())
+        for key in record:
+            if key not in known:
+                self.add_problem_at(
+                    str(key), f"unknown field (this kind reads: {', '.join(sorted(known))})"
+                )
+
+    def source(self, name: str) -> str:
+        """The key the user wrote for canonical field `name`."""
+        return self.sources[name]
+
+    def add_problem_at(self, source: str, message: str) -> None:
+        self.problems.append(Problem(self.location, source, message))
+
+    def add_problem(self, name: str, message: str) -> None:
+        self.add_problem_at(self.source(name), message)
+
+    def value(self, name: str) -> Any:
+        """The raw value of canonical field `name`; None when absent or null."""
+        return self.record.get(self.source(name))
+
+    def has(self, name: str) -> bool:
+        return self.value(name) is not None
+
+    def job_id(self) -> str:
+        """The job id: a string or an integer, normalised to a string; absent means the
+        record's line or row number."""
+        value = self.value("id")
+        if value is None:
+            return str(self.location.number)
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            self.add_problem("id", f"must be a string or an integer, got {type_name(value)}")
+            return ""
+        text = str(value)
+        if not text:
+            self.add_problem("id", "must not be empty")
+        return text
+
+    def string(self, name: str, *, allow_empty: bool = False) -> str | None:
+        value = self.value(name)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.add_problem(name, f"must be a string, got {type_name(value)}")
+            return None
+        if not allow_empty and not value.strip():
+            self.add_problem(name, "must not be empty")
+            return None
+        return value
+
+    def number(
+        self,
+        name: str,
+        *,
+        above: float | None = None,
+        at_least: float | None = None,
+        at_most: float | None = None,
+    ) -> float | None:
+        value = self.value(name)
+        if value is None:
+            return None
+        problem = number_problem(value, above=above, at_least=at_least, at_most=at_most)
+        if problem:
+            self.add_problem(name, problem)
+            return None
+        return float(value)
+
+    def integer(self, name: str, *, at_least: int) -> int | None:
+        value = self.value(name)
+        if value is None:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.add_problem(name, f"must be an integer, got {type_name(value)}")
+            return None
+        if value < at_least:
+            self.add_problem(name, f"must be at least {at_least}, got {value}")
+            return None
+        return value
+
+    def check(self) -> None:
+        """Raise JobInvalid with every problem collected, if there is any."""
+        if self.problems:
+            raise JobInvalid(self.problems)
+
+
+def number_problem(
+    value: Any,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    at_most: float | None = None,
+) -> str | None:
+    """What is wrong with `value` as a number in the given range, or None."""
+    if not is_number(value):
+        return f"must be a number, got {type_name(value)}"
+    if above is not None and value <= above:
+        return f"must be greater than {above:g}, got {value}"
+    if at_least is not None and value < at_least:
+        return f"must be at least {at_least:g}, got {value}"
+    if at_most is not None and value > at_most:
+        return f"must be at most {at_most:g}, got {value}"
+    return None
+
+
+def json_text(value: Any) -> str | None:
+    """A carried-through value (like `metadata`) as JSON text, so any shape fits one
+    Parquet string column; None stays null."""
+    return None if value is None else orjson.dumps(value).decode()
