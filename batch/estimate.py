@@ -9,6 +9,7 @@ sample of jobs answered for real, with a confidence interval; both are priced by
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,29 @@ def pack_texts(
         chars += len(text)
     if group:
         yield group
+
+
+class Reservoir:
+    """A uniform random sample of `size` jobs (id and model) from a stream of unknown
+    length, in constant memory (Vitter's algorithm R); seeded, so a seeded estimate samples
+    the same jobs every time."""
+
+    def __init__(self, size: int, seed: int | None = None) -> None:
+        if size < 1:
+            raise ValueError("a sample needs at least one job")
+        self.size = size
+        self.seen = 0
+        self.items: list[tuple[str, str]] = []
+        self._rng = random.Random(seed)
+
+    def offer(self, job_id: str, model: str) -> None:
+        self.seen += 1
+        if len(self.items) < self.size:
+            self.items.append((job_id, model))
+            return
+        slot = self._rng.randrange(self.seen)
+        if slot < self.size:
+            self.items[slot] = (job_id, model)
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ import pytest
 from batch.api_types import BalanceEntry
 from batch.estimate import (
     BalanceReport,
+    Reservoir,
     Span,
     Tally,
     approximate_tokens,
@@ -265,3 +266,32 @@ def test_json_has_per_model_and_total_spans() -> None:
     assert data["models"][0]["output_tokens"] == {"low": 0, "expected": None, "high": 51_200}
     assert data["total"]["input_tokens"] == 10_000
     assert data["prices"]["taken"] == "2025-06-01"
+
+
+def test_reservoir_keeps_everything_while_the_stream_is_shorter_than_the_sample() -> None:
+    reservoir = Reservoir(5, seed=1)
+    for n in range(3):
+        reservoir.offer(str(n), "GigaChat")
+    assert reservoir.items == [("0", "GigaChat"), ("1", "GigaChat"), ("2", "GigaChat")]
+
+
+def test_reservoir_samples_uniformly() -> None:
+    hits = [0] * 10
+    for seed in range(2000):
+        reservoir = Reservoir(2, seed=seed)
+        for n in range(10):
+            reservoir.offer(str(n), "m")
+        for job_id, _ in reservoir.items:
+            hits[int(job_id)] += 1
+    # Each of 10 ids is in a sample of 2 with probability 0.2: 400 of 2000 expected.
+    assert all(340 < h < 460 for h in hits)
+
+
+def test_reservoir_with_a_seed_is_reproducible() -> None:
+    def sample(seed: int) -> list[tuple[str, str]]:
+        reservoir = Reservoir(3, seed=seed)
+        for n in range(100):
+            reservoir.offer(str(n), "m")
+        return reservoir.items
+
+    assert sample(42) == sample(42)

@@ -1,0 +1,266 @@
+"""The counting pass of `gigabatch estimate`: stream jobs, count their billed input exactly.
+
+Jobs are read once, in order; each job's billed input (jobs/token_counts.py) is split into
+texts that are packed, per model, into `/tokens/count` calls of many texts each. A fixed
+set of workers sends the calls through the run engine's `AdaptiveLimiter` (so a 429 with
+`Retry-After` pauses every worker) and `call_with_retry`, fed by a bounded stream: memory
+stays flat whatever the file's size. Repeated texts (a shared system prompt) are counted
+once and multiplied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from batch.api_types import TokenCount
+from batch.errors import PermanentError, RateLimited
+from batch.estimate import (
+    COUNT_BATCH_CHARS,
+    COUNT_BATCH_TEXTS,
+    Reservoir,
+    Tally,
+    approximate_tokens,
+)
+from batch.limiter import AdaptiveLimiter
+from batch.retry import RetryPolicy, call_with_retry
+from jobs.base import Batch, Job, JobKind
+from jobs.token_counts import MESSAGE_OVERHEAD, billed_input
+
+# Counted texts remembered (by digest) so a text repeated across the file is counted once.
+COUNTED_CACHE = 65_536
+# Embedding texts remembered to mirror the run's deduplication: a text repeated within this
+# window is answered from the embeddings kind's vector cache, so it is not billed again.
+EMBED_DEDUP_WINDOW = 4_096
+
+CountFn = Callable[[Sequence[str], str], Awaitable[list[int]]]
+
+
+@dataclass(slots=True)
+class CountStats:
+    """How far the counting pass is, for the progress line and the report."""
+
+    jobs: int = 0
+    texts: int = 0
+    calls: int = 0
+    uncounted_texts: int = 0
+    uncounted_reason: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self, total: int | None) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        of = f"/{total:,}" if total else ""
+        return (
+            f"counting input tokens: {self.jobs:,}{of} jobs, {self.texts:,} texts in "
+            f"{self.calls:,} calls ({self.jobs / elapsed:,.0f} jobs/s)"
+        )
+
+
+class _Lru:
+    """A bounded mapping from text digests to token counts (or presence)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[bytes, int] = OrderedDict()
+
+    def get(self, key: bytes) -> int | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: bytes, value: int) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+def _digest(model: str, text: str) -> bytes:
+    return hashlib.blake2b(f"{model}\0{text}".encode(), digest_size=16).digest()
+
+
+@dataclass(slots=True)
+class _Pending:
+    texts: dict[str, int] = field(default_factory=dict)  # text -> how many times it is billed
+    chars: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CountCall:
+    """One /tokens/count request: distinct texts of one model, with their multiplicities."""
+
+    model: str
+    texts: list[str]
+    times: list[int]
+
+
+class InputCounter:
+    """Turns jobs into a Tally: rows and output bounds at once, input tokens as counted."""
+
+    def __init__(
+        self,
+        kind: JobKind,
+        tally: Tally,
+        *,
+        message_overhead: int = MESSAGE_OVERHEAD,
+        max_texts: int = COUNT_BATCH_TEXTS,
+        max_chars: int = COUNT_BATCH_CHARS,
+        sampler: Reservoir | None = None,
+    ) -> None:
+        self.kind = kind
+        self.tally = tally
+        self.message_overhead = message_overhead
+        self.max_texts = max_texts
+        self.max_chars = max_chars
+        self.sampler = sampler
+        self.stats = CountStats()
+        self._pending: dict[str, _Pending] = {}
+        self._counted = _Lru(COUNTED_CACHE)
+        self._embedded = _Lru(EMBED_DEDUP_WINDOW)
+
+    def add(self, job: Job) -> list[CountCall]:
+        """Tally one job; returns the count calls that became full."""
+        self.stats.jobs += 1
+        billed = billed_input(self.kind.name, job.request, message_overhead=self.message_overhead)
+        if self.kind.name == "chat":
+            bound = self.kind.reserve(Batch(jobs=[job])).completion_tokens
+            self.tally.add_row(
+                billed.model,
+                output_bound=bound,
+                default_bound=job.request.get("max_tokens") is None,
+            )
+            if self.sampler is not None:
+                self.sampler.offer(job.id, billed.model)
+        else:
+            self.tally.add_row(billed.model)
+            key = _digest(billed.model, billed.texts[0])
+            if self._embedded.get(key) is not None:
+                return []  # the run answers it from its cache: not billed again
+            self._embedded.put(key, 1)
+        self.tally.add_input(billed.model, billed.overhead)
+        full: list[CountCall] = []
+        for text in billed.texts:
+            self.stats.texts += 1
+            known = self._counted.get(_digest(billed.model, text))
+            if known is not None:
+                self.tally.add_input(billed.model, known)
+                continue
+            pending = self._pending.get(billed.model)
+            if (
+                pending is not None
+                and text not in pending.texts
+                and (
+                    len(pending.texts) >= self.max_texts
+                    or pending.chars + len(text) > self.max_chars
+                )
+            ):
+                full.append(self._close(billed.model))
+                pending = None
+            if pending is None:
+                pending = self._pending[billed.model] = _Pending()
+            pending.texts[text] = pending.texts.get(text, 0) + 1
+            if pending.texts[text] == 1:
+                pending.chars += len(text)
+        return full
+
+    def flush(self) -> list[CountCall]:
+        return [self._close(model) for model in list(self._pending)]
+
+    def _close(self, model: str) -> CountCall:
+        pending = self._pending.pop(model)
+        return CountCall(model, list(pending.texts), list(pending.texts.values()))
+
+    def counted(self, call: CountCall, tokens: Sequence[int]) -> None:
+        """Record the answer to one count call."""
+        self.stats.calls += 1
+        for text, count, times in zip(call.texts, tokens, call.times, strict=True):
+            self._counted.put(_digest(call.model, text), count)
+            self.tally.add_input(call.model, count * times)
+
+    def uncountable(self, call: CountCall, reason: str) -> None:
+        """The API refused to count these texts (a permanent error): approximate them."""
+        self.stats.uncounted_texts += len(call.texts)
+        self.stats.uncounted_reason = reason
+        for text, times in zip(call.texts, call.times, strict=True):
+            self.tally.add_input(call.model, approximate_tokens(text) * times)
+
+
+def count_offline(jobs: Iterable[Job], counter: InputCounter) -> None:
+    """The counting pass without the API: every text approximated from its characters."""
+    for job in jobs:
+        for call in counter.add(job):
+            counter.uncountable(call, "offline")
+    for call in counter.flush():
+        counter.uncountable(call, "offline")
+    counter.stats.uncounted_reason = None
+
+
+async def count_jobs(
+    jobs: Iterable[Job],
+    counter: InputCounter,
+    count: CountFn,
+    *,
+    workers: int,
+) -> None:
+    """The counting pass against the API: `workers` tasks send the count calls."""
+    send: ObjectSendStream[CountCall]
+    receive: ObjectReceiveStream[CountCall]
+    send, receive = anyio.create_memory_object_stream[CountCall](max_buffer_size=workers * 2)
+
+    async def worker(calls: ObjectReceiveStream[CountCall]) -> None:
+        async with calls:
+            async for call in calls:
+                try:
+                    tokens = await count(call.texts, call.model)
+                except PermanentError as exc:
+                    counter.uncountable(call, str(exc))
+                    continue
+                counter.counted(call, tokens)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(workers):
+            tg.start_soon(worker, receive.clone())
+        receive.close()
+        async with send:
+            for n, job in enumerate(jobs):
+                for call in counter.add(job):
+                    await send.send(call)
+                if n % 256 == 255:
+                    await anyio.lowlevel.checkpoint()  # let workers and the progress line run
+            for call in counter.flush():
+                await send.send(call)
+
+
+def limited_counter(
+    tokens_count: Callable[[Sequence[str], str], Awaitable[Sequence[TokenCount]]],
+    limiter: AdaptiveLimiter,
+    policy: RetryPolicy,
+) -> CountFn:
+    """A count function that goes through the run's limiter, cooldown and retry policy
+    (`tokens_count` is the client's method)."""
+
+    async def count(texts: Sequence[str], model: str) -> list[int]:
+        async def attempt() -> list[int]:
+            ticket = await limiter.acquire()
+            try:
+                answer = await tokens_count(texts, model)
+            except RateLimited as exc:
+                limiter.rate_limited_by_server(ticket, exc.retry_after)
+                raise
+            except BaseException:
+                limiter.release(ticket)
+                raise
+            limiter.succeeded(ticket)
+            return [item.tokens for item in answer]
+
+        return await call_with_retry(attempt, policy)
+
+    return count
