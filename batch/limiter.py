@@ -162,6 +162,11 @@ class AdaptiveLimiter:
             changed = self._changed
             await changed.wait()
 
+    async def wait_changed(self) -> None:
+        """Return at the next release or limit change."""
+        changed = self._changed
+        await changed.wait()
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()

@@ -1,0 +1,374 @@
+"""The output directory is the checkpoint: committed Parquet parts say which jobs are done.
+
+    OUT/manifest.json            fingerprints of the input and of every answer-affecting setting,
+                                 the committed parts and totals (rewritten atomically)
+    OUT/results/part-NNNNN.parquet   succeeded jobs      } a job id is in exactly one of them
+    OUT/failed/part-NNNNN.parquet    failed jobs         }
+    OUT/superseded/failed-N/     failed parts set aside by --retry-failed (their ids are pending)
+    OUT/invalid.jsonl            lines skipped by --skip-invalid
+
+A part is written under a dot-name, fsynced, renamed into place and its directory fsynced, so
+a reader (or a resume) sees whole parts or nothing. Each part's footer carries its rows' usage,
+so totals can always be rebuilt from the parts themselves, whatever the manifest says.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import hashlib
+import os
+import shutil
+import time
+from array import array
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from batch.api_types import Usage
+from batch.errors import RunRefused
+from batch.pricing import PriceTable
+
+MANIFEST = "manifest.json"
+SUMMARY = "summary.json"
+INVALID = "invalid.jsonl"
+RESULTS = "results"
+FAILED = "failed"
+SUPERSEDED = "superseded"
+FORMAT = 1
+_USAGE_KEY = b"gigabatch.usage"
+
+FAILED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("error_class", pa.string()),
+        ("status", pa.int32()),
+        ("message", pa.string()),
+        ("attempts", pa.int32()),
+        ("request_id", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+
+
+def id_hash(job_id: str) -> int:
+    """A 64-bit hash of a job id (collision odds for a million ids: about 3e-8)."""
+    return int.from_bytes(hashlib.blake2b(job_id.encode(), digest_size=8).digest(), "little")
+
+
+class DoneIds:
+    """The ids already answered, as a sorted array of 64-bit hashes: 8 bytes per id, so a
+    million done ids cost 8 MB, and a lookup is one hash and a binary search."""
+
+    def __init__(self, hashes: array[int] | None = None) -> None:
+        self._sorted: array[int] = hashes if hashes is not None else array("Q")
+
+    @classmethod
+    def from_hashes(cls, hashes: array[int]) -> DoneIds:
+        if not hashes:
+            return cls()
+        values = pa.Array.from_buffers(pa.uint64(), len(hashes), [None, pa.py_buffer(hashes)])
+        ordered = values.take(pc.array_sort_indices(values))
+        out: array[int] = array("Q")
+        out.frombytes(ordered.buffers()[1].to_pybytes()[: 8 * len(ordered)])
+        return cls(out)
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def __contains__(self, job_id: object) -> bool:
+        if not isinstance(job_id, str) or not self._sorted:
+            return False
+        key = id_hash(job_id)
+        i = bisect.bisect_left(self._sorted, key)
+        return i < len(self._sorted) and self._sorted[i] == key
+
+
+@dataclass
+class PartInfo:
+    """One committed part: where, how many rows, and the usage of its rows by model."""
+
+    path: str
+    rows: int
+    usage: dict[str, Usage] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "rows": self.rows,
+            "usage": {m: _usage_list(u) for m, u in self.usage.items()},
+        }
+
+
+def _usage_list(u: Usage) -> list[int]:
+    return [u.prompt_tokens, u.completion_tokens, u.precached_prompt_tokens]
+
+
+def _usage_from(data: Mapping[str, Any]) -> dict[str, Usage]:
+    return {str(m): Usage(int(v[0]), int(v[1]), int(v[2])) for m, v in data.items()}
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write, fsync, rename over `path`, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fsync_dir(path.parent)
+
+
+def _part_number(path: Path) -> int:
+    try:
+        return int(path.stem.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _parts(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(directory.glob("part-*.parquet"), key=_part_number)
+
+
+def _read_part_info(path: Path, out_dir: Path) -> PartInfo:
+    meta = pq.read_metadata(path)
+    kv = meta.metadata or {}
+    raw = kv.get(_USAGE_KEY)
+    usage = _usage_from(orjson.loads(raw)) if raw else {}
+    return PartInfo(path.relative_to(out_dir).as_posix(), meta.num_rows, usage)
+
+
+@dataclass
+class Totals:
+    succeeded: int = 0
+    failed: int = 0
+    usage: dict[str, Usage] = field(default_factory=dict)
+
+    def add(self, kind: str, part: PartInfo) -> None:
+        if kind == RESULTS:
+            self.succeeded += part.rows
+        else:
+            self.failed += part.rows
+        for model, u in part.usage.items():
+            self.usage[model] = self.usage.get(model, Usage()) + u
+
+    def cost(self, prices: PriceTable) -> float:
+        return sum(prices.cost(model, u) for model, u in self.usage.items())
+
+    @property
+    def tokens(self) -> Usage:
+        return sum(self.usage.values(), Usage())
+
+
+def settings_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two settings fingerprints, one phrase per setting."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return changes
+
+
+def _normalised(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings as they read back from JSON, so a fresh run compares equal to a manifest."""
+    loaded: dict[str, Any] = orjson.loads(orjson.dumps(dict(settings), default=str))
+    return loaded
+
+
+class Checkpoint:
+    """An output directory opened for a run: what is done, and where the next part goes.
+
+    The blocking methods (`open`, `commit`) do file I/O; the engine calls them from a thread.
+    """
+
+    def __init__(self, out_dir: Path, manifest: dict[str, Any], done: DoneIds) -> None:
+        self.out_dir = out_dir
+        self.manifest = manifest
+        self.done = done
+        self.parts: dict[str, list[PartInfo]] = {RESULTS: [], FAILED: []}
+        self.totals = Totals()
+        self._next = 1
+
+    @classmethod
+    def open(
+        cls,
+        out_dir: Path,
+        *,
+        kind: str,
+        input_path: str,
+        input_fingerprint: str,
+        settings: Mapping[str, Any],
+        total_jobs: int,
+        restart: bool = False,
+        retry_failed: bool = False,
+    ) -> Checkpoint:
+        """Open (or create) `out_dir` for a run. Refuses, with what changed, to resume an
+        output made from another input or other answer-affecting settings unless `restart`
+        (which deletes the previous output). `retry_failed` moves failed/ aside so its ids
+        are pending again."""
+        settings_now = _normalised({"kind": kind, **settings})
+        manifest_path = out_dir / MANIFEST
+        if restart:
+            clear_output(out_dir)
+        previous: dict[str, Any] | None = None
+        if manifest_path.exists():
+            previous = orjson.loads(manifest_path.read_bytes())
+            _check_resumable(previous, input_fingerprint, settings_now)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for sub in (RESULTS, FAILED):
+            (out_dir / sub).mkdir(exist_ok=True)
+            for stale in (out_dir / sub).glob(".*.tmp"):
+                stale.unlink()
+        if retry_failed:
+            set_failed_aside(out_dir)
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "kind": kind,
+            "input": {"path": input_path, "fingerprint": input_fingerprint},
+            "settings": settings_now,
+            "total_jobs": total_jobs,
+            "created_at": previous.get("created_at") if previous else _now(),
+        }
+        checkpoint = cls(out_dir, manifest, DoneIds())
+        checkpoint._scan()
+        checkpoint.write_manifest()
+        return checkpoint
+
+    def _scan(self) -> None:
+        hashes: array[int] = array("Q")
+        highest = 0
+        for sub in (RESULTS, FAILED):
+            for path in _parts(self.out_dir / sub):
+                info = _read_part_info(path, self.out_dir)
+                self.parts[sub].append(info)
+                self.totals.add(sub, info)
+                highest = max(highest, _part_number(path))
+                ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
+                hashes.extend(id_hash(i) for i in ids)
+        self.done = DoneIds.from_hashes(hashes)
+        self._next = highest + 1
+
+    def commit(
+        self, results: pa.Table | None, failures: pa.Table | None, usage: Mapping[str, Usage]
+    ) -> list[PartInfo]:
+        """Commit one part per non-empty table, atomically, then the manifest. `usage` is the
+        billed usage of the results' rows, by the model that answered."""
+        committed = []
+        for sub, table, part_usage in (
+            (RESULTS, results, usage),
+            (FAILED, failures, {}),
+        ):
+            if table is None or table.num_rows == 0:
+                continue
+            info = self._write_part(sub, table, part_usage)
+            self.parts[sub].append(info)
+            self.totals.add(sub, info)
+            committed.append(info)
+        if committed:
+            self.write_manifest()
+        return committed
+
+    def _write_part(self, sub: str, table: pa.Table, usage: Mapping[str, Usage]) -> PartInfo:
+        directory = self.out_dir / sub
+        name = f"part-{self._next:05d}.parquet"
+        self._next += 1
+        meta = dict(table.schema.metadata or {})
+        meta[_USAGE_KEY] = orjson.dumps({m: _usage_list(u) for m, u in usage.items()})
+        table = table.replace_schema_metadata(meta)
+        tmp = directory / f".{name}.tmp"
+        with tmp.open("wb") as f:
+            pq.write_table(table, f, compression="zstd")
+            f.flush()
+            os.fsync(f.fileno())
+        final = directory / name
+        tmp.replace(final)
+        fsync_dir(directory)
+        return PartInfo(final.relative_to(self.out_dir).as_posix(), table.num_rows, dict(usage))
+
+    def write_manifest(self) -> None:
+        self.manifest["updated_at"] = _now()
+        self.manifest["parts"] = [p.to_json() for sub in (RESULTS, FAILED) for p in self.parts[sub]]
+        self.manifest["totals"] = {
+            "succeeded": self.totals.succeeded,
+            "failed": self.totals.failed,
+            "usage": {m: _usage_list(u) for m, u in self.totals.usage.items()},
+        }
+        data = orjson.dumps(self.manifest, option=orjson.OPT_INDENT_2)
+        write_atomic(self.out_dir / MANIFEST, data)
+
+
+def _check_resumable(
+    previous: Mapping[str, Any], input_fingerprint: str, settings: Mapping[str, Any]
+) -> None:
+    changes = []
+    old_input = previous.get("input", {}).get("fingerprint")
+    if old_input != input_fingerprint:
+        changes.append(
+            "the input file changed "
+            f"(fingerprint {str(old_input)[:12]} -> {input_fingerprint[:12]})"
+        )
+    changes.extend(settings_changes(previous.get("settings", {}), settings))
+    if changes:
+        raise RunRefused(
+            "this output directory was made with a different input or settings: "
+            + "; ".join(changes)
+            + " (use --restart to start over, or another --out)"
+        )
+
+
+def clear_output(out_dir: Path) -> None:
+    """Delete what a previous run wrote in `out_dir` (for --restart); nothing else."""
+    for sub in (RESULTS, FAILED, SUPERSEDED):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+    for name in (MANIFEST, SUMMARY, INVALID):
+        with contextlib.suppress(FileNotFoundError):
+            (out_dir / name).unlink()
+
+
+def set_failed_aside(out_dir: Path) -> Path | None:
+    """Move failed/ to superseded/failed-<n>/ in one rename, leaving an empty failed/."""
+    failed = out_dir / FAILED
+    if not _parts(failed):
+        return None
+    superseded = out_dir / SUPERSEDED
+    superseded.mkdir(exist_ok=True)
+    n = 1 + max((_part_number(p) for p in superseded.glob("failed-*")), default=0)
+    target = superseded / f"failed-{n}"
+    failed.replace(target)
+    fsync_dir(out_dir)
+    failed.mkdir()
+    return target
+
+
+def read_status(out_dir: Path) -> tuple[dict[str, Any], Totals]:
+    """The manifest and totals rebuilt from the committed parts (for `gigabatch status`)."""
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.exists():
+        raise RunRefused(f"{out_dir} has no {MANIFEST}: not a gigabatch output directory")
+    manifest: dict[str, Any] = orjson.loads(manifest_path.read_bytes())
+    totals = Totals()
+    for sub in (RESULTS, FAILED):
+        for path in _parts(out_dir / sub):
+            totals.add(sub, _read_part_info(path, out_dir))
+    return manifest, totals
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
