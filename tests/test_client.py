@@ -3,12 +3,15 @@ how every kind of failure maps onto the error tree."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import logging
 import ssl
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,8 @@ import anyio
 import httpx
 import orjson
 import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
 
 import batch.client
 from batch import __version__
@@ -624,3 +629,109 @@ def test_missing_ca_bundle_is_a_config_error_naming_the_file(tmp_path: Path) -> 
 def test_missing_client_certificate_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"GIGACHAT_CERT_FILE.*client\.crt"):
         ssl_context(settings(cert_file=str(tmp_path / "client.crt")))
+
+
+# --- TLS over real loopback sockets (trustme CA) -------------------------------------------
+
+
+class _ModelsHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = orjson.dumps({"data": [{"id": "GigaChat", "type": "chat"}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test asserts on the client's side."""
+
+
+class _QuietTLSServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Refused handshakes are what some tests are about."""
+
+
+@contextlib.contextmanager
+def tls_server(ca: trustme.CA, *, require_client_cert: bool = False) -> Iterator[str]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    if require_client_cert:
+        ca.configure_trust(context)
+        context.verify_mode = ssl.CERT_REQUIRED
+    server = _QuietTLSServer(("127.0.0.1", 0), _ModelsHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/api/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _models_over_tls(base_url: str, **overrides: Any) -> list[Any]:
+    values: dict[str, Any] = {"base_url": base_url, "credentials": None, **overrides}
+    if "cert_file" not in values:
+        values["access_token"] = "t"
+
+    async def main() -> list[Any]:
+        async with GigaChatClient(ClientSettings.from_env({}, **values)) as client:
+            return list(await client.models())
+
+    return list(anyio.run(main))
+
+
+def test_ca_bundle_verifies_a_server_that_default_trust_rejects(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    with tls_server(ca) as url:
+        assert _models_over_tls(url, ca_bundle_file=str(bundle))[0].id == "GigaChat"
+        with pytest.raises(ConfigError, match="GIGACHAT_CA_BUNDLE_FILE"):
+            _models_over_tls(url)
+
+
+def test_verification_off_reaches_a_self_signed_server() -> None:
+    with tls_server(trustme.CA()) as url:
+        assert _models_over_tls(url, verify_ssl_certs=False)[0].id == "GigaChat"
+
+
+def test_client_certificate_authenticates_without_a_token(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    bundle, cert, key = tmp_path / "ca.pem", tmp_path / "client.crt", tmp_path / "client.key"
+    ca.cert_pem.write_to_path(str(bundle))
+    issued = ca.issue_cert("client@example.com")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    with tls_server(ca, require_client_cert=True) as url:
+        found = _models_over_tls(
+            url, ca_bundle_file=str(bundle), cert_file=str(cert), key_file=str(key)
+        )
+        assert found[0].id == "GigaChat"
+        with pytest.raises(ConnectionFailed):
+            _models_over_tls(url, ca_bundle_file=str(bundle))
+
+
+def test_encrypted_client_key_needs_its_password_which_never_shows(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("client@example.com")
+    private_key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), None)
+    cert, key = tmp_path / "client.crt", tmp_path / "client.key"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    key.write_bytes(
+        private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"right-key-pw"),
+        )
+    )
+    files = {"cert_file": str(cert), "key_file": str(key), "credentials": None}
+    assert ssl_context(settings(**files, key_file_password="right-key-pw"))
+    with pytest.raises(ConfigError) as info:
+        ssl_context(settings(**files, key_file_password="wrong-key-pw"))
+    assert "wrong-key-pw" not in str(info.value)
+    assert "GIGACHAT_KEY_FILE_PASSWORD" in str(info.value)
