@@ -26,7 +26,13 @@ from tenacity import (
 
 from batch import wire
 from batch.api_types import AccessToken
-from batch.errors import ApiError, AuthenticationFailed, RateLimited, RetryableError
+from batch.errors import (
+    ApiError,
+    AuthenticationFailed,
+    GigabatchError,
+    RateLimited,
+    RetryableError,
+)
 from batch.settings import ClientSettings
 
 logger = logging.getLogger(__name__)
@@ -60,7 +66,10 @@ class Authenticator:
         self._token: AccessToken | None = None
         self._margin = REFRESH_MARGIN
         self._generation = 0
-        self.token_requests = 0
+        # Refreshes begun, and how the last one failed: requests that queued behind a failed
+        # refresh share its error instead of each sending its own doomed token request.
+        self._refreshes = 0
+        self._failure: GigabatchError | None = None
         if settings.access_token is not None:
             # A token given directly carries no expiry: use it until the API says 401.
             self._token = AccessToken(settings.access_token.reveal(), math.inf)
@@ -97,10 +106,10 @@ class Authenticator:
         if self._usable():
             assert self._token is not None
             return f"Bearer {self._token.value}", self._generation
-        observed = self._generation
+        observed, refreshes = self._generation, self._refreshes
         async with self._lock:
             if self._generation == observed and not self._usable():
-                await self._refresh()
+                await self._refresh(refreshes)
             assert self._token is not None
             return f"Bearer {self._token.value}", self._generation
 
@@ -115,13 +124,26 @@ class Authenticator:
                 status=error.status,
                 request_id=error.request_id,
             )
+        refreshes = self._refreshes
         async with self._lock:
             if self._generation == generation:
                 logger.info("token rejected (%s), fetching a new one", error.message)
-                await self._refresh()
+                await self._refresh(refreshes)
 
-    async def _refresh(self) -> None:
-        """Fetch a token (caller holds the lock), retrying the token endpoint's 429/5xx."""
+    async def _refresh(self, refreshes_seen: int) -> None:
+        """Fetch a token (caller holds the lock), retrying the token endpoint's 429/5xx; if a
+        refresh failed while the caller waited for the lock, raise its error instead."""
+        if self._refreshes != refreshes_seen and self._failure is not None:
+            raise self._failure
+        self._refreshes += 1
+        try:
+            await self._fetch_with_retries()
+        except GigabatchError as exc:
+            self._failure = exc
+            raise
+        self._failure = None
+
+    async def _fetch_with_retries(self) -> None:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(TOKEN_ATTEMPTS),
             wait=self._wait,
@@ -145,7 +167,6 @@ class Authenticator:
         else:
             assert s.user is not None and s.password is not None
             request = wire.password_token_request(s.user, s.password.reveal())
-        self.token_requests += 1
         response = await self._send(request)
         return wire.parse_token(response)
 

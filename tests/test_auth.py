@@ -203,3 +203,36 @@ def test_method_names_the_way_in_without_secrets() -> None:
     assert "GIGACHAT_API_PERS" in authenticator(endpoint, clock).method
     by_user = authenticator(endpoint, clock, credentials=None, user="alice", password="pw")
     assert by_user.method == "user 'alice'"
+
+
+def test_requests_queued_behind_a_failed_refresh_share_its_error() -> None:
+    clock = Clock()
+    busy = [httpx.Response(503, text="busy") for _ in range(10 * TOKEN_ATTEMPTS)]
+    endpoint = TokenEndpoint(clock, 1800.0, *busy)
+    auth = authenticator(endpoint, clock)
+    failures: list[Exception] = []
+
+    async def one() -> None:
+        try:
+            await auth.authorization()
+        except ServerError as exc:
+            failures.append(exc)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(one)
+
+    anyio.run(main)
+    assert len(failures) == 50
+    assert len(endpoint.sent) == TOKEN_ATTEMPTS  # one refresh's attempts, not fifty
+
+
+def test_after_a_failed_refresh_the_next_request_tries_again() -> None:
+    clock = Clock()
+    busy = [httpx.Response(503, text="busy") for _ in range(TOKEN_ATTEMPTS)]
+    endpoint = TokenEndpoint(clock, 1800.0, *busy)
+    auth = authenticator(endpoint, clock)
+    with pytest.raises(ServerError):
+        anyio.run(auth.authorization)
+    assert anyio.run(auth.authorization)[0] == f"Bearer t{TOKEN_ATTEMPTS + 1}"
