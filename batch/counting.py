@@ -11,13 +11,14 @@ once and multiplied.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import anyio
-import anyio.lowlevel
+import anyio.to_thread
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from batch.api_types import TokenCount
@@ -39,6 +40,8 @@ COUNTED_CACHE = 65_536
 # Embedding texts remembered to mirror the run's deduplication: a text repeated within this
 # window is answered from the embeddings kind's vector cache, so it is not billed again.
 EMBED_DEDUP_WINDOW = 4_096
+# Jobs read per hop to the reading thread.
+READ_CHUNK = 512
 
 CountFn = Callable[[Sequence[str], str], Awaitable[list[int]]]
 
@@ -204,7 +207,7 @@ def count_offline(jobs: Iterable[Job], counter: InputCounter) -> None:
 
 
 async def count_jobs(
-    jobs: Iterable[Job],
+    jobs: Iterator[Job],
     counter: InputCounter,
     count: CountFn,
     *,
@@ -225,16 +228,20 @@ async def count_jobs(
                     continue
                 counter.counted(call, tokens)
 
+    def next_chunk() -> list[Job]:
+        return list(itertools.islice(jobs, READ_CHUNK))
+
     async with anyio.create_task_group() as tg:
         for _ in range(workers):
             tg.start_soon(worker, receive.clone())
         receive.close()
         async with send:
-            for n, job in enumerate(jobs):
-                for call in counter.add(job):
-                    await send.send(call)
-                if n % 256 == 255:
-                    await anyio.lowlevel.checkpoint()  # let workers and the progress line run
+            # Reading and parsing the file happen in a thread, a chunk per hop, so the
+            # workers and the progress line keep running on the event loop meanwhile.
+            while chunk := await anyio.to_thread.run_sync(next_chunk):
+                for job in chunk:
+                    for call in counter.add(job):
+                        await send.send(call)
             for call in counter.flush():
                 await send.send(call)
 

@@ -56,7 +56,7 @@ class FakeCounter:
 
 
 def run_count(counter: InputCounter, jobs: list[Job], fake: FakeCounter) -> None:
-    anyio.run(lambda: count_jobs(jobs, counter, fake, workers=3))
+    anyio.run(lambda: count_jobs(iter(jobs), counter, fake, workers=3))
 
 
 def test_chat_input_is_the_counted_texts_plus_the_message_overhead() -> None:
@@ -123,7 +123,7 @@ def test_texts_the_api_refuses_to_count_are_approximated_and_reported() -> None:
 
     tally = Tally("chat")
     counter = InputCounter(kind_for("chat", KindOptions()), tally)
-    anyio.run(lambda: count_jobs([chat_job(1, "x" * 35)], counter, refuse, workers=1))
+    anyio.run(lambda: count_jobs(iter([chat_job(1, "x" * 35)]), counter, refuse, workers=1))
     assert tally.models["GigaChat"].input_tokens == approximate_tokens("x" * 35) + 3
     assert counter.stats.uncounted_texts == 1
     assert "bad input" in (counter.stats.uncounted_reason or "")

@@ -1,0 +1,452 @@
+"""`gigabatch estimate`: tokens, cost and balance for a job file before it runs.
+
+Input tokens come from `/tokens/count` (exact) or from characters (`--offline`); output
+tokens from `max_tokens` (a bound) or from a random sample of jobs answered for real through
+the run engine (`--sample N`), checkpointed in `--out` so the run does not pay for them
+twice. The arithmetic is in batch/estimate.py, the counting pass in batch/counting.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import click
+import orjson
+import pyarrow.parquet as pq
+
+from batch.api_types import Usage
+from batch.checkpoint import FAILED, RESULTS
+from batch.cli import main
+from batch.cli.common import api_options, cli_errors, settings_from_options
+from batch.client import GigaChatClient
+from batch.counting import InputCounter, count_jobs, count_offline, limited_counter
+from batch.errors import ApiError, ConfigError, PermissionDenied
+from batch.estimate import (
+    BalanceReport,
+    Estimate,
+    Reservoir,
+    SampleReport,
+    Tally,
+    build_estimate,
+    check_balance,
+    estimate_to_json,
+    render_table,
+)
+from batch.limiter import AdaptiveLimiter
+from batch.pricing import PriceTable
+from batch.retry import RetryPolicy
+from batch.runner import RunConfig, run_jobs
+from batch.settings import ClientSettings, Secret
+from jobs.base import Job, JobKind, KindOptions
+from jobs.chat import DEFAULT_COMPLETION_RESERVE
+from jobs.readers import read_jobs, validate_jobs
+from jobs.registry import kind_for
+from jobs.token_counts import MESSAGE_OVERHEAD
+
+
+@dataclass(frozen=True)
+class EstimateRequest:
+    """What one `gigabatch estimate` was asked to do."""
+
+    jobs_path: Path
+    kind_name: Literal["chat", "embed"]
+    options: KindOptions
+    prices: PriceTable
+    sample: int | None
+    seed: int | None
+    confidence: float
+    out: Path | None
+    max_concurrency: int
+    message_overhead: int
+    skip_invalid: bool
+    quiet: bool
+
+    def kind(self) -> JobKind:
+        return kind_for(self.kind_name, self.options)
+
+
+@contextlib.contextmanager
+def _emulator_settings(use: bool, settings: ClientSettings | None) -> Iterator[ClientSettings]:
+    """The settings to use: the given ones, or those of an in-process emulator."""
+    if not use:
+        assert settings is not None
+        yield settings
+        return
+    from batch.emulator import profile, serve_emulator
+
+    with serve_emulator(profile("b2b")) as emu:
+        yield ClientSettings(
+            base_url=emu.base_url,
+            auth_url=emu.auth_url,
+            credentials=Secret(emu.credentials),
+            scope=emu.scope,
+        )
+
+
+class _ProgressLine:
+    """The counting pass's progress on stderr: a live line on a terminal, a line every few
+    seconds otherwise, nothing with --quiet."""
+
+    def __init__(self, counter: InputCounter, total: int, quiet: bool) -> None:
+        self.counter = counter
+        self.total = total
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.drawn = False
+
+    def draw(self, *, final: bool = False) -> None:
+        if self.quiet:
+            return
+        line = self.counter.stats.line(self.total)
+        if self.tty:
+            sys.stderr.write("\r\x1b[2K" + line + ("\n" if final else ""))
+        else:
+            sys.stderr.write(time.strftime("%H:%M:%S ") + line + "\n")
+        sys.stderr.flush()
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(0.5 if self.tty else 5.0)
+            self.draw()
+
+
+async def _balance(client: GigaChatClient) -> BalanceReport:
+    try:
+        entries = await client.balance()
+    except PermissionDenied:
+        return BalanceReport(None, [], note="HTTP 403: not a prepaid account, no balance to show")
+    except ApiError as exc:
+        return BalanceReport(None, [], note=f"could not be read: {exc}")
+    return BalanceReport(entries, [])
+
+
+async def _count_online(
+    request: EstimateRequest,
+    settings: ClientSettings,
+    jobs: Iterator[Job],
+    counter: InputCounter,
+    total: int,
+) -> BalanceReport:
+    """The counting pass against the API, then the balance."""
+    progress = _ProgressLine(counter, total, request.quiet)
+    async with GigaChatClient(settings, max_connections=request.max_concurrency) as client:
+        limiter = AdaptiveLimiter(request.max_concurrency)
+        count = limited_counter(client.tokens_count, limiter, RetryPolicy())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(progress.run)
+            await count_jobs(jobs, counter, count, workers=request.max_concurrency)
+            tg.cancel_scope.cancel()
+        progress.draw(final=True)
+        return await _balance(client)
+
+
+def _sampled_usage(
+    out: Path, wanted: dict[str, str], prices: PriceTable
+) -> tuple[dict[str, list[int]], int, Usage, float]:
+    """Completion tokens of the sampled jobs answered in `out`, by requested model; the
+    number of sampled jobs that failed; their usage and cost."""
+    samples: dict[str, list[int]] = {}
+    usage = Usage()
+    cost = 0.0
+    for part in sorted((out / RESULTS).glob("*.parquet")):
+        columns = ["id", "model", "prompt_tokens", "completion_tokens"]
+        table = pq.read_table(part, columns=columns).to_pylist()
+        for row in table:
+            requested = wanted.get(row["id"])
+            if requested is None:
+                continue
+            used = Usage(row["prompt_tokens"] or 0, row["completion_tokens"] or 0)
+            samples.setdefault(requested, []).append(used.completion_tokens)
+            usage = usage + used
+            cost += prices.cost(row["model"] or requested, used)
+    failed = 0
+    for part in sorted((out / FAILED).glob("*.parquet")):
+        ids = pq.read_table(part, columns=["id"]).column("id").to_pylist()
+        failed += sum(1 for job_id in ids if job_id in wanted)
+    return samples, failed, usage, cost
+
+
+async def _run_sample(
+    request: EstimateRequest, settings: ClientSettings, sampler: Reservoir, out: Path
+) -> tuple[dict[str, list[int]], SampleReport]:
+    """Answer the sampled jobs for real, through the run engine, into `out`."""
+    wanted = dict(sampler.items)
+    config = RunConfig(
+        jobs_path=request.jobs_path,
+        out_dir=out,
+        kind=request.kind(),
+        client_settings=settings,
+        max_concurrency=request.max_concurrency,
+        prices=request.prices,
+        skip_invalid=request.skip_invalid,
+        job_filter=lambda job: job.id in wanted,
+        progress="off" if request.quiet else "auto",
+        handle_signals=False,
+    )
+    summary = await run_jobs(config)
+    if summary.status == "fatal":
+        raise ApiError(f"the sample run stopped: {summary.message}")
+    samples, failed, usage, cost = await anyio.to_thread.run_sync(
+        _sampled_usage, out, wanted, request.prices
+    )
+    report = SampleReport(
+        requested=len(wanted),
+        answered=sum(len(v) for v in samples.values()),
+        failed=failed,
+        completion_tokens=usage.completion_tokens,
+        prompt_tokens=usage.prompt_tokens,
+        cost=cost,
+        out=str(out),
+        confidence=request.confidence,
+    )
+    return samples, report
+
+
+def _output_method(tally: Tally, report: SampleReport | None, confidence: float) -> str:
+    if tally.kind == "embed":
+        return "embeddings have no output tokens"
+    if report is not None:
+        return (
+            f"projected from {report.answered} randomly sampled jobs answered for real "
+            f"({confidence:.0%} Student-t interval with finite-population correction)"
+        )
+    defaulted = sum(m.rows_default_bound for m in tally.models.values())
+    default = (
+        f"; {defaulted:,} rows without max_tokens counted at {DEFAULT_COMPLETION_RESERVE}, "
+        "the default a run reserves (an assumption, not a limit)"
+        if defaulted
+        else ""
+    )
+    return f"between 0 and the max_tokens bound{default}; use --sample N for an expected value"
+
+
+def estimate_jobs(
+    request: EstimateRequest,
+    *,
+    settings: ClientSettings | None,
+    offline: bool,
+    emulator: bool,
+) -> Estimate:
+    """Validate, count, sample and price a job file; the CLI's whole job, callable from code."""
+    kind = request.kind()
+    report = validate_jobs(request.jobs_path, kind)
+    if not request.skip_invalid:
+        report.raise_for_problems()
+    jobs = read_jobs(
+        request.jobs_path, kind, skip_invalid=request.skip_invalid, exclude=report.duplicates
+    )
+    tally = Tally(request.kind_name)
+    sampler = (
+        Reservoir(request.sample, request.seed) if request.sample and kind.name == "chat" else None
+    )
+    counter = InputCounter(kind, tally, message_overhead=request.message_overhead, sampler=sampler)
+    notes: list[str] = []
+    if request.sample and kind.name != "chat":
+        notes.append("--sample ignored: embeddings have no output tokens to project")
+    if offline:
+        count_offline(jobs, counter)
+        return build_estimate(
+            tally,
+            request.prices,
+            source=str(request.jobs_path),
+            exact_input=False,
+            output_method=_output_method(tally, None, request.confidence),
+            notes=notes,
+        )
+    with _emulator_settings(emulator, settings) as effective:
+        balance = anyio.run(_count_online, request, effective, jobs, counter, report.jobs)
+        if counter.stats.uncounted_texts:
+            notes.append(
+                f"{counter.stats.uncounted_texts} texts could not be counted "
+                f"({counter.stats.uncounted_reason}); they are approximated from characters"
+            )
+        samples: dict[str, list[int]] | None = None
+        sample_report: SampleReport | None = None
+        if sampler is not None and sampler.items:
+            with contextlib.ExitStack() as stack:
+                out = request.out
+                if out is None:
+                    out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                    notes.append("sampled answers discarded: give --out DIR to keep them")
+                samples, sample_report = anyio.run(_run_sample, request, effective, sampler, out)
+            if sample_report.failed:
+                notes.append(f"{sample_report.failed} sampled jobs failed and are left out")
+    estimate = build_estimate(
+        tally,
+        request.prices,
+        source=str(request.jobs_path),
+        exact_input=True,
+        output_method=_output_method(tally, sample_report, request.confidence),
+        samples=samples,
+        confidence=request.confidence,
+        notes=notes,
+        sample_report=sample_report,
+    )
+    if balance.entries is not None:
+        balance = check_balance(estimate, balance.entries)
+    return replace(estimate, balance=balance)
+
+
+@main.command()
+@click.argument("jobs_path", metavar="JOBS", type=click.Path(path_type=Path))
+@click.option(
+    "--kind",
+    "kind_name",
+    type=click.Choice(["chat", "embed"]),
+    default="chat",
+    show_default=True,
+    help="What each job is: a chat completion or a text to embed.",
+)
+@click.option("--model", help="Model for jobs that name none [default: GigaChat / Embeddings].")
+@click.option("--system", help="System message sent before each 'prompt' (chat).")
+@click.option("--temperature", type=float, help="Default temperature (chat).")
+@click.option("--top-p", type=float, help="Default top_p (chat).")
+@click.option(
+    "--answer-max-tokens",
+    type=click.IntRange(min=1),
+    help="Default max_tokens of each answer (chat); bounds the output tokens.",
+)
+@click.option("--repetition-penalty", type=float, help="Default repetition_penalty (chat).")
+@click.option("--id-column", help="Column or key holding the job id.")
+@click.option("--text-column", help="Column or key holding the text (embed).")
+@click.option("--prompt-column", help="Column or key holding the prompt (chat).")
+@click.option(
+    "--prices",
+    "prices_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Price table JSON overriding the built-in one (rubles per 1M tokens per model).",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    help="Answer N random chat jobs for real to project output tokens with an interval.",
+)
+@click.option("--seed", type=int, help="Seed for choosing the sample (reproducible estimates).")
+@click.option(
+    "--confidence",
+    type=click.FloatRange(0.5, 1.0, min_open=True, max_open=True),
+    default=0.95,
+    show_default=True,
+    help="Confidence level of the output interval.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the sampled answers here, as a run checkpoint: `gigabatch run` with the "
+    "same --out and settings does not pay for them again.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="No credentials, no requests: approximate input tokens from characters.",
+)
+@click.option("--emulator", is_flag=True, help="Estimate against a built-in local emulator.")
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Most requests in flight (the limiter finds the server's limit below it).",
+)
+@click.option(
+    "--message-overhead",
+    type=click.IntRange(min=0),
+    default=MESSAGE_OVERHEAD,
+    show_default=True,
+    help="Tokens billed per chat message beyond its content (calibrate from one answer's "
+    "prompt_tokens).",
+)
+@click.option("--skip-invalid", is_flag=True, help="Leave invalid lines out instead of stopping.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+@api_options
+@cli_errors
+def estimate(
+    jobs_path: Path,
+    kind_name: Literal["chat", "embed"],
+    model: str | None,
+    system: str | None,
+    temperature: float | None,
+    top_p: float | None,
+    answer_max_tokens: int | None,
+    repetition_penalty: float | None,
+    id_column: str | None,
+    text_column: str | None,
+    prompt_column: str | None,
+    prices_path: Path | None,
+    sample: int | None,
+    seed: int | None,
+    confidence: float,
+    out: Path | None,
+    as_json: bool,
+    offline: bool,
+    emulator: bool,
+    max_concurrency: int,
+    message_overhead: int,
+    skip_invalid: bool,
+    quiet: bool,
+    **api: Any,
+) -> None:
+    """Estimate tokens and cost of a job file before running it.
+
+    Input tokens are counted exactly with the API's /tokens/count (many texts per call,
+    through the same limiter and retries as `run`), plus the few tokens per message the API
+    bills beyond the text. Output tokens are bounded by max_tokens; with --sample N, N random
+    jobs are answered for real and the total is projected with a confidence interval. The
+    prepaid balance, where the account has one, is shown next to the estimate. --offline
+    approximates from characters without credentials or requests.
+
+    \b
+    Examples:
+      gigabatch estimate sample_jobs/chat.jsonl --emulator
+      gigabatch estimate jobs.jsonl --sample 100 --out out/jobs --json
+      gigabatch estimate texts.parquet --kind embed --offline
+    """
+    if offline and (sample or emulator):
+        raise ConfigError("--offline sends no requests: it cannot take --sample or --emulator")
+    settings = None if offline or emulator else settings_from_options(api)
+    if settings is not None and not settings.has_auth:
+        raise ConfigError(
+            "no credentials: set GIGACHAT_CREDENTIALS (or GIGACHAT_ACCESS_TOKEN, "
+            "GIGACHAT_USER/GIGACHAT_PASSWORD, GIGACHAT_CERT_FILE), or use --offline"
+        )
+    request = EstimateRequest(
+        jobs_path=jobs_path,
+        kind_name=kind_name,
+        options=KindOptions(
+            model=model,
+            system=system,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=answer_max_tokens,
+            repetition_penalty=repetition_penalty,
+            id_column=id_column,
+            text_column=text_column,
+            prompt_column=prompt_column,
+        ),
+        prices=PriceTable.load(prices_path),
+        sample=sample,
+        seed=seed,
+        confidence=confidence,
+        out=out,
+        max_concurrency=max_concurrency,
+        message_overhead=message_overhead,
+        skip_invalid=skip_invalid,
+        quiet=quiet,
+    )
+    result = estimate_jobs(request, settings=settings, offline=offline, emulator=emulator)
+    if as_json:
+        click.echo(orjson.dumps(estimate_to_json(result), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(render_table(result))
+    if result.balance is not None:
+        for warning in result.balance.warnings:
+            click.echo(f"warning: {warning}", err=True)
