@@ -1,16 +1,18 @@
 """Token counts from characters, for the decisions that must be made without asking the API.
 
-GigaChat's tokens are about 3-4 characters of Russian or English text; code, numbers and
-punctuation run shorter. A reservation for a budget must not be exceeded, so it assumes
-1.5 characters per token; a text is surely under an input limit only at 2 characters per
-token or fewer (above that, the embeddings kind asks `/tokens/count`).
+GigaChat's tokens are about 3-4 characters of Russian or English text, but punctuation and
+rare symbols can cost a token each. A budget reservation must not be exceeded, so it assumes
+one character per token (a reservation is only held while a request is in flight, so
+over-reserving costs nothing but a slightly earlier stop near the budget). For the input-limit
+check a text is taken to fit without counting at 2 characters per token or fewer; above that
+the embeddings kind asks `/tokens/count`, and a 413 that still slips through is bisected.
 """
 
 from __future__ import annotations
 
 import math
 
-PESSIMISTIC_CHARS_PER_TOKEN = 1.5
+PESSIMISTIC_CHARS_PER_TOKEN = 1.0
 SURE_FIT_CHARS_PER_TOKEN = 2.0
 
 
@@ -20,5 +22,5 @@ def token_ceiling(characters: int) -> int:
 
 
 def surely_fits(characters: int, limit_tokens: int) -> bool:
-    """True when a text this long is under `limit_tokens` without counting it."""
+    """True when a text this long is taken to be under `limit_tokens` without counting it."""
     return characters <= limit_tokens * SURE_FIT_CHARS_PER_TOKEN
