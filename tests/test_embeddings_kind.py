@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -11,8 +11,11 @@ import pyarrow as pa
 import pytest
 
 from batch.api_types import EmbeddingItem, Embeddings, TokenCount, Usage
+from batch.client import GigaChatClient
+from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.emulator.tokens import count_tokens
 from batch.errors import FatalError, PayloadTooLarge, RateLimited, ServerError
+from batch.settings import ClientSettings, Secret
 from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult, KindOptions, SourceLocation
 from jobs.embeddings import EmbeddingPayload, EmbeddingsKind, VectorCache, _Vector
 
@@ -267,3 +270,55 @@ def test_reservation_covers_the_billed_usage() -> None:
     reserved = kind.reserve(batch)
     billed = sum(min(count_tokens(t), 512) + 5 for t in batch.payload.texts)
     assert reserved.prompt_tokens >= billed
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[RunningEmulator]:
+    with serve_emulator(profile("b2b", latency_base_ms=0, seed=3)) as running:
+        yield running
+
+
+def _send_for_real(emu: RunningEmulator, kind: EmbeddingsKind, batch: Batch) -> list[JobOutcome]:
+    settings = ClientSettings(
+        base_url=emu.base_url,
+        auth_url=emu.auth_url,
+        credentials=Secret(emu.credentials),
+        scope=emu.scope,
+    )
+
+    async def go() -> list[JobOutcome]:
+        async with GigaChatClient(settings) as client:
+            return list(await kind.send(client, batch))
+
+    return anyio.run(go)
+
+
+# Over 512 emulator tokens, and long enough for the heuristic to ask /tokens/count.
+LONG = "Длинный абзац о доставке и возврате товара. " * 120
+# 700 punctuation marks are 700 emulator tokens in 700 characters: the heuristic lets them
+# through uncounted, so only the server's 413 (and the bisection) can catch them.
+DENSE = "!?" * 350
+
+
+def test_long_texts_fail_alone_against_the_emulator(emulator: RunningEmulator) -> None:
+    kind = EmbeddingsKind(KindOptions())
+    (batch,) = _pack(kind, _jobs(kind, "первый", LONG, "second", DENSE, "third"))
+    outcomes = _send_for_real(emulator, kind, batch)
+    assert [type(o).__name__ for o in outcomes] == [
+        "JobResult",
+        "JobFailure",
+        "JobResult",
+        "JobFailure",
+        "JobResult",
+    ]
+    counted, refused = outcomes[1], outcomes[3]
+    assert isinstance(counted, JobFailure) and "input limit of Embeddings" in counted.message
+    assert isinstance(refused, JobFailure) and refused.status == 413
+    assert all(len(o.row["embedding"]) == 1024 for o in outcomes if isinstance(o, JobResult))
+
+
+def test_truncate_mode_embeds_long_texts_against_the_emulator(emulator: RunningEmulator) -> None:
+    kind = EmbeddingsKind(KindOptions(on_long_text="truncate"))
+    (batch,) = _pack(kind, _jobs(kind, LONG, "short"))
+    results = _results(_send_for_real(emulator, kind, batch))
+    assert 500 <= results[0].row["prompt_tokens"] <= 512 + 5
