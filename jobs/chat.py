@@ -136,11 +136,12 @@ class ChatKind:
 
     def _messages(self, fields: RecordFields) -> list[dict[str, Any]] | None:
         if fields.has("messages"):
-            for name in ("prompt", "system"):
-                if fields.has(name):
-                    fields.add_problem(
-                        name, "give either 'messages' or the 'prompt' shorthand, not both"
-                    )
+            if fields.has("prompt"):
+                fields.add_problem("prompt", "give either 'messages' or the 'prompt' shorthand")
+            if fields.has("system"):
+                fields.add_problem(
+                    "system", "goes with the 'prompt' shorthand; put a system message in 'messages'"
+                )
             return _message_list(fields)
         prompt = fields.string("prompt")
         system = fields.string("system") if fields.has("system") else self.options.system

@@ -78,6 +78,11 @@ EMBED = EmbeddingsKind(KindOptions())
             "prompt",
             "either 'messages' or the 'prompt' shorthand",
         ),
+        (
+            {"id": "a", "messages": [{"role": "user", "content": "x"}], "system": "y"},
+            "system",
+            "put a system message in 'messages'",
+        ),
         ({"id": "a", "prompt": "x", "functions": {}}, "functions", "must be an array of objects"),
         ({"id": "a", "prompt": "x", "functions": [3]}, "functions[0]", "must be an object"),
         ({"id": "a", "prompt": "x", "functions": [{}]}, "functions[0].name", "non-empty string"),
