@@ -81,6 +81,10 @@ class Cooldown:
             await anyio.sleep(delta)
 
 
+# A probe waits at least this many times the run-wide pause the previous 429 caused.
+_PROBE_SPACING = 40.0
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     """One request's slot: when it was sent and under which limit epoch."""
@@ -101,8 +105,12 @@ class AdaptiveLimiter:
       shrank (or a release raced): "safe" steps down by about 10%.
     - At most one decrease per round trip: a 429 for a request sent before the last
       decrease says nothing new (its epoch is old).
-    - After a decrease the limit holds for `hold` windows before probing upwards again;
-      each failed probe just above "safe" doubles that hold, so probing costs few 429s.
+    - After a decrease the limit holds for `hold` windows, then grows again by +1 per
+      window up to just below the level that answered 429 ("bad"). Going to "bad" itself
+      is a probe: it waits for `hold` windows (doubled by each failed probe, up to
+      `max_hold`) and for a time proportional to the pause the last 429 imposed, so
+      probing costs a few percent of the run at most. A clean window at "bad" means the
+      server grew: "bad" moves up and the probing hold starts over.
     """
 
     def __init__(
@@ -124,13 +132,16 @@ class AdaptiveLimiter:
         self._decrease = decrease
         self._base_hold = hold
         self._max_hold = max_hold
-        self._hold_windows = hold
+        self._probe_windows = hold
+        self._probe_not_before = 0.0
         self._limit = max(1, min(initial, maximum))
-        self._safe = 0
+        self._safe = 0  # highest level that completed a full window without a 429
+        self._bad = maximum + 1  # lowest level that answered 429 since (maximum + 1: none)
         self._in_flight = 0
         self._peak_since_change = 0
         self._successes = 0
-        self._hold_left = 0
+        self._windows = 0  # full windows completed at the current level
+        self._required_windows = 1
         self._epoch = 0
         self._slow_start = True
         self._changed = anyio.Event()
@@ -182,23 +193,26 @@ class AdaptiveLimiter:
     def succeeded(self, ticket: Ticket) -> None:
         self._release()
         self.cooldown.reset()
-        if self._hold_left > 0:
-            self._hold_left -= 1
-            return
         self._successes += 1
         if self._successes < self._limit:
             return
         self._successes = 0
         if self._peak_since_change < self._limit:
             return  # the limit was not the bottleneck: no evidence it could go higher
-        if self._limit > self._safe:
-            # A full window at a new level: known good, and the server may have grown.
-            self._safe = self._limit
-            self._hold_windows = self._base_hold
-        if self._limit < self.maximum:
-            # Before the first 429 nothing is known: double per window (slow start).
-            step = self._limit if self._slow_start else 1
-            self._set_limit(self._limit + step)
+        level = self._limit
+        self._windows += 1
+        self._safe = max(self._safe, level)
+        if level >= self._bad:  # a clean window where a 429 came before: the server grew
+            self._bad = level + 1
+            self._probe_windows = self._base_hold
+        if level >= self.maximum or self._windows < self._required_windows:
+            return
+        if self._slow_start:
+            self._set_limit(level * 2)
+        elif level + 1 < self._bad:
+            self._set_limit(level + 1)
+        elif self._windows >= self._probe_windows and self._clock() >= self._probe_not_before:
+            self._set_limit(level + 1)  # probe the level that last answered 429
 
     def rate_limited_by_server(self, ticket: Ticket, retry_after: float | None) -> None:
         """The request got 429: pause the run as the server asked, and maybe decrease."""
@@ -216,18 +230,23 @@ class AdaptiveLimiter:
             # The server's limit went down (or a response raced its stream's release):
             # step the known-good level down gently rather than forgetting it.
             self._safe = max(0, min(level - 1, int(level * 0.9)))
-            self._hold_windows = self._base_hold
-        elif level == self._safe + 1:
-            # A probe just above the known-good level failed: probe less often.
-            self._hold_windows = min(self._max_hold, self._hold_windows * 2)
-        decreased = int(level * self._decrease)
-        self._set_limit(max(1, decreased, self._safe))
-        self._hold_left = self._hold_windows * self._limit
+            self._probe_windows = self._base_hold
+        elif level >= self._bad:
+            # A probe of a level that failed before failed again: probe less often.
+            self._probe_windows = min(self._max_hold, self._probe_windows * 2)
+        self._bad = level
+        # Each probe costs the whole run the pause it provokes: space probes so that this
+        # stays a small fraction of the run's time.
+        self._probe_not_before = self._clock() + _PROBE_SPACING * self.cooldown.remaining
+        self._set_limit(max(1, int(level * self._decrease), self._safe))
+        self._required_windows = self._base_hold
         self._epoch += 1
 
     def _set_limit(self, value: int) -> None:
         self._limit = max(1, min(self.maximum, value))
         self._successes = 0
+        self._windows = 0
+        self._required_windows = 1
         self._peak_since_change = self._in_flight
         self._history.append((self._clock(), self._limit))
         self._wake()

@@ -28,14 +28,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from batch.api_types import Usage
 from batch.budget import Budget, Reservation
 from batch.checkpoint import INVALID, Checkpoint
-from batch.cli import (
-    EXIT_BUDGET,
-    EXIT_FAILED_ROWS,
-    EXIT_FATAL,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_TERMINATED,
-)
 from batch.errors import (
     ApiError,
     BudgetExhausted,
@@ -91,15 +83,6 @@ class RunConfig:
 class _Stopped(Exception):
     """The run is stopping: this batch is not sent (it stays pending for a resume)."""
 
-
-_STATUS_CODES = {
-    "completed": EXIT_OK,
-    "failed_rows": EXIT_FAILED_ROWS,
-    "fatal": EXIT_FATAL,
-    "budget": EXIT_BUDGET,
-    "interrupted": EXIT_INTERRUPTED,
-    "terminated": EXIT_TERMINATED,
-}
 
 
 async def run_jobs(config: RunConfig) -> RunSummary:
@@ -259,7 +242,6 @@ class _Run:
             )
         summary = build_summary(
             status=self.status,
-            exit_code=_STATUS_CODES[self.status],
             message=self.message,
             stats=self.stats,
             totals=self.checkpoint.totals,

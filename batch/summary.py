@@ -56,10 +56,11 @@ class RunStats:
 
 @dataclass
 class RunSummary:
-    """How a run ended (`status`, `exit_code`, a one-line `message`) and what it did."""
+    """How a run ended and what it did. `status` is one of: completed (every job answered
+    successfully), failed_rows (finished, some rows failed), fatal, budget, interrupted,
+    terminated; `message` is one line saying why."""
 
     status: str
-    exit_code: int
     message: str
     data: dict[str, Any]
 
@@ -99,7 +100,6 @@ class RunSummary:
 def build_summary(
     *,
     status: str,
-    exit_code: int,
     message: str,
     stats: RunStats,
     totals: Totals,
@@ -112,7 +112,6 @@ def build_summary(
     answered = stats.succeeded + stats.failed
     data: dict[str, Any] = {
         "status": status,
-        "exit_code": exit_code,
         "message": message,
         "kind": stats.kind,
         "out": str(out_dir),
@@ -158,4 +157,4 @@ def build_summary(
         "retries": stats.retries,
         "concurrency": {"settled": settled, "max": stats.max_concurrency},
     }
-    return RunSummary(status, exit_code, message, data)
+    return RunSummary(status, message, data)

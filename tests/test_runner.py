@@ -52,7 +52,7 @@ def ids_in(out: Path, sub: str) -> list[str]:
 def test_every_job_is_answered_once_into_results(tmp_path: Path) -> None:
     jobs = write_jobs(tmp_path / "jobs.jsonl", [f"t{i}" for i in range(50)])
     summary = run(config(jobs, tmp_path / "out", FakeClient(), FakeKind(batch_size=3)))
-    assert summary.exit_code == 0
+    assert summary.status == "completed"
     assert ids_in(tmp_path / "out", "results") == sorted(f"j{i}" for i in range(50))
     table = ds.dataset(tmp_path / "out" / "results").to_table()
     row = table.filter(ds.field("id") == "j7").to_pylist()[0]
@@ -62,7 +62,7 @@ def test_every_job_is_answered_once_into_results(tmp_path: Path) -> None:
 def test_permanent_error_fails_the_batch_rows_and_run_goes_on(tmp_path: Path) -> None:
     jobs = write_jobs(tmp_path / "jobs.jsonl", ["a", "bad", "c"])
     summary = run(config(jobs, tmp_path / "out", FakeClient()))
-    assert summary.exit_code == 3
+    assert summary.status == "failed_rows"
     failed = ds.dataset(tmp_path / "out" / "failed").to_table().to_pylist()
     assert [(r["id"], r["error_class"], r["status"], r["request_id"]) for r in failed] == [
         ("j1", "BadRequest", 400, "req-1")
@@ -73,7 +73,7 @@ def test_permanent_error_fails_the_batch_rows_and_run_goes_on(tmp_path: Path) ->
 def test_retryable_error_is_retried_and_counted(tmp_path: Path) -> None:
     jobs = write_jobs(tmp_path / "jobs.jsonl", ["flaky"])
     summary = run(config(jobs, tmp_path / "out", FakeClient()))
-    assert summary.exit_code == 0
+    assert summary.status == "completed"
     row = ds.dataset(tmp_path / "out" / "results").to_table().to_pylist()[0]
     assert row["attempts"] == 2
     assert summary.data["retries"] == 1
@@ -83,7 +83,7 @@ def test_fatal_error_stops_the_run_and_keeps_what_was_answered(tmp_path: Path) -
     texts = ["a", "b", "fatal"] + [f"t{i}" for i in range(200)]
     jobs = write_jobs(tmp_path / "jobs.jsonl", texts)
     summary = run(config(jobs, tmp_path / "out", FakeClient(), max_concurrency=1))
-    assert summary.exit_code == 1
+    assert summary.status == "fatal"
     assert "token rejected" in summary.message
     assert ids_in(tmp_path / "out", "results") == ["j0", "j1"]
     assert ids_in(tmp_path / "out", "failed") == []
@@ -98,11 +98,11 @@ def test_resume_skips_done_ids_and_sends_only_the_rest(tmp_path: Path) -> None:
             raise AuthenticationFailed("token rejected", status=401)
 
     first = run(config(jobs, out, FakeClient(hook=reject_c), max_concurrency=1))
-    assert first.exit_code == 1
+    assert first.status == "fatal"
     client = FakeClient()
     summary = run(config(jobs, out, client, max_concurrency=1))
     assert [texts for _, texts in client.calls] == [["c"], ["d"]]
-    assert summary.exit_code == 0
+    assert summary.status == "completed"
     assert ids_in(out, "results") == ["j0", "j1", "j2", "j3"]
 
 
@@ -147,7 +147,7 @@ def test_skip_invalid_runs_the_rest_and_lists_skipped_lines(tmp_path: Path) -> N
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": 5}\nnot json\n')
     summary = run(config(jobs, tmp_path / "out", FakeClient(), skip_invalid=True))
-    assert summary.exit_code == 0
+    assert summary.status == "completed"
     skipped = [json.loads(line) for line in (tmp_path / "out" / "invalid.jsonl").open()]
     assert [s["line"] for s in skipped] == [2, 3]
     assert ids_in(tmp_path / "out", "results") == ["a"]
@@ -163,7 +163,7 @@ def test_retry_failed_sends_failed_ids_again(tmp_path: Path) -> None:
     assert [texts for _, texts in client.calls] == [["bad"]]
     assert ids_in(out, "failed") == ["j1"]  # failed again, once, in the new failed/
     assert (out / "superseded" / "failed-1").is_dir()
-    assert summary.exit_code == 3
+    assert summary.status == "failed_rows"
 
 
 def test_job_filter_leaves_jobs_pending(tmp_path: Path) -> None:
@@ -175,7 +175,7 @@ def test_job_filter_leaves_jobs_pending(tmp_path: Path) -> None:
 def test_budget_stops_before_crossing_and_says_what_was_spent(tmp_path: Path) -> None:
     jobs = write_jobs(tmp_path / "jobs.jsonl", [f"t{i}" for i in range(20)])
     summary = run(config(jobs, tmp_path / "out", FakeClient(), max_tokens=60))
-    assert summary.exit_code == 4
+    assert summary.status == "budget"
     assert "spent" in summary.message and "left" in summary.message
     # Each job reserves 20 tokens and is billed 5: never more than 60 spent.
     assert summary.data["tokens"]["fake"]["total"] <= 60
@@ -186,7 +186,7 @@ def test_429_with_retry_after_pauses_every_worker(tmp_path: Path) -> None:
     jobs = write_jobs(tmp_path / "jobs.jsonl", [f"t{i}" for i in range(40)])
     client = FakeClient(latency=0.01, stream_limit=2, retry_after=0.1)
     summary = run(config(jobs, tmp_path / "out", client, max_concurrency=8))
-    assert summary.exit_code == 0
+    assert summary.status == "completed"
     assert client.rejected and summary.data["rate_limited"] == len(client.rejected)
     sent = [t for t, _ in client.calls]
     for start in client.rejected:
