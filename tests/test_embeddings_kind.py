@@ -17,7 +17,13 @@ from batch.emulator.tokens import count_tokens
 from batch.errors import FatalError, PayloadTooLarge, RateLimited, ServerError
 from batch.settings import ClientSettings, Secret
 from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult, KindOptions, SourceLocation
-from jobs.embeddings import EmbeddingPayload, EmbeddingsKind, VectorCache, _Vector
+from jobs.embeddings import (
+    MAX_PENDING_MODELS,
+    EmbeddingPayload,
+    EmbeddingsKind,
+    VectorCache,
+    _Vector,
+)
 
 
 class FakeEmbeddingsClient:
@@ -108,6 +114,15 @@ def test_packer_keeps_models_apart() -> None:
         "Embeddings": ["a", "b"],
         "Embeddings-2": ["c"],
     }
+
+
+def test_packer_sends_the_oldest_models_batch_when_too_many_are_pending() -> None:
+    kind = EmbeddingsKind(KindOptions(extra={"embedding_dim": 1024}))
+    jobs = [job for n in range(MAX_PENDING_MODELS + 1) for job in _jobs(kind, "t", model=f"m{n}")]
+    packer = kind.packer()
+    early = [batch for job in jobs for batch in packer.add(job)]
+    assert [b.payload.model for b in early] == ["m0"]
+    assert len(packer.flush()) == MAX_PENDING_MODELS
 
 
 def test_vectors_are_mapped_back_by_index() -> None:
