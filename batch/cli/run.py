@@ -1,0 +1,396 @@
+"""`gigabatch run`, `gigabatch validate` and `gigabatch status`: the main job, its dry check,
+and a look at an output directory. Options become a RunConfig; the engine does the rest."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+import orjson
+
+from batch.checkpoint import read_status
+from batch.cli import (
+    EXIT_BUDGET,
+    EXIT_FAILED_ROWS,
+    EXIT_FATAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    main,
+)
+from batch.cli.common import api_options, cli_errors, settings_from_options
+from batch.errors import ConfigError
+from batch.pricing import PriceTable
+from batch.retry import RetryPolicy
+from batch.runner import RunConfig, run_jobs
+from batch.settings import ClientSettings, Secret
+from jobs.base import JobKind, KindOptions
+from jobs.readers import validate_jobs
+from jobs.registry import kind_for
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES = {
+    "completed": EXIT_OK,
+    "failed_rows": EXIT_FAILED_ROWS,
+    "fatal": EXIT_FATAL,
+    "budget": EXIT_BUDGET,
+    "interrupted": EXIT_INTERRUPTED,
+    "terminated": EXIT_TERMINATED,
+}
+
+_KIND_OPTIONS = (
+    click.option(
+        "--kind",
+        type=click.Choice(["chat", "embed"]),
+        default="chat",
+        show_default=True,
+        help="What each job line is: a chat completion or a text to embed.",
+    ),
+    click.option(
+        "--model", default=None, help="Model for jobs that name none [env GIGACHAT_MODEL]."
+    ),
+    click.option("--system", default=None, help="Chat: a system message for every job."),
+    click.option("--temperature", type=float, default=None, help="Chat: default temperature."),
+    click.option("--top-p", type=float, default=None, help="Chat: default top_p."),
+    click.option(
+        "--max-completion-tokens",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Chat: default max_tokens of an answer (a job's own max_tokens wins).",
+    ),
+    click.option(
+        "--repetition-penalty", type=float, default=None, help="Chat: default repetition_penalty."
+    ),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=64,
+        show_default=True,
+        help="Embeddings: most texts per request.",
+    ),
+    click.option(
+        "--on-long-text",
+        type=click.Choice(["fail", "truncate"]),
+        default="fail",
+        show_default=True,
+        help="Embeddings: a text over the model's input limit fails its row, or is truncated.",
+    ),
+    click.option("--id-column", default=None, help="Column (or key) holding the job id."),
+    click.option("--text-column", default=None, help="Embeddings: column holding the text."),
+    click.option("--prompt-column", default=None, help="Chat: column holding the prompt."),
+)
+
+
+def kind_options(f: F) -> F:
+    for option in reversed(_KIND_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _kind(options: dict[str, Any], model_default: str | None = None) -> JobKind:
+    """Pop the kind options and build the job kind."""
+    name = options.pop("kind")
+    return kind_for(
+        name,
+        KindOptions(
+            model=options.pop("model") or model_default,
+            system=options.pop("system"),
+            temperature=options.pop("temperature"),
+            top_p=options.pop("top_p"),
+            max_tokens=options.pop("max_completion_tokens"),
+            repetition_penalty=options.pop("repetition_penalty"),
+            batch_size=options.pop("batch_size"),
+            on_long_text=options.pop("on_long_text"),
+            id_column=options.pop("id_column"),
+            text_column=options.pop("text_column"),
+            prompt_column=options.pop("prompt_column"),
+        ),
+    )
+
+
+def _emulator_knobs(pairs: tuple[str, ...]) -> dict[str, Any]:
+    knobs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--emulator-option expects KEY=VALUE, got {pair!r}")
+        try:
+            knobs[key.strip()] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            knobs[key.strip()] = raw
+    return knobs
+
+
+@contextlib.contextmanager
+def _api(
+    options: dict[str, Any], emulator: bool, profile_name: str, knobs: tuple[str, ...]
+) -> Iterator[ClientSettings]:
+    """The client settings: from options and GIGACHAT_* variables, or those of an emulator
+    started in this process for the duration of the run."""
+    if not emulator:
+        yield settings_from_options(options)
+        return
+    from batch.emulator import profile, serve_emulator
+
+    timeout = options.get("timeout")
+    settings_from_options(options)  # drop the connection options: the emulator replaces them
+    try:
+        config = profile(profile_name, **_emulator_knobs(knobs))
+    except ValueError as exc:
+        raise ConfigError(f"emulator: {exc}") from None
+    with serve_emulator(config) as emu:
+        yield ClientSettings(
+            base_url=emu.base_url,
+            auth_url=emu.auth_url,
+            credentials=Secret(emu.credentials),
+            scope=emu.scope,
+            timeout=timeout or 600.0,
+        )
+
+
+@main.command()
+@click.argument("jobs", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory (created; resumed when it holds a run of the same input).",
+)
+@kind_options
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Ceiling on requests in flight; the run finds the server's limit below it.",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Sends per request for 5xx, resets and timeouts (429s wait instead and don't count).",
+)
+@click.option(
+    "--max-elapsed",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds after which a request's retries (429s included) give up.",
+)
+@click.option(
+    "--flush-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Seconds between committed parts: the most answered work a crash can lose.",
+)
+@click.option(
+    "--grace-period",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="On Ctrl-C/SIGTERM/fatal errors, seconds to let requests in flight finish.",
+)
+@click.option(
+    "--skip-invalid", is_flag=True, help="Run the valid jobs, list the rest in invalid.jsonl."
+)
+@click.option("--restart", is_flag=True, help="Delete the output directory's previous run first.")
+@click.option("--retry-failed", is_flag=True, help="Send the jobs in failed/ again.")
+@click.option(
+    "--prices",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Price table JSON (default: the built-in one).",
+)
+@click.option("--max-cost", type=click.FloatRange(min=0), default=None, help="Budget in RUB.")
+@click.option(
+    "--max-tokens",
+    "max_tokens_budget",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Budget in billed tokens (chat answers' length is --max-completion-tokens).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress and no summary (errors still show).")
+@click.option("--emulator", is_flag=True, help="Run against a local emulator started in-process.")
+@click.option(
+    "--emulator-profile",
+    default="b2b",
+    show_default=True,
+    help="Emulator profile for --emulator: pers, b2b, corp, storm, flaky, fast.",
+)
+@click.option(
+    "--emulator-option",
+    "emulator_knobs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An emulator knob for --emulator (e.g. stream_limit=4); repeatable.",
+)
+@api_options
+@cli_errors
+def run(
+    jobs: Path,
+    out_dir: Path,
+    max_concurrency: int,
+    max_attempts: int,
+    max_elapsed: float,
+    flush_interval: float,
+    grace_period: float,
+    skip_invalid: bool,
+    restart: bool,
+    retry_failed: bool,
+    prices: Path | None,
+    max_cost: float | None,
+    max_tokens_budget: int | None,
+    quiet: bool,
+    emulator: bool,
+    emulator_profile: str,
+    emulator_knobs: tuple[str, ...],
+    **options: Any,
+) -> None:
+    """Answer every job of JOBS (JSONL, Parquet, or a directory of Parquet) into --out.
+
+    Resumable: run the same command again after a crash, Ctrl-C or a budget stop and only
+    the jobs not yet answered are sent. Exit codes: 0 all succeeded, 3 some rows failed,
+    1 fatal error, 2 usage or invalid input, 4 budget reached, 130/143 interrupted.
+
+    \b
+    Examples:
+      gigabatch run sample_jobs/chat.jsonl --out out/chat --emulator
+      gigabatch run texts.parquet --kind embed --text-column body --out out/emb \\
+          --max-concurrency 32 --max-cost 50
+    """
+    price_table = PriceTable.load(prices)
+    with _api(options, emulator, emulator_profile, emulator_knobs) as settings:
+        kind = _kind(options, settings.model)
+        config = RunConfig(
+            jobs_path=jobs,
+            out_dir=out_dir,
+            kind=kind,
+            client_settings=settings,
+            max_concurrency=max_concurrency,
+            retry=RetryPolicy(max_attempts=max_attempts, max_elapsed=max_elapsed),
+            flush_interval=flush_interval,
+            grace_period=grace_period,
+            skip_invalid=skip_invalid,
+            restart=restart,
+            retry_failed=retry_failed,
+            prices=price_table,
+            max_cost=max_cost,
+            max_tokens=max_tokens_budget,
+            progress="off" if quiet else "auto",
+        )
+        summary = anyio.run(run_jobs, config)
+    if not quiet:
+        summary.print(sys.stderr)
+    elif summary.status != "completed":
+        click.echo(f"{summary.status}: {summary.message}", err=True)
+    sys.exit(EXIT_CODES[summary.status])
+
+
+@main.command()
+@click.argument("jobs", type=click.Path(exists=True, path_type=Path))
+@kind_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@cli_errors
+def validate(jobs: Path, as_json: bool, **options: Any) -> None:
+    """Check JOBS without sending anything: every problem with its file, line or row, and
+    field. Exit 0 when valid, 2 when not.
+
+    \b
+    Example:
+      gigabatch validate sample_jobs/chat.jsonl
+      gigabatch validate texts.parquet --kind embed --text-column body
+    """
+    kind = _kind(options)
+    report = validate_jobs(jobs, kind, max_problems=10_000)
+    if as_json:
+        click.echo(
+            orjson.dumps(
+                {
+                    "path": str(jobs),
+                    "records": report.records,
+                    "jobs": report.jobs,
+                    "fingerprint": report.fingerprint,
+                    "problem_count": report.problem_count,
+                    "problems": [
+                        {
+                            "file": p.location.file,
+                            p.location.unit: p.location.number,
+                            "field": p.field,
+                            "message": p.message,
+                        }
+                        for p in report.problems
+                    ],
+                },
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
+    else:
+        for problem in report.problems:
+            click.echo(str(problem))
+        if report.problem_count > len(report.problems):
+            click.echo(f"... and {report.problem_count - len(report.problems)} more problems")
+        verdict = "valid" if report.ok else f"INVALID: {report.problem_count} problem(s)"
+        click.echo(f"{jobs}: {report.records} records, {report.jobs} jobs, {verdict}")
+    sys.exit(EXIT_OK if report.ok else EXIT_USAGE)
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--prices",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Price table JSON for the cost (default: the built-in one).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@cli_errors
+def status(out_dir: Path, prices: Path | None, as_json: bool) -> None:
+    """Show a run's progress from its output directory: done, failed, remaining, tokens, cost.
+
+    \b
+    Example:
+      gigabatch status out/chat
+    """
+    manifest, totals = read_status(out_dir)
+    table = PriceTable.load(prices)
+    total_jobs = int(manifest.get("total_jobs", 0))
+    tokens = totals.tokens
+    data = {
+        "out": str(out_dir),
+        "kind": manifest.get("kind"),
+        "input": manifest.get("input", {}).get("path"),
+        "total": total_jobs,
+        "succeeded": totals.succeeded,
+        "failed": totals.failed,
+        "remaining": max(0, total_jobs - totals.succeeded - totals.failed),
+        "tokens": {
+            "prompt": tokens.prompt_tokens,
+            "completion": tokens.completion_tokens,
+            "precached": tokens.precached_prompt_tokens,
+            "total": tokens.total_tokens,
+        },
+        "cost": round(totals.cost(table), 6),
+        "currency": table.currency,
+        "updated_at": manifest.get("updated_at"),
+    }
+    if as_json:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(
+        f"{out_dir} ({data['kind']} jobs from {data['input']}, updated {data['updated_at']})\n"
+        f"  done: {totals.succeeded + totals.failed} of {total_jobs} "
+        f"({totals.succeeded} succeeded, {totals.failed} failed), {data['remaining']} remaining\n"
+        f"  tokens: {tokens.prompt_tokens} prompt, {tokens.completion_tokens} completion, "
+        f"{tokens.precached_prompt_tokens} precached\n"
+        f"  cost: {data['cost']:.4f} {table.currency}"
+    )
