@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import ssl
+import urllib.parse
+import urllib.request
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -92,6 +94,91 @@ def _is_certificate_failure(exc: BaseException) -> bool:
     return False
 
 
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTPS_PROXY and friends, honouring
+    NO_PROXY), as httpx would pick it for a client without a custom transport."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that tells its shard when the connection is given back."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+        await self._stream.aclose()
+
+
+class ShardedPool(httpx.AsyncBaseTransport):
+    """`max_connections` keep-alive connections split over small httpx pools.
+
+    httpcore scans every connection of its pool (a readability syscall on each idle one) for
+    every request, so one pool of 32 spends most of the client's CPU there; pools of at most
+    SHARD_SIZE, each request sent through the one with the most free connections, give the
+    same total limit with 2-3x the requests per second. A request waits for a connection only
+    when all `max_connections` are busy, and then for as long as it takes (no pool timeout).
+    """
+
+    SHARD_SIZE = 4
+
+    def __init__(
+        self, max_connections: int, *, verify: ssl.SSLContext | bool, proxy: str | None
+    ) -> None:
+        count = -(-max(1, max_connections) // self.SHARD_SIZE)
+        sizes = [max_connections // count + (i < max_connections % count) for i in range(count)]
+        self.sizes = [max(1, size) for size in sizes]
+        self._busy = [0] * count
+        self._shards = [
+            httpx.AsyncHTTPTransport(
+                verify=verify,
+                proxy=proxy,
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+            )
+            for size in self.sizes
+        ]
+
+    @property
+    def in_flight(self) -> int:
+        """Requests holding (or waiting for) a connection right now."""
+        return sum(self._busy)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        index = max(range(len(self._shards)), key=lambda i: self.sizes[i] - self._busy[i])
+        self._busy[index] += 1
+
+        def release() -> None:
+            self._busy[index] -= 1
+
+        try:
+            response = await self._shards[index].handle_async_request(request)
+        except BaseException:
+            release()
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_ReleasingStream(response.stream, release),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.aclose()
+
+
 class GigaChatClient:
     """Async client for the GigaChat REST API; use as `async with GigaChatClient(s) as c:`.
 
@@ -111,6 +198,10 @@ class GigaChatClient:
             raise ConfigError(f"no GigaChat credentials: set {AUTH_VARIABLES}")
         self.settings = settings
         verify: ssl.SSLContext | bool = True if transport is not None else ssl_context(settings)
+        if transport is None:
+            transport = ShardedPool(
+                max_connections, verify=verify, proxy=_proxy_for(settings.base_url)
+            )
         timeout = httpx.Timeout(
             connect=settings.connect_timeout,
             read=settings.timeout,
@@ -120,22 +211,16 @@ class GigaChatClient:
         common: dict[str, Any] = {
             "timeout": timeout,
             "verify": verify,
-            "transport": transport,
             "headers": {"User-Agent": USER_AGENT},
             "trust_env": True,
         }
-        self._http = httpx.AsyncClient(
-            base_url=settings.base_url,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            **common,
-        )
+        self._http = httpx.AsyncClient(base_url=settings.base_url, transport=transport, **common)
         # Tokens come through their own small pool: a refresh must not queue behind the
         # long-running chat calls that hold every API connection.
         self._auth_http = httpx.AsyncClient(
             base_url=settings.base_url,
             limits=httpx.Limits(max_connections=2, max_keepalive_connections=2),
+            transport=None if isinstance(transport, ShardedPool) else transport,
             **common,
         )
         self.auth = Authenticator(settings, self._send_for_token)
@@ -231,7 +316,8 @@ class GigaChatClient:
                 f"no answer from {request.url} in time ({type(exc).__name__})",
                 request_id=request_id,
             ) from None
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, OSError) as exc:
+            # OSError: TLS alerts (ssl.SSLError) can surface from the socket layer unmapped.
             if _is_certificate_failure(exc):
                 raise ConfigError(
                     f"TLS certificate of {http.base_url.join(request.url).host} not trusted: set "

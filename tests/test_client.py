@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import serialization
 import batch.client
 from batch import __version__
 from batch.api_types import ChatCompletion
-from batch.client import GigaChatClient, ssl_context
+from batch.client import GigaChatClient, ShardedPool, _proxy_for, ssl_context
+from batch.emulator import profile, serve_emulator
 from batch.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -37,7 +38,7 @@ from batch.errors import (
     RetryableError,
     ServerError,
 )
-from batch.settings import ClientSettings
+from batch.settings import ClientSettings, Secret
 
 BASE = "http://api.test/api/v1"
 AUTH = "http://auth.test/api/v2/oauth"
@@ -500,6 +501,8 @@ def test_error_without_a_server_request_id_carries_the_one_sent() -> None:
         (httpx.RemoteProtocolError("peer closed connection"), ConnectionFailed),
         (httpx.ReadTimeout("timed out"), RequestTimedOut),
         (httpx.ConnectTimeout("timed out"), RequestTimedOut),
+        (ssl.SSLError(1, "tlsv13 alert certificate required"), ConnectionFailed),
+        (ConnectionResetError(104, "Connection reset by peer"), ConnectionFailed),
     ],
 )
 def test_transport_failures_map_to_retryable_errors_with_the_request_id(
@@ -522,15 +525,72 @@ def test_transport_failures_map_to_retryable_errors_with_the_request_id(
     assert info.value.request_id == sent[0].headers["x-request-id"]  # type: ignore[attr-defined]
 
 
-def test_pool_follows_concurrency_and_never_times_out_waiting() -> None:
-    client = GigaChatClient(settings(), max_connections=37)
-    pool = client._http._transport._pool  # type: ignore[attr-defined]
-    assert pool._max_connections == 37
-    assert pool._max_keepalive_connections == 37
+_SHARED_CONTEXT = ssl.create_default_context()
+
+
+@pytest.mark.parametrize("total", [1, 3, 4, 5, 16, 37, 256])
+def test_pool_shards_add_up_to_max_connections(total: int) -> None:
+    pool = ShardedPool(total, verify=_SHARED_CONTEXT, proxy=None)
+    assert sum(pool.sizes) == total
+    assert max(pool.sizes) <= ShardedPool.SHARD_SIZE
+    run(pool.aclose)
+
+
+def test_untrusted_server_certificate_is_a_config_error_naming_the_ca_variable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("handshake") from ssl.SSLCertVerificationError(
+            1, "certificate verify failed: self-signed certificate in certificate chain"
+        )
+
+    async def main() -> None:
+        configured = settings(credentials=None, access_token="t")
+        async with GigaChatClient(configured, transport=httpx.MockTransport(handler)) as client:
+            await client.models()
+
+    with pytest.raises(ConfigError, match="GIGACHAT_CA_BUNDLE_FILE"):
+        run(main)
+
+
+def test_environment_proxy_is_used_unless_no_proxy_names_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    assert _proxy_for("https://gigachat.devices.sberbank.ru/api/v1") == "http://proxy.corp:3128"
+    assert _proxy_for("https://127.0.0.1:8443/api/v1") is None
+
+
+def test_pool_never_times_out_and_connects_fast_but_reads_long() -> None:
+    client = GigaChatClient(settings(timeout=600))
     assert client._http.timeout.pool is None
     assert client._http.timeout.connect == 10.0
-    assert client._http.timeout.read == client.settings.timeout
+    assert client._http.timeout.read == 600.0
     run(client.aclose)
+
+
+def test_queued_requests_wait_for_a_connection_and_never_exceed_the_pool() -> None:
+    config = profile("fast", stream_limit=100, latency_base_ms=40.0, seed=1)
+    with serve_emulator(config) as emu:
+        configured = ClientSettings(
+            base_url=emu.base_url,
+            auth_url=emu.auth_url,
+            credentials=Secret(emu.credentials),
+            scope=emu.scope,
+        )
+
+        async def main() -> list[Any]:
+            async with GigaChatClient(configured, max_connections=6) as client:
+                pool = client._http._transport
+                assert isinstance(pool, ShardedPool)
+                answers = await concurrently(48, lambda: client.chat(HELLO))
+                assert pool.in_flight == 0  # every connection was given back
+                return answers
+
+        results = run(main)
+        stats = emu.stats()
+    assert len(results) == 48
+    assert stats["peak_concurrency"] == 6
+    assert stats["oauth_calls"] == 1
 
 
 def test_timeout_setting_is_the_read_timeout() -> None:
