@@ -1,0 +1,183 @@
+"""AdaptiveLimiter and Cooldown: AIMD between 1 and the ceiling, and the run-wide pause."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from batch.limiter import AdaptiveLimiter, Cooldown, Ticket
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fill_window(limiter: AdaptiveLimiter) -> None:
+    """Run one full window at the current limit: `limit` requests in flight, all succeed."""
+    tickets = [acquire_now(limiter) for _ in range(limiter.limit)]
+    for ticket in tickets:
+        limiter.succeeded(ticket)
+
+
+def acquire_now(limiter: AdaptiveLimiter) -> Ticket:
+    async def go() -> Ticket:
+        with anyio.fail_after(1):
+            return await limiter.acquire()
+
+    return anyio.run(go)
+
+
+def test_limit_starts_low_and_doubles_until_the_first_429() -> None:
+    limiter = AdaptiveLimiter(64, initial=2, clock=Clock())
+    seen = [limiter.limit]
+    for _ in range(4):
+        fill_window(limiter)
+        seen.append(limiter.limit)
+    assert seen == [2, 4, 8, 16, 32]
+
+
+def test_limit_never_exceeds_the_ceiling() -> None:
+    limiter = AdaptiveLimiter(5, initial=2, clock=Clock())
+    for _ in range(10):
+        fill_window(limiter)
+    assert limiter.limit == 5
+
+
+def test_limit_does_not_grow_when_it_was_not_used() -> None:
+    limiter = AdaptiveLimiter(16, initial=4, clock=Clock())
+    for _ in range(8):  # one request at a time: the limit of 4 is never reached
+        limiter.succeeded(acquire_now(limiter))
+    assert limiter.limit == 4
+
+
+def test_429_decreases_multiplicatively_but_not_below_the_known_good_level() -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(64, initial=8, clock=clock)
+    fill_window(limiter)  # 8 is known good; slow start goes to 16
+    assert limiter.limit == 16
+    tickets = [acquire_now(limiter) for _ in range(16)]
+    limiter.rate_limited_by_server(tickets[-1], None)
+    assert limiter.limit == 11  # int(16 * 0.7), above the known-good 8
+    limiter.rate_limited_by_server(tickets[-2], None)
+    assert limiter.limit == 11  # same round trip (old epoch): no second decrease
+
+
+def test_429_at_the_known_good_level_steps_it_down() -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(64, initial=10, clock=clock)
+    fill_window(limiter)
+    tickets = [acquire_now(limiter) for _ in range(limiter.limit)]
+    limiter.rate_limited_by_server(tickets[0], None)  # 20 -> 14, floor 10
+    for t in tickets[1:]:
+        limiter.release(t)
+    assert limiter.limit == 14
+    clock.now += 100  # past the pause
+    tickets = [acquire_now(limiter) for _ in range(limiter.limit)]
+    limiter.rate_limited_by_server(tickets[0], None)  # 14 -> max(9, 10)
+    assert limiter.limit == 10
+    for t in tickets[1:]:
+        limiter.release(t)
+    clock.now += 100
+    ticket = acquire_now(limiter)
+    limiter.rate_limited_by_server(ticket, None)  # 429 at 10: the server shrank
+    assert limiter.limit == 9
+
+
+def test_probing_the_level_that_failed_waits_longer_than_growing_below_it() -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(64, initial=4, hold=2, clock=clock)
+    fill_window(limiter)  # 4 good -> 8
+    tickets = [acquire_now(limiter) for _ in range(8)]
+    limiter.rate_limited_by_server(tickets[0], 1.0)  # 429 at 8 -> back to 5 (floor 4)
+    for t in tickets[1:]:
+        limiter.release(t)
+    assert limiter.limit == 5
+    clock.now += 1.0  # the pause is over
+    fill_window(limiter)
+    fill_window(limiter)  # the hold after a decrease: 2 windows
+    assert limiter.limit == 6
+    fill_window(limiter)
+    assert limiter.limit == 7
+    for _ in range(5):
+        fill_window(limiter)
+    assert limiter.limit == 7  # 8 answered 429 moments ago: no probe yet
+    clock.now += 40.0  # well past the probe spacing (40 x the 1 s pause)
+    fill_window(limiter)
+    assert limiter.limit == 8
+
+
+def test_settled_is_the_time_weighted_median_of_the_late_run() -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(64, initial=2, clock=clock)
+    clock.now += 1
+    fill_window(limiter)  # 4
+    clock.now += 1
+    fill_window(limiter)  # 8
+    clock.now += 8
+    assert limiter.settled() == 8.0
+
+
+def test_cooldown_retry_after_blocks_acquire_until_the_instant() -> None:
+    async def main() -> float:
+        limiter = AdaptiveLimiter(4, initial=4)
+        first = await limiter.acquire()
+        start = anyio.current_time()
+        limiter.rate_limited_by_server(first, 0.2)
+        await limiter.acquire()
+        return anyio.current_time() - start
+
+    assert anyio.run(main) >= 0.2
+
+
+def test_backoff_without_retry_after_grows_and_resets_on_success() -> None:
+    clock = Clock()
+    cooldown = Cooldown(base=1.0, cap=100.0, clock=clock, rng=lambda: 1.0)
+    assert cooldown.backoff(sent_at=clock.now) == pytest.approx(1.0)
+    clock.now += 5
+    assert cooldown.backoff(sent_at=clock.now) == pytest.approx(2.0)
+    clock.now += 5
+    cooldown.reset()
+    assert cooldown.backoff(sent_at=clock.now) == pytest.approx(1.0)
+
+
+def test_backoff_is_not_grown_by_429s_for_requests_sent_before_it() -> None:
+    clock = Clock()
+    cooldown = Cooldown(base=1.0, cap=100.0, clock=clock, rng=lambda: 1.0)
+    sent = clock.now
+    clock.now += 0.1
+    cooldown.backoff(sent_at=sent)
+    assert cooldown.backoff(sent_at=sent) == pytest.approx(1.0)
+
+
+def test_backoff_jitter_stays_between_half_and_full_delay() -> None:
+    clock = Clock()
+    cooldown = Cooldown(base=1.0, cap=100.0, clock=clock, rng=lambda: 0.0)
+    assert cooldown.backoff(sent_at=clock.now) == pytest.approx(0.5)
+
+
+def test_workers_wait_for_a_free_slot() -> None:
+    async def main() -> int:
+        limiter = AdaptiveLimiter(2, initial=2)
+        peak = 0
+        active = 0
+
+        async def worker() -> None:
+            nonlocal peak, active
+            for _ in range(5):
+                ticket = await limiter.acquire()
+                active += 1
+                peak = max(peak, active)
+                await anyio.sleep(0.001)
+                active -= 1
+                limiter.release(ticket)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(worker)
+        return peak
+
+    assert anyio.run(main) == 2

@@ -1,0 +1,106 @@
+"""PartWriter: one task turns outcomes into committed parts, by time and by size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batch.api_types import Usage
+from batch.checkpoint import Checkpoint
+from batch.writer import Outcomes, PartWriter
+
+SCHEMA = pa.schema([("id", pa.string()), ("answer", pa.string()), ("attempts", pa.int32())])
+
+
+def checkpoint(out: Path) -> Checkpoint:
+    return Checkpoint.open(
+        out,
+        kind="fake",
+        input_path="x",
+        input_fingerprint="f",
+        settings={},
+        total_jobs=100,
+    )
+
+
+def outcome(i: int) -> Outcomes:
+    return Outcomes(
+        results=[{"id": f"r{i}", "answer": "ok", "attempts": 1}],
+        failures=[{"id": f"f{i}", "error_class": "BadRequest", "status": 400, "attempts": 2}],
+        usage={"M": Usage(2, 1)},
+    )
+
+
+def test_commits_a_part_when_the_row_limit_is_reached(tmp_path: Path) -> None:
+    cp = checkpoint(tmp_path)
+
+    async def main() -> int:
+        committed = anyio.Event()
+        writer = PartWriter(
+            cp, SCHEMA, flush_interval=60, flush_rows=4, on_commit=lambda _: committed.set()
+        )
+        send, receive = anyio.create_memory_object_stream[Outcomes](10)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run, receive)
+            async with send:
+                for i in range(2):  # 4 rows: one commit before the stream closes
+                    await send.send(outcome(i))
+                with anyio.fail_after(5):
+                    await committed.wait()
+                return writer.parts_committed
+
+    assert anyio.run(main) == 2  # a results part and a failed part
+    assert pq.read_table(tmp_path / "results" / "part-00001.parquet").num_rows == 2
+
+
+def test_commits_on_the_flush_interval_without_more_rows(tmp_path: Path) -> None:
+    cp = checkpoint(tmp_path)
+
+    async def main() -> None:
+        committed = anyio.Event()
+        writer = PartWriter(
+            cp, SCHEMA, flush_interval=0.05, flush_rows=1000, on_commit=lambda _: committed.set()
+        )
+        send, receive = anyio.create_memory_object_stream[Outcomes](10)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run, receive)
+            async with send:
+                await send.send(outcome(0))
+                with anyio.fail_after(5):
+                    await committed.wait()
+
+    anyio.run(main)
+    assert list((tmp_path / "results").glob("part-*.parquet"))
+
+
+def test_commits_the_rest_when_the_stream_closes(tmp_path: Path) -> None:
+    cp = checkpoint(tmp_path)
+    writer = PartWriter(cp, SCHEMA, flush_interval=60, flush_rows=1000)
+
+    async def main() -> None:
+        send, receive = anyio.create_memory_object_stream[Outcomes](10)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run, receive)
+            async with send:
+                for i in range(3):
+                    await send.send(outcome(i))
+
+    anyio.run(main)
+    table = pq.read_table(tmp_path / "results")
+    assert sorted(table.column("id").to_pylist()) == ["r0", "r1", "r2"]
+    assert cp.totals.usage == {"M": Usage(6, 3)}
+
+
+def test_parts_are_zstd_compressed_with_usage_in_the_footer(tmp_path: Path) -> None:
+    cp = checkpoint(tmp_path)
+    writer = PartWriter(cp, SCHEMA)
+    writer.add(outcome(0))
+    anyio.run(writer.flush)
+    meta = pq.read_metadata(tmp_path / "results" / "part-00001.parquet")
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    assert b"gigabatch.usage" in (meta.metadata or {})
+    failed = pq.read_table(tmp_path / "failed" / "part-00002.parquet").to_pylist()
+    assert failed[0]["error_class"] == "BadRequest" and failed[0]["attempts"] == 2
