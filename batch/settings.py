@@ -58,6 +58,13 @@ class Secret:
     def __hash__(self) -> int:
         return hash(self._value)
 
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
+        # Immutable: copies (dataclasses.asdict, copy.deepcopy of a config) share it.
+        return self
+
     def __reduce__(self) -> Any:
         # Pickling a secret would write it to disk or a pipe in clear: refuse.
         raise TypeError("a Secret cannot be pickled")

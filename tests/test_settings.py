@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import pickle
 
 import pytest
@@ -135,6 +137,14 @@ def test_secret_shows_as_stars_everywhere_but_reveal() -> None:
 def test_secret_refuses_to_be_pickled() -> None:
     with pytest.raises(TypeError):
         pickle.dumps(Secret("hunter2"))
+
+
+def test_settings_survive_asdict_and_deepcopy_with_secrets_still_hidden() -> None:
+    settings = ClientSettings.from_env(SDK_ENV)
+    assert copy.deepcopy(settings) == settings
+    as_dict = dataclasses.asdict(settings)
+    assert as_dict["password"].reveal() == "pw-secret"
+    assert "pw-secret" not in str(as_dict)
 
 
 def test_settings_repr_shows_no_secret() -> None:
