@@ -1,0 +1,5 @@
+"""`python -m batch` runs the gigabatch command line."""
+
+from batch.cli import main
+
+main()
