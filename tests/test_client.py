@@ -522,7 +522,7 @@ def test_transport_failures_map_to_retryable_errors_with_the_request_id(
     with pytest.raises(expected) as info:
         run(main)
     assert isinstance(info.value, RetryableError)
-    assert info.value.request_id == sent[0].headers["x-request-id"]  # type: ignore[attr-defined]
+    assert info.value.request_id == sent[0].headers["x-request-id"]
 
 
 _SHARED_CONTEXT = ssl.create_default_context()
