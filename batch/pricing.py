@@ -1,9 +1,9 @@
 """The price table: rubles per million tokens, by model, kept as data (`prices.json`).
 
-Prompt and completion tokens cost the same. `precached_prompt_tokens` are free: the API reports
-them beside `prompt_tokens` (total = prompt + completion), so they are simply not billed. A model the
-table does not name is priced at the table's default for its kind (the most expensive chat
-model), so an estimate errs on the side of spending less than it says.
+Prompt and completion tokens cost the same. `precached_prompt_tokens` are free: the API
+reports them beside `prompt_tokens` (total = prompt + completion), so they are not billed.
+A model the table does not name is priced at the table's default for its kind (the most
+expensive model), so an estimate errs towards more than will be spent.
 """
 
 from __future__ import annotations
