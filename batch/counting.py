@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -33,7 +34,7 @@ from batch.estimate import (
 from batch.limiter import AdaptiveLimiter
 from batch.retry import RetryPolicy, call_with_retry
 from jobs.base import Batch, Job, JobKind
-from jobs.token_counts import MESSAGE_OVERHEAD, billed_input
+from jobs.token_counts import MESSAGE_OVERHEAD, billed_input, message_keys, session_key
 
 # Counted texts remembered (by digest) so a text repeated across the file is counted once.
 COUNTED_CACHE = 65_536
@@ -42,6 +43,10 @@ COUNTED_CACHE = 65_536
 EMBED_DEDUP_WINDOW = 4_096
 # Jobs read per hop to the reading thread.
 READ_CHUNK = 512
+# Prompt-cache sessions remembered (the emulator remembers 10,000).
+SESSIONS = 10_000
+
+V = TypeVar("V")
 
 CountFn = Callable[[Sequence[str], str], Awaitable[list[int]]]
 
@@ -66,20 +71,20 @@ class CountStats:
         )
 
 
-class _Lru:
-    """A bounded mapping from text digests to token counts (or presence)."""
+class _Lru(Generic[V]):
+    """A bounded mapping from digests to values; the least recently used goes first."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[bytes, int] = OrderedDict()
+        self._items: OrderedDict[bytes, V] = OrderedDict()
 
-    def get(self, key: bytes) -> int | None:
+    def get(self, key: bytes) -> V | None:
         value = self._items.get(key)
         if value is not None:
             self._items.move_to_end(key)
         return value
 
-    def put(self, key: bytes, value: int) -> None:
+    def put(self, key: bytes, value: V) -> None:
         self._items[key] = value
         self._items.move_to_end(key)
         if len(self._items) > self.size:
@@ -92,17 +97,20 @@ def _digest(model: str, text: str) -> bytes:
 
 @dataclass(slots=True)
 class _Pending:
-    texts: dict[str, int] = field(default_factory=dict)  # text -> how many times it is billed
+    # text -> [times it is billed, times it is a cacheable prefix]
+    texts: dict[str, list[int]] = field(default_factory=dict)
     chars: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class CountCall:
-    """One /tokens/count request: distinct texts of one model, with their multiplicities."""
+    """One /tokens/count request: distinct texts of one model, with how many times each is
+    billed and how many of those it repeats a session's cached prefix."""
 
     model: str
     texts: list[str]
     times: list[int]
+    cached: list[int]
 
 
 class InputCounter:
@@ -126,8 +134,28 @@ class InputCounter:
         self.sampler = sampler
         self.stats = CountStats()
         self._pending: dict[str, _Pending] = {}
-        self._counted = _Lru(COUNTED_CACHE)
-        self._embedded = _Lru(EMBED_DEDUP_WINDOW)
+        self._counted: _Lru[int] = _Lru(COUNTED_CACHE)
+        self._embedded: _Lru[bool] = _Lru(EMBED_DEDUP_WINDOW)
+        self._sessions: _Lru[list[bytes]] = _Lru(SESSIONS)
+
+    def _cached_prefix(self, request: Mapping[str, Any]) -> list[str]:
+        """The messages of `request` the prompt cache would serve: those it shares, from the
+        start, with the previous request of its session (never the last message)."""
+        session = session_key(request)
+        if session is None:
+            return []
+        keys = message_keys(request)
+        previous = self._sessions.get(session.encode())
+        self._sessions.put(session.encode(), keys)
+        if previous is None:
+            return []
+        shared = 0
+        for old, new in zip(previous, keys[:-1], strict=False):  # lengths differ
+            if old != new:
+                break
+            shared += 1
+        messages = request.get("messages") or ()
+        return [str(m.get("content") or "") for m in messages[:shared]]
 
     def add(self, job: Job) -> list[CountCall]:
         """Tally one job; returns the count calls that became full."""
@@ -142,19 +170,26 @@ class InputCounter:
             )
             if self.sampler is not None:
                 self.sampler.offer(job.id, billed.model)
+            prefix = self._cached_prefix(job.request)
         else:
             self.tally.add_row(billed.model)
             key = _digest(billed.model, billed.texts[0])
             if self._embedded.get(key) is not None:
                 return []  # the run answers it from its cache: not billed again
-            self._embedded.put(key, 1)
-        self.tally.add_input(billed.model, billed.overhead)
+            self._embedded.put(key, True)
+            prefix = []
+        self.tally.add_input(
+            billed.model, billed.overhead, cacheable=len(prefix) * self.message_overhead
+        )
+        cached = Counter(text for text in prefix if text)
         full: list[CountCall] = []
         for text in billed.texts:
             self.stats.texts += 1
+            is_cached = int(cached[text] > 0)
+            cached[text] -= is_cached
             known = self._counted.get(_digest(billed.model, text))
             if known is not None:
-                self.tally.add_input(billed.model, known)
+                self.tally.add_input(billed.model, known, cacheable=known * is_cached)
                 continue
             pending = self._pending.get(billed.model)
             if (
@@ -169,9 +204,11 @@ class InputCounter:
                 pending = None
             if pending is None:
                 pending = self._pending[billed.model] = _Pending()
-            pending.texts[text] = pending.texts.get(text, 0) + 1
-            if pending.texts[text] == 1:
+            counts = pending.texts.setdefault(text, [0, 0])
+            if counts[0] == 0:
                 pending.chars += len(text)
+            counts[0] += 1
+            counts[1] += is_cached
         return full
 
     def flush(self) -> list[CountCall]:
@@ -179,21 +216,25 @@ class InputCounter:
 
     def _close(self, model: str) -> CountCall:
         pending = self._pending.pop(model)
-        return CountCall(model, list(pending.texts), list(pending.texts.values()))
+        counts = list(pending.texts.values())
+        return CountCall(model, list(pending.texts), [c[0] for c in counts], [c[1] for c in counts])
 
     def counted(self, call: CountCall, tokens: Sequence[int]) -> None:
         """Record the answer to one count call."""
         self.stats.calls += 1
-        for text, count, times in zip(call.texts, tokens, call.times, strict=True):
+        for text, count, times, cached in zip(
+            call.texts, tokens, call.times, call.cached, strict=True
+        ):
             self._counted.put(_digest(call.model, text), count)
-            self.tally.add_input(call.model, count * times)
+            self.tally.add_input(call.model, count * times, cacheable=count * cached)
 
     def uncountable(self, call: CountCall, reason: str) -> None:
         """The API refused to count these texts (a permanent error): approximate them."""
         self.stats.uncounted_texts += len(call.texts)
         self.stats.uncounted_reason = reason
-        for text, times in zip(call.texts, call.times, strict=True):
-            self.tally.add_input(call.model, approximate_tokens(text) * times)
+        for text, times, cached in zip(call.texts, call.times, call.cached, strict=True):
+            tokens = approximate_tokens(text)
+            self.tally.add_input(call.model, tokens * times, cacheable=tokens * cached)
 
 
 def count_offline(jobs: Iterable[Job], counter: InputCounter) -> None:

@@ -85,6 +85,9 @@ class ModelTally:
     kind: Kind
     rows: int = 0
     input_tokens: int = 0
+    # Input tokens that repeat the prefix of the previous request in the same session (a
+    # shared system prompt): the API's prompt cache serves them free while it stays warm.
+    cacheable_tokens: int = 0
     # Sum over rows of each answer's maximum length: max_tokens where the job sets it, the
     # stated default elsewhere (`rows_default_bound` counts those rows).
     output_bound: int = 0
@@ -110,8 +113,10 @@ class Tally:
         tally.output_bound += output_bound
         tally.rows_default_bound += int(default_bound)
 
-    def add_input(self, model: str, tokens: int) -> None:
-        self.model(model).input_tokens += tokens
+    def add_input(self, model: str, tokens: int, *, cacheable: int = 0) -> None:
+        tally = self.model(model)
+        tally.input_tokens += tokens
+        tally.cacheable_tokens += cacheable
 
     @property
     def rows(self) -> int:
@@ -231,6 +236,19 @@ class ModelEstimate:
     output_tokens: Span
     cost: Span
     price_per_million: float
+    cacheable_tokens: int = 0
+
+    @property
+    def billed_tokens(self) -> Span:
+        return billed_input(self.input_tokens, self.cacheable_tokens) + self.output_tokens
+
+
+def billed_input(input_tokens: int, cacheable_tokens: int) -> Span:
+    """Input tokens billed: without the cacheable prefix at the low and expected ends (a run
+    keeps the prompt cache warm: it sends to each session many times a minute), all of them
+    at the high end (the cache is the API's to keep, not a promise)."""
+    warm = float(input_tokens - cacheable_tokens)
+    return Span(warm, warm, float(input_tokens))
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +273,7 @@ class BalanceReport:
     entries: list[BalanceEntry] | None
     warnings: list[str]
     note: str | None = None
+    unchecked: list[str] = field(default_factory=list)  # usages the balance has no entry for
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +295,10 @@ class Estimate:
     @property
     def input_tokens(self) -> int:
         return sum(m.input_tokens for m in self.models)
+
+    @property
+    def cacheable_tokens(self) -> int:
+        return sum(m.cacheable_tokens for m in self.models)
 
     @property
     def output_tokens(self) -> Span:
@@ -330,10 +353,19 @@ def build_estimate(
             all_notes.append(f"no sampled answer for {name}: its output shows the bound only")
         output = output_span(model, sample, confidence=confidence)
         price = prices.price_per_million(name)
-        input_cost = model.input_tokens * price / 1_000_000
-        cost = output.scaled(price / 1_000_000).shifted(input_cost)
+        billed = billed_input(model.input_tokens, model.cacheable_tokens) + output
+        cost = billed.scaled(price / 1_000_000)
         models.append(
-            ModelEstimate(name, model.kind, model.rows, model.input_tokens, output, cost, price)
+            ModelEstimate(
+                name,
+                model.kind,
+                model.rows,
+                model.input_tokens,
+                output,
+                cost,
+                price,
+                model.cacheable_tokens,
+            )
         )
     return Estimate(
         source=source,
@@ -354,38 +386,31 @@ def balance_usage(model: str, kind: Kind) -> str:
 
 
 def check_balance(estimate: Estimate, entries: Sequence[BalanceEntry]) -> BalanceReport:
-    """Compare the estimate's tokens with the prepaid balance (counted in tokens, per usage):
-    warn when the expected tokens, or failing that the high end, exceed what is left."""
+    """Compare the estimate's billed tokens with the prepaid balance (counted in tokens, per
+    usage): warn when the expected tokens, or failing that the high end, exceed what is left."""
     left = {e.usage.lower(): e.value for e in entries}
-    needed: dict[str, tuple[float, float | None]] = {}
+    needed: dict[str, Span] = {}
     for m in estimate.models:
         usage = balance_usage(m.model, m.kind)
-        high = m.input_tokens + m.output_tokens.high
-        expected = (
-            None if m.output_tokens.expected is None else m.input_tokens + m.output_tokens.expected
-        )
-        prev_high, prev_expected = needed.get(usage, (0.0, 0.0))
-        needed[usage] = (
-            prev_high + high,
-            None if expected is None or prev_expected is None else prev_expected + expected,
-        )
+        needed[usage] = needed.get(usage, Span(0, 0, 0)) + m.billed_tokens
     warnings: list[str] = []
-    for usage, (high, expected) in needed.items():
+    unchecked: list[str] = []
+    for usage, tokens in needed.items():
         available = left.get(usage.lower())
         if available is None:
-            warnings.append(f"the balance has no entry for {usage}: cannot check it")
-        elif expected is not None and expected > available:
+            unchecked.append(usage)
+        elif tokens.expected is not None and tokens.expected > available:
             warnings.append(
-                f"the estimate for {usage} ({_int(expected)} tokens expected) exceeds the "
+                f"the estimate for {usage} ({_int(tokens.expected)} tokens expected) exceeds "
+                f"the balance ({_int(available)} tokens)"
+            )
+        elif tokens.high > available:
+            what = "at the high end" if tokens.expected is not None else "at the max_tokens bound"
+            warnings.append(
+                f"the estimate for {usage} {what} ({_int(tokens.high)} tokens) exceeds the "
                 f"balance ({_int(available)} tokens)"
             )
-        elif high > available:
-            what = "at the high end" if expected is not None else "at the max_tokens bound"
-            warnings.append(
-                f"the estimate for {usage} {what} ({_int(high)} tokens) exceeds the "
-                f"balance ({_int(available)} tokens)"
-            )
-    return BalanceReport(list(entries), warnings)
+    return BalanceReport(list(entries), warnings, unchecked=unchecked)
 
 
 def _int(value: float) -> str:
@@ -476,6 +501,12 @@ def render_table(estimate: Estimate) -> str:
             f"{s.completion_tokens:,} completion tokens, cost {_rub(s.cost)} {p.currency}, "
             f"kept in {s.out}"
         )
+    if estimate.cacheable_tokens:
+        out.append(
+            f"prompt cache: {estimate.cacheable_tokens:,} input tokens repeat the previous "
+            "request's prefix in the same session (a shared system prompt); low and expected "
+            "costs assume the API serves them from its cache for free, the high cost does not"
+        )
     for note in estimate.notes:
         out.append(f"note: {note}")
     if estimate.balance is not None:
@@ -484,7 +515,10 @@ def render_table(estimate: Estimate) -> str:
             out.append(f"balance: unavailable ({b.note})")
         else:
             shown = ", ".join(f"{e.usage} {_int(e.value)} tokens" for e in b.entries)
-            out.append(f"balance: {shown or 'empty'}")
+            unchecked = (
+                f" (no entry for {', '.join(b.unchecked)}: not checked)" if b.unchecked else ""
+            )
+            out.append(f"balance: {shown or 'empty'}{unchecked}")
         for warning in b.warnings:
             out.append(f"WARNING: {warning}")
     return "\n".join(out)
@@ -515,6 +549,7 @@ def estimate_to_json(estimate: Estimate) -> dict[str, Any]:
                 "kind": m.kind,
                 "rows": m.rows,
                 "input_tokens": m.input_tokens,
+                "cacheable_input_tokens": m.cacheable_tokens,
                 "output_tokens": _span_json(m.output_tokens),
                 "cost": _span_json(m.cost),
                 "price_per_million": m.price_per_million,
@@ -524,6 +559,7 @@ def estimate_to_json(estimate: Estimate) -> dict[str, Any]:
         "total": {
             "rows": estimate.rows,
             "input_tokens": estimate.input_tokens,
+            "cacheable_input_tokens": estimate.cacheable_tokens,
             "output_tokens": _span_json(estimate.output_tokens),
             "cost": _span_json(estimate.cost),
         },
@@ -555,6 +591,7 @@ def estimate_to_json(estimate: Estimate) -> dict[str, Any]:
                 else [{"usage": e.usage, "value": e.value} for e in b.entries]
             ),
             "warnings": b.warnings,
+            "unchecked": b.unchecked,
             "note": b.note,
         }
     return data

@@ -108,8 +108,7 @@ def estimate(
 ) -> Any:
     request = EstimateRequest(
         jobs_path=path,
-        kind_name=kind,
-        options=KindOptions(),
+        make_kind=lambda: kind_for(kind, KindOptions()),
         prices=prices,
         sample=sample,
         seed=7,
@@ -120,7 +119,7 @@ def estimate(
         skip_invalid=False,
         quiet=True,
     )
-    return estimate_jobs(request, settings=settings_for(emu), offline=False, emulator=False)
+    return estimate_jobs(request, settings_for(emu))
 
 
 def run(

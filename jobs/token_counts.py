@@ -21,11 +21,14 @@ every run against the emulator; bench/estimate_accuracy.py on whole files):
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from jobs.chat import session_id
 
 # Tokens a chat message is billed beyond its content's count (role, separators).
 MESSAGE_OVERHEAD = 3
@@ -56,6 +59,22 @@ def chat_input(
         texts.append(orjson.dumps(functions).decode())
     model = str(request.get("model") or DEFAULT_CHAT_MODEL)
     return BilledInput(model, tuple(t for t in texts if t), message_overhead * len(messages))
+
+
+def session_key(request: Mapping[str, Any]) -> str | None:
+    """The `X-Session-ID` the chat kind sends this request with (requests sharing a model,
+    system prompt and functions share one), or None: the prompt cache works per session."""
+    return session_id(request)
+
+
+def message_keys(request: Mapping[str, Any]) -> list[bytes]:
+    """One digest per message (role and content), to find the prefix two requests share."""
+    return [
+        hashlib.blake2b(
+            f"{m.get('role')}\0{m.get('content') or ''}".encode(), digest_size=12
+        ).digest()
+        for m in request.get("messages") or ()
+    ]
 
 
 def embedding_input(request: Mapping[str, Any]) -> BilledInput:

@@ -170,3 +170,27 @@ def test_limited_counter_gives_up_after_the_policy_on_server_errors() -> None:
 
     with pytest.raises(ServerError):
         anyio.run(main)
+
+
+def test_a_shared_system_prompt_after_the_first_request_of_its_session_is_cacheable() -> None:
+    tally = Tally("chat")
+    counter = InputCounter(kind_for("chat", KindOptions()), tally)
+    jobs = [chat_job(n, f"question {n}", system="shared rules here") for n in range(10)]
+    run_count(counter, jobs, FakeCounter())
+    # Nine requests find the system message (3 words + 3 overhead) in their session's cache.
+    assert tally.models["GigaChat"].cacheable_tokens == 9 * (3 + 3)
+
+
+def test_the_last_message_is_never_cacheable() -> None:
+    tally = Tally("chat")
+    counter = InputCounter(kind_for("chat", KindOptions()), tally)
+    jobs = [chat_job(n, "same question", system="rules") for n in range(3)]
+    run_count(counter, jobs, FakeCounter())
+    assert tally.models["GigaChat"].cacheable_tokens == 2 * (1 + 3)
+
+
+def test_requests_without_a_system_prompt_have_no_session_and_nothing_cacheable() -> None:
+    tally = Tally("chat")
+    counter = InputCounter(kind_for("chat", KindOptions()), tally)
+    run_count(counter, [chat_job(n, "same question") for n in range(3)], FakeCounter())
+    assert tally.models["GigaChat"].cacheable_tokens == 0

@@ -142,6 +142,27 @@ def test_chat_input_tokens_equal_the_prompt_tokens_the_run_is_billed(
     assert data["total"]["input_tokens"] == billed["prompt"]
 
 
+def test_cacheable_input_equals_what_the_emulator_serves_from_its_prompt_cache(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    jobs = write_chat_jobs(tmp_path / "chat.jsonl", 80, seed=12)
+    system = "Отвечай кратко и по делу, на языке вопроса."
+    data = estimate_json([str(jobs), "--system", system, *api_args(emulator)])
+    emulator.reset_stats()
+    config = RunConfig(
+        jobs_path=jobs,
+        out_dir=tmp_path / "out",
+        kind=kind_for("chat", KindOptions(system=system)),
+        client_settings=settings_for(emulator),
+        progress="off",
+        handle_signals=False,
+    )
+    assert anyio.run(run_jobs, config).status == "completed"
+    served = emulator.stats(arrivals=False)["tokens"]
+    assert data["total"]["input_tokens"] == served["prompt"] + served["precached"]
+    assert data["total"]["cacheable_input_tokens"] == served["precached"]
+
+
 def test_embedding_input_tokens_equal_the_usage_the_run_is_billed(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:

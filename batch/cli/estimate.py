@@ -12,10 +12,10 @@ import contextlib
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import click
@@ -25,13 +25,18 @@ import pyarrow.parquet as pq
 from batch.api_types import Usage
 from batch.checkpoint import FAILED, RESULTS
 from batch.cli import main
-from batch.cli.common import api_options, cli_errors, settings_from_options
+from batch.cli.common import API_OPTION_NAMES, api_options, cli_errors
+
+# The run command's job-kind options and connection set-up: estimate takes the same
+# settings so its sample checkpoint is one `run` resumes.
+from batch.cli.run import _api, _kind, kind_options
 from batch.client import GigaChatClient
 from batch.counting import InputCounter, count_jobs, count_offline, limited_counter
 from batch.errors import ApiError, ConfigError, PermissionDenied
 from batch.estimate import (
     BalanceReport,
     Estimate,
+    Kind,
     Reservoir,
     SampleReport,
     Tally,
@@ -44,21 +49,20 @@ from batch.limiter import AdaptiveLimiter
 from batch.pricing import PriceTable
 from batch.retry import RetryPolicy
 from batch.runner import RunConfig, run_jobs
-from batch.settings import ClientSettings, Secret
-from jobs.base import Job, JobKind, KindOptions
+from batch.settings import ClientSettings
+from jobs.base import Job, JobKind
 from jobs.chat import DEFAULT_COMPLETION_RESERVE
 from jobs.readers import read_jobs, validate_jobs
-from jobs.registry import kind_for
 from jobs.token_counts import MESSAGE_OVERHEAD
 
 
 @dataclass(frozen=True)
 class EstimateRequest:
-    """What one `gigabatch estimate` was asked to do."""
+    """What one `gigabatch estimate` was asked to do. `make_kind` builds the job kind with
+    the command's settings (afresh for the sample run, as `run` would)."""
 
     jobs_path: Path
-    kind_name: Literal["chat", "embed"]
-    options: KindOptions
+    make_kind: Callable[[], JobKind]
     prices: PriceTable
     sample: int | None
     seed: int | None
@@ -69,26 +73,11 @@ class EstimateRequest:
     skip_invalid: bool
     quiet: bool
 
-    def kind(self) -> JobKind:
-        return kind_for(self.kind_name, self.options)
 
-
-@contextlib.contextmanager
-def _emulator_settings(use: bool, settings: ClientSettings | None) -> Iterator[ClientSettings]:
-    """The settings to use: the given ones, or those of an in-process emulator."""
-    if not use:
-        assert settings is not None
-        yield settings
-        return
-    from batch.emulator import profile, serve_emulator
-
-    with serve_emulator(profile("b2b")) as emu:
-        yield ClientSettings(
-            base_url=emu.base_url,
-            auth_url=emu.auth_url,
-            credentials=Secret(emu.credentials),
-            scope=emu.scope,
-        )
+def _kind_name(kind: JobKind) -> Kind:
+    if kind.name not in ("chat", "embed"):
+        raise ConfigError(f"gigabatch estimate does not know job kind '{kind.name}'")
+    return "chat" if kind.name == "chat" else "embed"
 
 
 class _ProgressLine:
@@ -182,7 +171,7 @@ async def _run_sample(
     config = RunConfig(
         jobs_path=request.jobs_path,
         out_dir=out,
-        kind=request.kind(),
+        kind=request.make_kind(),
         client_settings=settings,
         max_concurrency=request.max_concurrency,
         prices=request.prices,
@@ -228,22 +217,17 @@ def _output_method(tally: Tally, report: SampleReport | None, confidence: float)
     return f"between 0 and the max_tokens bound{default}; use --sample N for an expected value"
 
 
-def estimate_jobs(
-    request: EstimateRequest,
-    *,
-    settings: ClientSettings | None,
-    offline: bool,
-    emulator: bool,
-) -> Estimate:
-    """Validate, count, sample and price a job file; the CLI's whole job, callable from code."""
-    kind = request.kind()
+def estimate_jobs(request: EstimateRequest, settings: ClientSettings | None) -> Estimate:
+    """Validate, count, sample and price a job file; the CLI's whole job, callable from code.
+    Without `settings` nothing is sent: input tokens are approximated from characters."""
+    kind = request.make_kind()
     report = validate_jobs(request.jobs_path, kind)
     if not request.skip_invalid:
         report.raise_for_problems()
     jobs = read_jobs(
         request.jobs_path, kind, skip_invalid=request.skip_invalid, exclude=report.duplicates
     )
-    tally = Tally(request.kind_name)
+    tally = Tally(_kind_name(kind))
     sampler = (
         Reservoir(request.sample, request.seed) if request.sample and kind.name == "chat" else None
     )
@@ -251,7 +235,7 @@ def estimate_jobs(
     notes: list[str] = []
     if request.sample and kind.name != "chat":
         notes.append("--sample ignored: embeddings have no output tokens to project")
-    if offline:
+    if settings is None:
         count_offline(jobs, counter)
         return build_estimate(
             tally,
@@ -261,24 +245,23 @@ def estimate_jobs(
             output_method=_output_method(tally, None, request.confidence),
             notes=notes,
         )
-    with _emulator_settings(emulator, settings) as effective:
-        balance = anyio.run(_count_online, request, effective, jobs, counter, report.jobs)
-        if counter.stats.uncounted_texts:
-            notes.append(
-                f"{counter.stats.uncounted_texts} texts could not be counted "
-                f"({counter.stats.uncounted_reason}); they are approximated from characters"
-            )
-        samples: dict[str, list[int]] | None = None
-        sample_report: SampleReport | None = None
-        if sampler is not None and sampler.items:
-            with contextlib.ExitStack() as stack:
-                out = request.out
-                if out is None:
-                    out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-                    notes.append("sampled answers discarded: give --out DIR to keep them")
-                samples, sample_report = anyio.run(_run_sample, request, effective, sampler, out)
-            if sample_report.failed:
-                notes.append(f"{sample_report.failed} sampled jobs failed and are left out")
+    balance = anyio.run(_count_online, request, settings, jobs, counter, report.jobs)
+    if counter.stats.uncounted_texts:
+        notes.append(
+            f"{counter.stats.uncounted_texts} texts could not be counted "
+            f"({counter.stats.uncounted_reason}); they are approximated from characters"
+        )
+    samples: dict[str, list[int]] | None = None
+    sample_report: SampleReport | None = None
+    if sampler is not None and sampler.items:
+        with contextlib.ExitStack() as stack:
+            out = request.out
+            if out is None:
+                out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                notes.append("sampled answers discarded: give --out DIR to keep them")
+            samples, sample_report = anyio.run(_run_sample, request, settings, sampler, out)
+        if sample_report.failed:
+            notes.append(f"{sample_report.failed} sampled jobs failed and are left out")
     estimate = build_estimate(
         tally,
         request.prices,
@@ -296,32 +279,12 @@ def estimate_jobs(
 
 
 @main.command()
-@click.argument("jobs_path", metavar="JOBS", type=click.Path(path_type=Path))
-@click.option(
-    "--kind",
-    "kind_name",
-    type=click.Choice(["chat", "embed"]),
-    default="chat",
-    show_default=True,
-    help="What each job is: a chat completion or a text to embed.",
-)
-@click.option("--model", help="Model for jobs that name none [default: GigaChat / Embeddings].")
-@click.option("--system", help="System message sent before each 'prompt' (chat).")
-@click.option("--temperature", type=float, help="Default temperature (chat).")
-@click.option("--top-p", type=float, help="Default top_p (chat).")
-@click.option(
-    "--answer-max-tokens",
-    type=click.IntRange(min=1),
-    help="Default max_tokens of each answer (chat); bounds the output tokens.",
-)
-@click.option("--repetition-penalty", type=float, help="Default repetition_penalty (chat).")
-@click.option("--id-column", help="Column or key holding the job id.")
-@click.option("--text-column", help="Column or key holding the text (embed).")
-@click.option("--prompt-column", help="Column or key holding the prompt (chat).")
+@click.argument("jobs_path", metavar="JOBS", type=click.Path(exists=True, path_type=Path))
+@kind_options
 @click.option(
     "--prices",
     "prices_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Price table JSON overriding the built-in one (rubles per 1M tokens per model).",
 )
 @click.option(
@@ -349,13 +312,13 @@ def estimate_jobs(
     is_flag=True,
     help="No credentials, no requests: approximate input tokens from characters.",
 )
-@click.option("--emulator", is_flag=True, help="Estimate against a built-in local emulator.")
+@click.option("--emulator", is_flag=True, help="Estimate against a local emulator (b2b profile).")
 @click.option(
     "--max-concurrency",
     type=click.IntRange(min=1),
     default=16,
     show_default=True,
-    help="Most requests in flight (the limiter finds the server's limit below it).",
+    help="Ceiling on requests in flight; the limiter finds the server's limit below it.",
 )
 @click.option(
     "--message-overhead",
@@ -371,16 +334,6 @@ def estimate_jobs(
 @cli_errors
 def estimate(
     jobs_path: Path,
-    kind_name: Literal["chat", "embed"],
-    model: str | None,
-    system: str | None,
-    temperature: float | None,
-    top_p: float | None,
-    answer_max_tokens: int | None,
-    repetition_penalty: float | None,
-    id_column: str | None,
-    text_column: str | None,
-    prompt_column: str | None,
     prices_path: Path | None,
     sample: int | None,
     seed: int | None,
@@ -393,7 +346,7 @@ def estimate(
     message_overhead: int,
     skip_invalid: bool,
     quiet: bool,
-    **api: Any,
+    **options: Any,
 ) -> None:
     """Estimate tokens and cost of a job file before running it.
 
@@ -412,37 +365,32 @@ def estimate(
     """
     if offline and (sample or emulator):
         raise ConfigError("--offline sends no requests: it cannot take --sample or --emulator")
-    settings = None if offline or emulator else settings_from_options(api)
-    if settings is not None and not settings.has_auth:
-        raise ConfigError(
-            "no credentials: set GIGACHAT_CREDENTIALS (or GIGACHAT_ACCESS_TOKEN, "
-            "GIGACHAT_USER/GIGACHAT_PASSWORD, GIGACHAT_CERT_FILE), or use --offline"
+    api = {name: options.pop(name) for name in API_OPTION_NAMES}
+    prices = PriceTable.load(prices_path)
+    with contextlib.ExitStack() as stack:
+        settings = None
+        if not offline:
+            settings = stack.enter_context(_api(api, emulator, "b2b", ()))
+            if not settings.has_auth:
+                raise ConfigError(
+                    "no credentials: set GIGACHAT_CREDENTIALS (or GIGACHAT_ACCESS_TOKEN, "
+                    "GIGACHAT_USER and GIGACHAT_PASSWORD, or GIGACHAT_CERT_FILE), or use --offline"
+                )
+        model_default = settings.model if settings is not None else None
+        request = EstimateRequest(
+            jobs_path=jobs_path,
+            make_kind=lambda: _kind(dict(options), model_default),
+            prices=prices,
+            sample=sample,
+            seed=seed,
+            confidence=confidence,
+            out=out,
+            max_concurrency=max_concurrency,
+            message_overhead=message_overhead,
+            skip_invalid=skip_invalid,
+            quiet=quiet,
         )
-    request = EstimateRequest(
-        jobs_path=jobs_path,
-        kind_name=kind_name,
-        options=KindOptions(
-            model=model,
-            system=system,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=answer_max_tokens,
-            repetition_penalty=repetition_penalty,
-            id_column=id_column,
-            text_column=text_column,
-            prompt_column=prompt_column,
-        ),
-        prices=PriceTable.load(prices_path),
-        sample=sample,
-        seed=seed,
-        confidence=confidence,
-        out=out,
-        max_concurrency=max_concurrency,
-        message_overhead=message_overhead,
-        skip_invalid=skip_invalid,
-        quiet=quiet,
-    )
-    result = estimate_jobs(request, settings=settings, offline=offline, emulator=emulator)
+        result = estimate_jobs(request, settings)
     if as_json:
         click.echo(orjson.dumps(estimate_to_json(result), option=orjson.OPT_INDENT_2).decode())
     else:
