@@ -4,6 +4,9 @@ higher budget carries on; the rows in results/ never cost more than the budget."
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from batch.api_types import Usage
+from batch.cli import EXIT_BUDGET
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.pricing import PriceTable
 from batch.runner import RunConfig, run_jobs
@@ -158,3 +162,42 @@ def test_budget_smaller_than_one_request_sends_nothing(
     assert summary.status == "budget"
     requests = emulator.stats(arrivals=False)["requests"]
     assert "/api/v1/chat/completions" not in requests
+
+
+def gigabatch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from batch.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.e2e
+def test_cli_run_stops_at_the_budget_with_exit_4_then_resumes_with_more(
+    jobs_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    common = [
+        "run",
+        str(jobs_file),
+        "--out",
+        str(out),
+        "--emulator",
+        "--emulator-profile",
+        "fast",
+        "--quiet",
+    ]
+    # Each job costs about 0.02 RUB: a budget of 1 RUB stops the run part-way.
+    first = gigabatch(*common, "--max-cost", "1")
+    assert first.returncode == EXIT_BUDGET, first.stderr
+    assert re.search(r"spent 0\.\d\d RUB of 1\.00, 0\.\d\d left", first.stderr), first.stderr
+    rows, cost, _ = spent(out)
+    assert 0 < rows < JOBS
+    assert cost <= 1
+    second = gigabatch(*common, "--max-cost", "100")
+    assert second.returncode == 0, second.stderr
+    rows, cost, _ = spent(out)
+    assert rows == JOBS
+    assert cost <= 100
