@@ -349,9 +349,17 @@ def build_estimate(
     for name in sorted(tally.models):
         model = tally.models[name]
         sample = (samples or {}).get(name)
-        if samples is not None and not sample and model.kind == "chat":
-            all_notes.append(f"no sampled answer for {name}: its output shows the bound only")
         output = output_span(model, sample, confidence=confidence)
+        pooled = [tokens for values in (samples or {}).values() for tokens in values]
+        if samples is not None and not sample and model.kind == "chat" and pooled:
+            # A model the sample missed (a rare one): its expected length is taken from the
+            # other models' answers, its interval stays the honest 0..bound.
+            guess = min(statistics.fmean(pooled) * model.rows, float(model.output_bound))
+            output = Span(output.low, guess, output.high)
+            all_notes.append(
+                f"no sampled answer for {name}: its expected output uses the mean answer "
+                "length of the other models' sampled jobs, its interval is 0 to the bound"
+            )
         price = prices.price_per_million(name)
         billed = billed_input(model.input_tokens, model.cacheable_tokens) + output
         cost = billed.scaled(price / 1_000_000)

@@ -168,9 +168,10 @@ def test_embedding_estimate_has_no_output_tokens() -> None:
     assert estimate.cost == Span(80.0, 80.0, 80.0)
 
 
-def test_model_without_sampled_rows_keeps_the_bound_and_says_so() -> None:
+def test_model_missed_by_the_sample_borrows_the_pooled_mean_and_says_so() -> None:
     tally = chat_tally()
-    tally.add_row("GigaChat-Max", output_bound=100)
+    for _ in range(4):
+        tally.add_row("GigaChat-Max", output_bound=100)
     estimate = build_estimate(
         tally,
         PRICES,
@@ -179,8 +180,9 @@ def test_model_without_sampled_rows_keeps_the_bound_and_says_so() -> None:
         output_method="sample",
         samples={"GigaChat": [10, 20]},
     )
-    assert any("GigaChat-Max" in note for note in estimate.notes)
-    assert estimate.output_tokens.expected is None
+    missed = next(m for m in estimate.models if m.model == "GigaChat-Max")
+    assert missed.output_tokens == Span(0, 60, 400)
+    assert any("no sampled answer for GigaChat-Max" in note for note in estimate.notes)
 
 
 def test_price_table_override_changes_the_cost() -> None:

@@ -283,3 +283,10 @@ def test_missing_credentials_name_the_variables_and_offer_offline(
     result = estimate([str(jobs)])
     assert result.exit_code == 2
     assert "GIGACHAT_CREDENTIALS" in result.stderr and "--offline" in result.stderr
+
+
+def test_out_without_sample_is_refused(tmp_path: Path, clean_env: None) -> None:
+    jobs = write_chat_jobs(tmp_path / "chat.jsonl", 5)
+    result = estimate([str(jobs), "--offline", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "--sample" in result.stderr

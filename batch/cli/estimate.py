@@ -89,7 +89,6 @@ class _ProgressLine:
         self.total = total
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
-        self.drawn = False
 
     def draw(self, *, final: bool = False) -> None:
         if self.quiet:
@@ -365,6 +364,8 @@ def estimate(
     """
     if offline and (sample or emulator):
         raise ConfigError("--offline sends no requests: it cannot take --sample or --emulator")
+    if out is not None and not sample:
+        raise ConfigError("--out keeps the answers of --sample N: give --sample too")
     api = {name: options.pop(name) for name in API_OPTION_NAMES}
     prices = PriceTable.load(prices_path)
     with contextlib.ExitStack() as stack:
