@@ -164,3 +164,21 @@ def test_message_overhead_is_what_the_emulator_adds_per_message(emulator: Runnin
     billed_one, billed_two, count = anyio.run(measure)
     assert billed_one - count == MESSAGE_OVERHEAD
     assert billed_two - billed_one == MESSAGE_OVERHEAD
+
+
+def test_the_official_sdk_reports_the_same_overhead(emulator: RunningEmulator) -> None:
+    # The same measurement through the official SDK's own chat and tokens_count.
+    from gigachat import GigaChat
+
+    with GigaChat(
+        base_url=emulator.base_url,
+        auth_url=emulator.auth_url,
+        credentials=emulator.credentials,
+        scope=emulator.scope,
+        verify_ssl_certs=False,
+    ) as sdk:
+        for request in REQUESTS[:3]:
+            answer = sdk.chat({"model": request["model"], "messages": request["messages"]})
+            billed = chat_input(request)
+            counts = sdk.tokens_count(list(billed.texts), model=billed.model)
+            assert answer.usage.prompt_tokens == sum(c.tokens for c in counts) + billed.overhead
