@@ -7,16 +7,22 @@ plus a fixed few tokens. `billed_input` turns a job into the texts to count and 
 to add, so `gigabatch estimate` can predict `prompt_tokens` from counts alone.
 
 The overheads were measured, not guessed (tests/test_token_counts.py re-measures them on
-every run against the emulator; bench/estimate_accuracy.py on whole files):
+every run, through gigabatch's client and through the official SDK; bench/estimate_accuracy.py
+on whole files):
 - Emulator: chat `prompt_tokens` - sum of `/tokens/count` of the contents = 3 per message
   (+ the functions' JSON); embedding usage - count = 5 per text.
 - Real API, from the official SDK's recorded answers (ai-forever/gigachat test cassettes,
-  GigaChat:2.0.28.2): "Hello, world!" counts 4 tokens and embeds as 9 (so +5 per text, as the
-  emulator does); the one-message chat "Say 'Hello' and nothing else" (28 characters, about 7
-  counted tokens) was billed 17 prompt tokens, i.e. about 10 tokens of overhead for a
-  one-message request. The emulator's 3 per message is therefore an under-estimate for the
-  real service on very short prompts (about 1% of a 1,000-token prompt); `--message-overhead`
-  lets a user calibrate it from one real answer.
+  GigaChat:2.0.28.2): "Hello, world!" counts 4 tokens and embeds as 9, so +5 per text, as in
+  the emulator. The one-message chat "Say 'Hello' and nothing else" (28 characters) was billed
+  17 prompt tokens (2 more precached); no count of that exact text was recorded, but at the
+  3.25 characters per token of "Hello, world!" it is 8-9 tokens, so the real service adds
+  about 8-9 tokens to a one-message request, more than the emulator's 3. That is under 1% of
+  a 1,000-token prompt but a lot for very short ones: `--message-overhead N` calibrates the
+  estimate from one real answer (its prompt_tokens minus /tokens/count of its content).
+- Shared prefixes: requests with one `X-Session-ID` (the chat kind sends one per model,
+  system prompt and functions) get their repeated leading messages served from the prompt
+  cache as free `precached_prompt_tokens`; `session_key` and `message_keys` let the
+  estimate predict that (exactly, on the emulator).
 """
 
 from __future__ import annotations
