@@ -11,6 +11,7 @@ import subprocess as sp
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -79,6 +80,18 @@ class RunningEmulator:
         if response.status_code != 200:
             raise ValueError(response.json().get("message", response.text))
         return orjson.loads(response.content)
+
+    def access_token(self) -> str:
+        """A fresh access token from the emulator's OAuth endpoint (for raw HTTP clients)."""
+        with httpx.Client(trust_env=False, timeout=30.0) as client:
+            response = client.post(
+                self.auth_url,
+                headers={"Authorization": f"Basic {self.credentials}", "RqUID": str(uuid.uuid4())},
+                data={"scope": self.scope},
+            )
+        response.raise_for_status()
+        token: str = response.json()["access_token"]
+        return token
 
     def stats(self, *, arrivals: bool = True) -> dict[str, Any]:
         """The stats document (see batch.emulator.stats); arrivals=False leaves the
