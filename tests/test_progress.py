@@ -1,0 +1,56 @@
+"""The progress line: what it shows, and how it is drawn on a terminal and in a log."""
+
+from __future__ import annotations
+
+import io
+
+from batch.api_types import Usage
+from batch.pricing import PriceTable
+from batch.progress import Progress, progress_line
+from batch.summary import RunStats
+
+
+def stats() -> RunStats:
+    s = RunStats(kind="chat", prices=PriceTable.load(), total_jobs=100, max_concurrency=16)
+    s.skipped = 10
+    s.succeeded = 30
+    s.failed = 2
+    s.rate_limited = 4
+    s.concurrency = 7
+    s.add_usage("GigaChat", Usage(1000, 500))
+    s.started -= 10.0  # ten seconds into the run
+    return s
+
+
+def test_line_shows_done_rate_tokens_cost_429s_concurrency_and_eta() -> None:
+    line = progress_line(stats())
+    assert line.startswith("42/100 done (2 failed)")
+    assert "3.2 jobs/s" in line
+    assert "1500 tokens" in line
+    assert "429s 4" in line and "concurrency 7/16" in line
+    assert "ETA 18s" in line  # 58 remaining at 3.2 jobs/s
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_redraws_one_line_and_log_appends_lines() -> None:
+    tty = FakeTerminal()
+    live = Progress(stats(), stream=tty)
+    live.draw()
+    live.draw()
+    live.close()
+    assert tty.getvalue().count("\r") == 3 and tty.getvalue().endswith("\n")
+    log = io.StringIO()
+    logged = Progress(stats(), stream=log)
+    logged.draw()
+    logged.draw()
+    assert logged.mode == "log" and log.getvalue().count("\n") == 2
+
+
+def test_quiet_mode_draws_nothing() -> None:
+    out = io.StringIO()
+    Progress(stats(), "off", stream=out).close()
+    assert out.getvalue() == ""

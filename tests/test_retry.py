@@ -1,0 +1,68 @@
+"""Per-request retry: which errors retry, how many times, and how 429s are counted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from batch.errors import BadRequest, RateLimited, ServerError
+from batch.retry import RetryPolicy, call_with_retry
+
+FAST = RetryPolicy(max_attempts=3, initial=0.001, max_wait=0.002, jitter=0.0)
+
+
+def scripted(*errors: Exception | None) -> tuple[Callable[[], object], list[int]]:
+    """An attempt function raising the given errors in turn, then returning "ok"."""
+    calls = [0]
+
+    async def attempt() -> str:
+        i = calls[0]
+        calls[0] += 1
+        if i < len(errors) and errors[i] is not None:
+            raise errors[i]  # type: ignore[misc]
+        return "ok"
+
+    return attempt, calls
+
+
+def test_retryable_errors_are_retried_until_success() -> None:
+    attempt, calls = scripted(ServerError("busy"), ServerError("busy"))
+    assert anyio.run(call_with_retry, attempt, FAST) == "ok"
+    assert calls[0] == 3
+
+
+def test_gives_up_after_max_attempts_with_the_last_error() -> None:
+    attempt, calls = scripted(*(ServerError(f"busy {i}") for i in range(5)))
+    with pytest.raises(ServerError, match="busy 2"):
+        anyio.run(call_with_retry, attempt, FAST)
+    assert calls[0] == 3
+
+
+def test_permanent_errors_are_not_retried() -> None:
+    attempt, calls = scripted(BadRequest("no"))
+    with pytest.raises(BadRequest):
+        anyio.run(call_with_retry, attempt, FAST)
+    assert calls[0] == 1
+
+
+def test_429s_do_not_use_up_the_attempts() -> None:
+    attempt, calls = scripted(
+        RateLimited(), RateLimited(), RateLimited(), RateLimited(), ServerError("x"), None
+    )
+    assert anyio.run(call_with_retry, attempt, FAST) == "ok"
+    assert calls[0] == 6
+
+
+def test_429s_stop_at_max_elapsed() -> None:
+    attempt, calls = scripted(*(RateLimited() for _ in range(10_000)))
+    policy = RetryPolicy(max_attempts=3, max_elapsed=0.05, initial=0.001, jitter=0.0)
+
+    async def slow_attempt() -> object:
+        await anyio.sleep(0.01)
+        return await attempt()  # type: ignore[misc]
+
+    with pytest.raises(RateLimited):
+        anyio.run(call_with_retry, slow_attempt, policy)
+    assert 3 <= calls[0] < 20
