@@ -2,7 +2,7 @@
 embedding usage so the three agree the way the real API's counts do.
 
 A token is a run of up to four word characters, or one punctuation character;
-whitespace is free. So "Hello, world!" is 4 tokens and a 9-letter word is 3.
+whitespace is free. So "Hello, world!" is 6 tokens (2+1+2+1) and a 9-letter word is 3.
 """
 
 from __future__ import annotations
