@@ -57,8 +57,8 @@ class Stats:
 
     def window(self, start: float, end: float) -> None:
         """A Retry-After announced at `start` for `end`; repeats of the same end (a storm
-        answering many requests) extend nothing and are stored once."""
-        if self.windows and self.windows[-1][1] == end:
+        answering many requests, rounded to the millisecond) are stored once."""
+        if self.windows and abs(self.windows[-1][1] - end) < 0.002:
             return
         if len(self.windows) < MAX_WINDOWS:
             self.windows.append((start, end))
