@@ -108,13 +108,14 @@ def estimate(
     *,
     sample: int | None = None,
     out: Path | None = None,
+    seed: int = 7,
 ) -> Any:
     request = EstimateRequest(
         jobs_path=path,
         make_kind=lambda: kind_for(kind, KindOptions()),
         prices=prices,
         sample=sample,
-        seed=7,
+        seed=seed,
         confidence=0.95,
         out=out,
         max_concurrency=CONCURRENCY,
@@ -237,6 +238,35 @@ def budget_check(emu: RunningEmulator, path: Path, work: Path, full_cost: float)
     )
 
 
+@dataclass
+class SeedSpread:
+    """The 1% sample's expected cost over several seeds, against the one true cost."""
+
+    seeds: int
+    sample: int
+    mean_abs_error_pct: float
+    max_abs_error_pct: float
+    intervals_holding_truth: int
+
+
+def seed_spread(
+    emu: RunningEmulator, path: Path, work: Path, measured: Accuracy, seeds: int
+) -> SeedSpread:
+    prices = PriceTable.load()
+    actual = measured.actual_cost
+    sample = measured.sample
+    errors: list[float] = []
+    held = 0
+    for seed in range(1, seeds + 1):
+        result = estimate(
+            emu, path, "chat", prices, sample=sample, out=work / f"seed-{seed}", seed=seed
+        )
+        cost = result.cost
+        errors.append(abs(pct(cost.expected, actual)))
+        held += cost.low <= actual <= cost.high
+    return SeedSpread(seeds, sample, sum(errors) / len(errors), max(errors), held)
+
+
 def sample_files() -> list[tuple[str, Path, Kind]]:
     found: list[tuple[str, Path, Kind]] = []
     for path in sorted((ROOT / "sample_jobs").glob("*")):
@@ -251,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--jobs", type=int, default=10_000, help="generated chat jobs")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--seeds", type=int, default=5, help="sample seeds for the spread of the 1%% estimate"
+    )
     args = parser.parse_args(argv)
     rows: list[Accuracy] = []
     with tempfile.TemporaryDirectory() as tmp, emulator() as emu:
@@ -261,8 +294,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(measure(emu, name, path, kind, work))
             print(f"measured {name}", file=sys.stderr)
         budget = budget_check(emu, generated, work, rows[-1].actual_cost)
+        spread = seed_spread(emu, generated, work, rows[-1], args.seeds)
     if args.json:
-        data = {"accuracy": [asdict(r) for r in rows], "budget": asdict(budget)}
+        data = {
+            "accuracy": [asdict(r) for r in rows],
+            "budget": asdict(budget),
+            "seed_spread": asdict(spread),
+        }
         print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return 0
     print(
@@ -285,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         f"budget: first run {b.status_first}, spent {b.spent_first:.4f} of {b.budget_first:.4f}"
         f" RUB; resumed with {b.budget_second:.4f}: {b.status_second}, spent"
         f" {b.spent_total:.4f} in total"
+    )
+    print(
+        f"1% sample over {spread.seeds} seeds ({spread.sample} jobs each): expected cost off by"
+        f" {spread.mean_abs_error_pct:.2f}% on average, {spread.max_abs_error_pct:.2f}% at most;"
+        f" interval held the actual cost {spread.intervals_holding_truth}/{spread.seeds} times"
     )
     ok = b.spent_first <= b.budget_first and b.spent_total <= b.budget_second
     print(f"never over budget: {'yes' if ok else 'NO'}")
