@@ -401,8 +401,15 @@ def test_stats_list_arrivals_in_order_and_reset_clears_them() -> None:
         times = [a["t"] for a in stats["arrivals"]]
         assert times == sorted(times)
         assert stats["tokens"]["embedding"] == 12
+        assert (stats["oauth_calls"], stats["stream_limit"], stats["in_flight"]) == (1, 10_000, 0)
         emu.reset_stats()
         assert emu.stats()["arrivals"] == []
+
+
+def test_oversized_body_gets_413(shared: RunningEmulator) -> None:
+    with api(shared) as client:
+        response = client.post(EMBED, json={"input": ["x" * (21 * 1024 * 1024)]})
+    assert response.status_code == 413
 
 
 def test_a_subprocess_emulator_serves_and_stops() -> None:

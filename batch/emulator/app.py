@@ -56,6 +56,8 @@ METHOD_NOT_ALLOWED = _error(405, "Method not allowed")
 # A reset cuts the answer after this many bytes of a body announced as much longer.
 RESET_AFTER = b'{"choices":[{"message":{"role":"assistant","content":"'
 RESET_ANNOUNCED = b"4096"
+# The real API refuses requests over 20 MB.
+MAX_BODY_BYTES = 20 * 1024 * 1024
 
 
 def credentials_for(config: EmulatorConfig) -> str:
@@ -136,6 +138,8 @@ Handler = Callable[[Call, str], Awaitable[None]]
 
 
 def _json_body(call: Call) -> Any:
+    if len(call.body) > MAX_BODY_BYTES:
+        raise chat.RequestRejected(413, "Request body is over 20 MB")
     try:
         data = orjson.loads(call.body)
     except orjson.JSONDecodeError:
@@ -371,6 +375,7 @@ class EmulatorApp:
         )
 
     async def _password_token(self, call: Call) -> None:
+        self.stats.oauth_calls += 1
         now = time.time()
         header = call.headers.get(b"authorization", b"")
         expected = f"{self.config.user}:{self.config.password}".encode()
@@ -530,7 +535,10 @@ class EmulatorApp:
         if path == "/_emulator/stats" and method == "GET":
             query = parse_qs(call.query.decode("latin-1"))
             arrivals = query.get("arrivals", ["1"])[0] != "0"
-            await call.reply(200, orjson.dumps(self.stats.snapshot(arrivals=arrivals)))
+            snapshot = self.stats.snapshot(arrivals=arrivals)
+            snapshot["stream_limit"] = self.config.effective_stream_limit
+            snapshot["in_flight"] = self.streams.total()
+            await call.reply(200, orjson.dumps(snapshot))
         elif path == "/_emulator/reset" and method == "POST":
             self.stats.reset()
             await call.reply(200, orjson.dumps({"reset": True}))

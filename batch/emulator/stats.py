@@ -1,6 +1,7 @@
-"""What the emulator saw: requests by path and status, peak concurrency, 429s, OAuth calls,
-tokens served, faults, per-request arrival times and the Retry-After windows it announced.
-Arrivals are kept in compact arrays (bounded) so a long benchmark does not eat memory."""
+"""What the emulator saw: requests by path and status, peak concurrency, 429s, OAuth calls
+(/api/v2/oauth and /api/v1/token), tokens served, faults, per-request arrival times and the
+Retry-After windows it announced. Arrivals are kept in compact bounded arrays so a long
+benchmark does not eat memory."""
 
 from __future__ import annotations
 
