@@ -261,7 +261,7 @@ class SampleReport:
     completion_tokens: int
     prompt_tokens: int
     cost: float
-    out: str
+    out: str | None  # where the answers are checkpointed; None when they were discarded
     confidence: float
 
 
@@ -506,9 +506,15 @@ def render_table(estimate: Estimate) -> str:
         s = estimate.sample
         out.append(
             f"sample: {s.answered} of {s.requested} jobs answered ({s.failed} failed), "
-            f"{s.completion_tokens:,} completion tokens, cost {_rub(s.cost)} {p.currency}, "
-            f"kept in {s.out}"
+            f"{s.completion_tokens:,} completion tokens, cost {_rub(s.cost)} {p.currency} "
+            "(part of the estimate)"
         )
+        expected = estimate.cost.expected
+        if s.out is not None and expected is not None:
+            out.append(
+                f"`gigabatch run` with --out {s.out} and the same settings skips the sampled "
+                f"jobs: it pays the rest, about {_rub(max(0.0, expected - s.cost))} {p.currency}"
+            )
     if estimate.cacheable_tokens:
         out.append(
             f"prompt cache: {estimate.cacheable_tokens:,} input tokens repeat the previous "

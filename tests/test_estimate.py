@@ -13,6 +13,7 @@ from batch.api_types import BalanceEntry
 from batch.estimate import (
     BalanceReport,
     Reservoir,
+    SampleReport,
     Span,
     Tally,
     approximate_tokens,
@@ -297,3 +298,28 @@ def test_reservoir_with_a_seed_is_reproducible() -> None:
         return reservoir.items
 
     assert sample(42) == sample(42)
+
+
+def test_table_says_what_the_run_still_pays_after_a_kept_sample() -> None:
+    report = SampleReport(
+        requested=3,
+        answered=3,
+        failed=0,
+        completion_tokens=600,
+        prompt_tokens=300,
+        cost=0.5,
+        out="out/jobs",
+        confidence=0.95,
+    )
+    estimate = build_estimate(
+        chat_tally(),
+        PRICES,
+        source="f",
+        exact_input=True,
+        output_method="sample",
+        samples={"GigaChat": [100, 200, 300]},
+        sample_report=report,
+    )
+    # Expected 6.00 RUB in all, 0.50 of it already paid by the sample.
+    assert "--out out/jobs" in render_table(estimate)
+    assert "pays the rest, about 5.50 RUB" in render_table(estimate)

@@ -259,6 +259,8 @@ def estimate_jobs(request: EstimateRequest, settings: ClientSettings | None) -> 
                 out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
                 notes.append("sampled answers discarded: give --out DIR to keep them")
             samples, sample_report = anyio.run(_run_sample, request, settings, sampler, out)
+            if request.out is None:
+                sample_report = replace(sample_report, out=None)
         if sample_report.failed:
             notes.append(f"{sample_report.failed} sampled jobs failed and are left out")
     estimate = build_estimate(
