@@ -290,3 +290,12 @@ def test_out_without_sample_is_refused(tmp_path: Path, clean_env: None) -> None:
     result = estimate([str(jobs), "--offline", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "--sample" in result.stderr
+
+
+def test_offline_estimate_honours_gigachat_model(
+    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GIGACHAT_MODEL", "GigaChat-Max")
+    jobs = write_chat_jobs(tmp_path / "chat.jsonl", 3)
+    data = estimate_json([str(jobs), "--offline"])
+    assert [m["model"] for m in data["models"]] == ["GigaChat-Max"]

@@ -9,6 +9,7 @@ twice. The arithmetic is in batch/estimate.py, the counting pass in batch/counti
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -379,7 +380,10 @@ def estimate(
                     "no credentials: set GIGACHAT_CREDENTIALS (or GIGACHAT_ACCESS_TOKEN, "
                     "GIGACHAT_USER and GIGACHAT_PASSWORD, or GIGACHAT_CERT_FILE), or use --offline"
                 )
-        model_default = settings.model if settings is not None else None
+        # Offline there are no settings to read, but GIGACHAT_MODEL still names the model.
+        model_default = (
+            settings.model if settings is not None else os.environ.get("GIGACHAT_MODEL") or None
+        )
         request = EstimateRequest(
             jobs_path=jobs_path,
             make_kind=lambda: _kind(dict(options), model_default),
