@@ -34,7 +34,14 @@ from batch.estimate import (
 from batch.limiter import AdaptiveLimiter
 from batch.retry import RetryPolicy, call_with_retry
 from jobs.base import Batch, Job, JobKind
-from jobs.token_counts import MESSAGE_OVERHEAD, billed_input, message_keys, session_key
+from jobs.embeddings import EmbeddingsKind
+from jobs.token_counts import (
+    EMBEDDING_OVERHEAD,
+    MESSAGE_OVERHEAD,
+    billed_input,
+    message_keys,
+    session_key,
+)
 
 # Counted texts remembered (by digest) so a text repeated across the file is counted once.
 COUNTED_CACHE = 65_536
@@ -60,6 +67,7 @@ class CountStats:
     calls: int = 0
     uncounted_texts: int = 0
     uncounted_reason: str | None = None
+    over_limit: int = 0  # embedding texts over the model's input limit
     started: float = field(default_factory=time.monotonic)
 
     def line(self, total: int | None) -> str:
@@ -189,7 +197,7 @@ class InputCounter:
             cached[text] -= is_cached
             known = self._counted.get(_digest(billed.model, text))
             if known is not None:
-                self.tally.add_input(billed.model, known, cacheable=known * is_cached)
+                self._add_counted(billed.model, known, 1, is_cached)
                 continue
             pending = self._pending.get(billed.model)
             if (
@@ -226,7 +234,19 @@ class InputCounter:
             call.texts, tokens, call.times, call.cached, strict=True
         ):
             self._counted.put(_digest(call.model, text), count)
-            self.tally.add_input(call.model, count * times, cacheable=count * cached)
+            self._add_counted(call.model, count, times, cached)
+
+    def _add_counted(self, model: str, count: int, times: int, cached: int) -> None:
+        """Bill a counted text `times` times (`cached` of them from the prompt cache)."""
+        if isinstance(self.kind, EmbeddingsKind) and count > self.kind.max_input_tokens(model):
+            # The embeddings kind fails a text over the limit without sending it (so neither
+            # it nor its overhead is billed), or truncates it to under the limit.
+            self.stats.over_limit += times
+            if self.kind.options.on_long_text != "truncate":
+                self.tally.add_input(model, -EMBEDDING_OVERHEAD * times)
+                return
+            count = self.kind.max_input_tokens(model)
+        self.tally.add_input(model, count * times, cacheable=count * cached)
 
     def uncountable(self, call: CountCall, reason: str) -> None:
         """The API refused to count these texts (a permanent error): approximate them."""

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from batch.api_types import Usage
-from batch.budget import Budget
+from batch.budget import Budget, Reservation
 from batch.errors import BudgetExhausted
 from batch.pricing import PriceTable
 
@@ -133,7 +133,7 @@ def test_interleaved_concurrent_requests_never_spend_more_than_the_budget() -> N
     # Many requests in flight at once, settling out of order at up to their ceiling.
     rng = random.Random(7)
     budget = Budget(max_cost=5.0, max_tokens=None, prices=PRICES)
-    in_flight = []
+    in_flight: list[tuple[Reservation, Usage]] = []
     refused = 0
     for _ in range(2000):
         if in_flight and rng.random() < 0.5:

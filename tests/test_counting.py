@@ -194,3 +194,14 @@ def test_requests_without_a_system_prompt_have_no_session_and_nothing_cacheable(
     counter = InputCounter(kind_for("chat", KindOptions()), tally)
     run_count(counter, [chat_job(n, "same question") for n in range(3)], FakeCounter())
     assert tally.models["GigaChat"].cacheable_tokens == 0
+
+
+def test_embedding_texts_over_the_limit_are_not_billed_unless_truncated() -> None:
+    long_text = " ".join(["w"] * 600)  # 600 tokens to the stand-in tokenizer
+    for mode, expected in (("fail", 1 + 5), ("truncate", (1 + 5) + (512 + 5))):
+        tally = Tally("embed")
+        kind = kind_for("embed", KindOptions(on_long_text=mode))  # type: ignore[arg-type]
+        counter = InputCounter(kind, tally)
+        run_count(counter, [embed_job(1, "short"), embed_job(2, long_text)], FakeCounter())
+        assert tally.models["Embeddings"].input_tokens == expected
+        assert counter.stats.over_limit == 1

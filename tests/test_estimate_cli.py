@@ -299,3 +299,28 @@ def test_offline_estimate_honours_gigachat_model(
     jobs = write_chat_jobs(tmp_path / "chat.jsonl", 3)
     data = estimate_json([str(jobs), "--offline"])
     assert [m["model"] for m in data["models"]] == ["GigaChat-Max"]
+
+
+def test_embedding_texts_over_the_input_limit_are_left_out_as_the_run_fails_them(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    jobs = tmp_path / "texts.jsonl"
+    with jobs.open("wb") as out:
+        for n in range(30):
+            # Every tenth text is 600 tokens long: over the 512 the Embeddings model takes.
+            text = "long " * 600 if n % 10 == 0 else f"short text number {n}"
+            out.write(orjson.dumps({"id": f"t{n}", "text": text + str(n)}) + b"\n")
+    result = estimate([str(jobs), "--kind", "embed", *api_args(emulator)])
+    assert "3 texts exceed the model's input limit" in result.stdout
+    data = estimate_json([str(jobs), "--kind", "embed", *api_args(emulator)])
+    emulator.reset_stats()
+    config = RunConfig(
+        jobs_path=jobs,
+        out_dir=tmp_path / "out",
+        kind=kind_for("embed", KindOptions()),
+        client_settings=settings_for(emulator),
+        progress="off",
+        handle_signals=False,
+    )
+    assert anyio.run(run_jobs, config).status == "failed_rows"
+    assert data["total"]["input_tokens"] == emulator.stats()["tokens"]["embedding"]

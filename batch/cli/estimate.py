@@ -246,6 +246,15 @@ def estimate_jobs(request: EstimateRequest, settings: ClientSettings | None) -> 
             notes=notes,
         )
     balance = anyio.run(_count_online, request, settings, jobs, counter, report.jobs)
+    if counter.stats.over_limit:
+        notes.append(
+            f"{counter.stats.over_limit} texts exceed the model's input limit: the run "
+            + (
+                "truncates them (counted at the limit)"
+                if kind.answer_settings().get("on_long_text") == "truncate"
+                else "fails them without sending (not counted; --on-long-text truncate cuts them)"
+            )
+        )
     if counter.stats.uncounted_texts:
         notes.append(
             f"{counter.stats.uncounted_texts} texts could not be counted "
