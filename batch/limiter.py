@@ -99,12 +99,15 @@ class AdaptiveLimiter:
     - Increase: +1 after `limit` successes in a row (about one step per round trip), and
       only when the current limit was actually used, so an idle run does not inflate it.
       Until the first 429 the limit doubles instead (slow start), to find the level fast.
-    - Decrease on 429: x`decrease`, but not below the highest level that once completed a
-      full window cleanly ("safe"), because the server's limit is usually stable and
-      dropping far below it wastes capacity. A 429 at or below "safe" means the server
-      shrank (or a release raced): "safe" steps down by about 10%.
-    - At most one decrease per round trip: a 429 for a request sent before the last
-      decrease says nothing new (its epoch is old).
+    - Decrease on 429 (an "overload"): -1 for the first refused request and -1 for each
+      other request sent into the same overload and refused too, so the limit lands on
+      what the server accepted; but never below x`decrease` (after slow start: the last
+      doubling's level) nor below the highest level that completed a full window cleanly
+      ("safe"), because the server's limit is usually stable and dropping far below it
+      wastes capacity. A 429 at or below "safe" means the server shrank (or a release
+      raced): "safe" steps down by about 10%.
+    - One overload per round trip: the first 429 starts a new epoch; 429s for requests sent
+      before the previous decrease say nothing new.
     - After a decrease the limit holds for `hold` windows, then grows again by +1 per
       window up to just below the level that answered 429 ("bad"). Going to "bad" itself
       is a probe: it waits for `hold` windows (doubled by each failed probe, up to
@@ -137,6 +140,8 @@ class AdaptiveLimiter:
         self._limit = max(1, min(initial, maximum))
         self._safe = 0  # highest level that completed a full window without a 429
         self._bad = maximum + 1  # lowest level that answered 429 since (maximum + 1: none)
+        self._floor = 1  # how far the current overload may take the limit down
+        self._overload_level = 0  # the limit when the current overload began
         self._in_flight = 0
         self._peak_since_change = 0
         self._successes = 0
@@ -222,10 +227,20 @@ class AdaptiveLimiter:
         else:
             self.cooldown.backoff(ticket.sent_at)
         self._release()
+        if ticket.epoch == self._epoch - 1:
+            # Another request sent into the same overload was refused: one fewer fits.
+            if self._limit > self._floor:
+                self._set_limit(self._limit - 1)
+                self._bad = self._limit + 1
+                self._required_windows = self._base_hold
+            else:
+                # Refusals beyond the floor are not about our level (a storm, a shrink):
+                # regrowth up to where the overload began need not wait for probes.
+                self._bad = self._overload_level
+            return
         if ticket.epoch < self._epoch:
-            return  # sent before the last decrease: already accounted for
+            return  # sent before an earlier decrease: says nothing new
         level = self._limit
-        self._slow_start = False
         if level <= self._safe:
             # The server's limit went down (or a response raced its stream's release):
             # step the known-good level down gently rather than forgetting it.
@@ -234,13 +249,22 @@ class AdaptiveLimiter:
         elif level >= self._bad:
             # A probe of a level that failed before failed again: probe less often.
             self._probe_windows = min(self._max_hold, self._probe_windows * 2)
-        self._bad = level
+        # The overload may take the limit down by one per refused request, but not below
+        # the last level that worked when leaving slow start (the previous doubling), nor
+        # below x`decrease` otherwise.
+        if self._slow_start:
+            self._floor = max(1, self._safe)
+        else:
+            self._floor = max(1, self._safe, int(level * self._decrease))
+        self._slow_start = False
+        self._epoch += 1
+        self._overload_level = level
+        self._set_limit(max(self._floor, level - 1))
+        self._bad = self._limit + 1
+        self._required_windows = self._base_hold
         # Each probe costs the whole run the pause it provokes: space probes so that this
         # stays a small fraction of the run's time.
         self._probe_not_before = self._clock() + _PROBE_SPACING * self.cooldown.remaining
-        self._set_limit(max(1, int(level * self._decrease), self._safe))
-        self._required_windows = self._base_hold
-        self._epoch += 1
 
     def _set_limit(self, value: int) -> None:
         self._limit = max(1, min(self.maximum, value))

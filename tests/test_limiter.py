@@ -54,34 +54,53 @@ def test_limit_does_not_grow_when_it_was_not_used() -> None:
     assert limiter.limit == 4
 
 
-def test_429_decreases_multiplicatively_but_not_below_the_known_good_level() -> None:
+def test_overload_takes_one_off_per_refused_request_down_to_what_the_server_took() -> None:
     clock = Clock()
     limiter = AdaptiveLimiter(64, initial=8, clock=clock)
     fill_window(limiter)  # 8 is known good; slow start goes to 16
     assert limiter.limit == 16
     tickets = [acquire_now(limiter) for _ in range(16)]
-    limiter.rate_limited_by_server(tickets[-1], None)
-    assert limiter.limit == 11  # int(16 * 0.7), above the known-good 8
-    limiter.rate_limited_by_server(tickets[-2], None)
-    assert limiter.limit == 11  # same round trip (old epoch): no second decrease
+    for ticket in tickets[10:]:  # the server took 10 and refused 6
+        limiter.rate_limited_by_server(ticket, None)
+    assert limiter.limit == 10
+
+
+def test_overload_never_goes_below_the_level_before_the_last_doubling() -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(64, initial=8, clock=clock)
+    fill_window(limiter)
+    tickets = [acquire_now(limiter) for _ in range(16)]
+    for ticket in tickets:  # everything refused: a storm, not a limit of zero
+        limiter.rate_limited_by_server(ticket, None)
+    assert limiter.limit == 8
+
+
+def test_429s_for_requests_sent_before_an_earlier_decrease_are_ignored() -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(64, initial=8, clock=clock)
+    fill_window(limiter)
+    old = [acquire_now(limiter) for _ in range(16)]
+    limiter.rate_limited_by_server(old[0], None)  # epoch 0 -> 1: 15
+    for ticket in old[2:]:
+        limiter.release(ticket)
+    newer = acquire_now_after(limiter, clock)
+    limiter.rate_limited_by_server(newer, None)  # a new overload: epoch 1 -> 2: 14
+    assert limiter.limit == 14
+    limiter.rate_limited_by_server(old[1], None)  # epoch 0: two decreases ago
+    assert limiter.limit == 14
 
 
 def test_429_at_the_known_good_level_steps_it_down() -> None:
     clock = Clock()
     limiter = AdaptiveLimiter(64, initial=10, clock=clock)
-    fill_window(limiter)
-    tickets = [acquire_now(limiter) for _ in range(limiter.limit)]
-    limiter.rate_limited_by_server(tickets[0], None)  # 20 -> 14, floor 10
-    for t in tickets[1:]:
-        limiter.release(t)
-    assert limiter.limit == 14
-    clock.now += 100  # past the pause
-    tickets = [acquire_now(limiter) for _ in range(limiter.limit)]
-    limiter.rate_limited_by_server(tickets[0], None)  # 14 -> max(9, 10)
+    fill_window(limiter)  # 10 known good -> 20
+    tickets = [acquire_now(limiter) for _ in range(20)]
+    for ticket in tickets[10:]:
+        limiter.rate_limited_by_server(ticket, None)
+    for ticket in tickets[:10]:
+        limiter.succeeded(ticket)
     assert limiter.limit == 10
-    for t in tickets[1:]:
-        limiter.release(t)
-    clock.now += 100
+    clock.now += 100  # past the pause
     ticket = acquire_now(limiter)
     limiter.rate_limited_by_server(ticket, None)  # 429 at 10: the server shrank
     assert limiter.limit == 9
@@ -92,22 +111,40 @@ def test_probing_the_level_that_failed_waits_longer_than_growing_below_it() -> N
     limiter = AdaptiveLimiter(64, initial=4, hold=2, clock=clock)
     fill_window(limiter)  # 4 good -> 8
     tickets = [acquire_now(limiter) for _ in range(8)]
-    limiter.rate_limited_by_server(tickets[0], 1.0)  # 429 at 8 -> back to 5 (floor 4)
-    for t in tickets[1:]:
+    limiter.rate_limited_by_server(tickets[0], 1.0)  # 429 at 8 -> 7, floor 4
+    limiter.rate_limited_by_server(tickets[1], 1.0)  # refused too -> 6
+    for t in tickets[2:]:
         limiter.release(t)
-    assert limiter.limit == 5
+    assert limiter.limit == 6
     clock.now += 1.0  # the pause is over
     fill_window(limiter)
     fill_window(limiter)  # the hold after a decrease: 2 windows
-    assert limiter.limit == 6
-    fill_window(limiter)
-    assert limiter.limit == 7
+    assert limiter.limit == 6  # 7 is where the server refused: that is a probe
     for _ in range(5):
         fill_window(limiter)
-    assert limiter.limit == 7  # 8 answered 429 moments ago: no probe yet
-    clock.now += 40.0  # well past the probe spacing (40 x the 1 s pause)
+    assert limiter.limit == 6  # a probe waits for 40 x the 1 s pause
+    clock.now += 40.0
     fill_window(limiter)
+    assert limiter.limit == 7
+
+
+def test_after_refusals_down_to_the_floor_regrowth_is_not_held_back() -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(64, initial=8, hold=1, clock=clock)
+    fill_window(limiter)  # 8 good -> 16
+    tickets = [acquire_now(limiter) for _ in range(16)]
+    for ticket in tickets:  # a storm refuses everything: down to the floor, 8
+        limiter.rate_limited_by_server(ticket, 1.0)
     assert limiter.limit == 8
+    clock.now += 2
+    for _ in range(4):
+        fill_window(limiter)
+    assert limiter.limit > 9  # grows again without waiting for the probe spacing
+
+
+def acquire_now_after(limiter: AdaptiveLimiter, clock: Clock) -> Ticket:
+    clock.now += 100
+    return acquire_now(limiter)
 
 
 def test_settled_is_the_time_weighted_median_of_the_late_run() -> None:
