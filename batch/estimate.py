@@ -494,7 +494,7 @@ def render_table(estimate: Estimate) -> str:
     out.append(f"Estimate for {estimate.source} ({estimate.kind}, {estimate.rows:,} rows)")
     out.extend(table)
     input_how = (
-        "exact, from /tokens/count plus the per-request overhead the API bills"
+        "exact, from /tokens/count plus the overhead the API bills per message or text"
         if estimate.exact_input
         else f"approximate, characters / {CHARS_PER_TOKEN}"
     )

@@ -54,7 +54,7 @@ from batch.settings import ClientSettings
 from jobs.base import Job, JobKind
 from jobs.chat import DEFAULT_COMPLETION_RESERVE
 from jobs.readers import read_jobs, validate_jobs
-from jobs.token_counts import MESSAGE_OVERHEAD
+from jobs.token_counts import EMBEDDING_OVERHEAD, MESSAGE_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -233,6 +233,15 @@ def estimate_jobs(request: EstimateRequest, settings: ClientSettings | None) -> 
     )
     counter = InputCounter(kind, tally, message_overhead=request.message_overhead, sampler=sampler)
     notes: list[str] = []
+    if kind.name == "chat":
+        notes.append(
+            f"chat input includes {request.message_overhead} tokens per message that the API "
+            "bills beyond /tokens/count (role and separators; --message-overhead)"
+        )
+    else:
+        notes.append(
+            f"embedding input includes {EMBEDDING_OVERHEAD} tokens per text beyond /tokens/count"
+        )
     if request.sample and kind.name != "chat":
         notes.append("--sample ignored: embeddings have no output tokens to project")
     if settings is None:
