@@ -8,13 +8,20 @@ import signal
 import subprocess
 import sys
 
+import orjson
 import pytest
 from click.testing import CliRunner
 
 from batch.cli import main
 from batch.emulator import PROFILES, EmulatorConfig, count_tokens, profile
 from batch.emulator.config import knob_fields
-from batch.emulator.content import answer_length, answer_text, embedding, function_call
+from batch.emulator.content import (
+    answer_length,
+    answer_text,
+    embedding,
+    embedding_json,
+    function_call,
+)
 
 
 @pytest.mark.parametrize(("text", "tokens"), [
@@ -52,6 +59,18 @@ def test_embedding_is_a_stable_unit_vector_per_model_and_text() -> None:
     assert vector == embedding("some text", "Embeddings", 1024)
     assert vector != embedding("some text!", "Embeddings", 1024)
     assert vector != embedding("some text", "Embeddings-2", 1024)
+
+
+@pytest.mark.parametrize("dims", [1024, 2560])
+def test_embedding_json_is_the_same_vector_as_text(dims: int) -> None:
+    assert orjson.loads(embedding_json("text", "EmbeddingsGigaR", dims)) == embedding(
+        "text", "EmbeddingsGigaR", dims
+    )
+
+
+def test_different_texts_get_nearly_orthogonal_vectors() -> None:
+    first, second = embedding("cat", "Embeddings", 1024), embedding("dog", "Embeddings", 1024)
+    assert abs(sum(a * b for a, b in zip(first, second, strict=True))) < 0.2
 
 
 def test_function_call_uses_the_forced_function() -> None:

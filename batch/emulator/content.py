@@ -2,8 +2,9 @@
 the request, so runs are reproducible across processes and cost estimates can be checked
 against the truth.
 
-- Embedding: the bytes of shake_256(model + NUL + text) read as signed 16-bit integers,
-  scaled to unit length. The same text always gives the same vector.
+- Embedding: each byte of shake_256(model + NUL + text) picks one of 256 angles θ for a
+  pair of components, (cos θ, sin θ)·sqrt(2/dims): unit length by construction, the same
+  text always gives the same vector, different texts nearly orthogonal ones.
 - Chat answer length: N tokens, from a `[[answer_tokens=N]]` directive in the last user
   message, else answer_tokens_min + blake2b(prompt) mod (max - min + 1); cut to max_tokens
   (finish_reason "length").
@@ -16,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import struct
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
+
+import orjson
 
 from batch.emulator.tokens import count_tokens
 
@@ -28,18 +30,35 @@ _DIRECTIVE = re.compile(r"\[\[answer_tokens=(\d+)\]\]")
 BLACKLIST_ANSWER = "Не люблю менять тему разговора, но вот сейчас тот самый случай."
 
 
-@lru_cache(maxsize=4)
-def _unpacker(dims: int) -> struct.Struct:
-    return struct.Struct(f"<{dims}h")
+@lru_cache(maxsize=8)
+def _pair_table(dims: int) -> tuple[tuple[tuple[float, float], ...], tuple[bytes, ...]]:
+    """The 256 component pairs (cos θ, sin θ)·sqrt(2/dims) and their JSON text."""
+    scale = math.sqrt(2 / dims)
+    pairs = tuple(
+        (math.cos(2 * math.pi * k / 256) * scale, math.sin(2 * math.pi * k / 256) * scale)
+        for k in range(256)
+    )
+    return pairs, tuple(orjson.dumps(pair)[1:-1] for pair in pairs)
+
+
+def _digest(text: str, model: str, dims: int) -> bytes:
+    return hashlib.shake_256(f"{model}\0{text}".encode()).digest(dims // 2)
 
 
 def embedding(text: str, model: str, dims: int) -> list[float]:
     """A unit vector of `dims` floats determined by (model, text) alone."""
-    digest = hashlib.shake_256(f"{model}\0{text}".encode()).digest(dims * 2)
-    raw = _unpacker(dims).unpack(digest)
-    norm = math.hypot(*raw) or 1.0
-    scale = 1.0 / norm
-    return [v * scale for v in raw]
+    pairs = _pair_table(dims)[0]
+    vector: list[float] = []
+    for byte in _digest(text, model, dims):
+        vector.extend(pairs[byte])
+    return vector
+
+
+def embedding_json(text: str, model: str, dims: int) -> bytes:
+    """`embedding(text, model, dims)` as a JSON array, built from precomputed text: the
+    hot path of /embeddings, several times faster than serialising the floats."""
+    fragments = _pair_table(dims)[1]
+    return b"[" + b",".join(map(fragments.__getitem__, _digest(text, model, dims))) + b"]"
 
 
 def answer_length(last_user: str, prompt_key: bytes, low: int, high: int) -> int:
