@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped]
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -106,6 +106,7 @@ def test_chat_sample_runs_into_a_dataset_every_reader_opens(
     assert set(pd.read_parquet(results)["id"]) == expected
     assert set(pl.read_parquet(f"{results}/*.parquet")["id"].to_list()) == expected
     rows = duckdb.sql(f"select count(*), count(distinct id) from '{results}/*.parquet'")
+    assert rows is not None
     assert rows.fetchall() == [(len(expected), len(expected))]
     table = ds.dataset(results).to_table()
     assert {"content", "finish_reason", "model", "prompt_tokens", "latency_ms", "attempts"} <= set(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
@@ -13,15 +13,16 @@ from batch.retry import RetryPolicy, call_with_retry
 FAST = RetryPolicy(max_attempts=3, initial=0.001, max_wait=0.002, jitter=0.0)
 
 
-def scripted(*errors: Exception | None) -> tuple[Callable[[], object], list[int]]:
+def scripted(*errors: Exception | None) -> tuple[Callable[[], Awaitable[str]], list[int]]:
     """An attempt function raising the given errors in turn, then returning "ok"."""
     calls = [0]
 
     async def attempt() -> str:
         i = calls[0]
         calls[0] += 1
-        if i < len(errors) and errors[i] is not None:
-            raise errors[i]  # type: ignore[misc]
+        error = errors[i] if i < len(errors) else None
+        if error is not None:
+            raise error
         return "ok"
 
     return attempt, calls
@@ -59,9 +60,9 @@ def test_429s_stop_at_max_elapsed() -> None:
     attempt, calls = scripted(*(RateLimited() for _ in range(10_000)))
     policy = RetryPolicy(max_attempts=3, max_elapsed=0.05, initial=0.001, jitter=0.0)
 
-    async def slow_attempt() -> object:
+    async def slow_attempt() -> str:
         await anyio.sleep(0.01)
-        return await attempt()  # type: ignore[misc]
+        return await attempt()
 
     with pytest.raises(RateLimited):
         anyio.run(call_with_retry, slow_attempt, policy)

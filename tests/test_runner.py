@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pyarrow.dataset as ds
@@ -15,6 +15,7 @@ from batch.errors import AuthenticationFailed, JobFileError, RunRefused
 from batch.retry import RetryPolicy
 from batch.runner import RunConfig, run_jobs
 from batch.summary import RunSummary
+from jobs.base import JobKind
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial=0.001, max_wait=0.01, jitter=0.001)
 
@@ -33,8 +34,8 @@ def config(
     return RunConfig(
         jobs_path=jobs,
         out_dir=out,
-        kind=kind or FakeKind(),
-        client_factory=lambda: client,
+        kind=cast(JobKind, kind or FakeKind()),
+        client_factory=cast(Any, lambda: client),
         **base,
     )
 

@@ -50,7 +50,8 @@ def test_commits_a_part_when_the_row_limit_is_reached(tmp_path: Path) -> None:
                     await send.send(outcome(i))
                 with anyio.fail_after(5):
                     await committed.wait()
-                return writer.parts_committed
+                parts = writer.parts_committed
+        return parts
 
     assert anyio.run(main) == 2  # a results part and a failed part
     assert pq.read_table(tmp_path / "results" / "part-00001.parquet").num_rows == 2
