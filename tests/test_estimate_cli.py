@@ -324,3 +324,34 @@ def test_embedding_texts_over_the_input_limit_are_left_out_as_the_run_fails_them
     )
     assert anyio.run(run_jobs, config).status == "failed_rows"
     assert data["total"]["input_tokens"] == emulator.stats()["tokens"]["embedding"]
+
+
+def test_counting_under_a_429_storm_waits_out_retry_after_and_stays_exact(
+    tmp_path: Path,
+) -> None:
+    jobs = write_chat_jobs(tmp_path / "chat.jsonl", 3000, seed=5)
+    config = profile(
+        "b2b",
+        stream_limit=4,
+        fault_storm=0.1,
+        storm_s=0.3,
+        retry_after="seconds",
+        latency_base_ms=3.0,
+        seed=3,
+    )
+    with serve_emulator(config) as emu:
+        data = estimate_json([str(jobs), *api_args(emu)])
+        stats = emu.stats()
+    with serve_emulator(profile("fast")) as calm:
+        truth = estimate_json([str(jobs), *api_args(calm)])
+    assert data["total"]["input_tokens"] == truth["total"]["input_tokens"]
+    windows = stats["retry_after_windows"]
+    assert stats["requests"]["/api/v1/tokens/count"].get("429", 0) > 0, "no storm hit counting"
+    # Requests already on their way when a window opened may land in its first moments.
+    inside = [
+        a
+        for a in stats["arrivals"]
+        for w in windows
+        if w["start"] + 0.05 < a["t"] < w["end"] and a["path"] == "/api/v1/tokens/count"
+    ]
+    assert inside == []
