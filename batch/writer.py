@@ -9,6 +9,7 @@ event loop keeps sending requests meanwhile.
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,28 @@ class Outcomes:
     results: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, Usage] = field(default_factory=dict)
+
+
+def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows as a table of `schema`, column by column. Vectors that arrive as `array('f')`
+    are copied as one buffer: converting them float by float costs about 25 times more."""
+    columns = [_column([row.get(f.name) for row in rows], f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _column(values: list[Any], type_: pa.DataType) -> pa.Array:
+    if (
+        pa.types.is_fixed_size_list(type_)
+        and type_.value_type == pa.float32()
+        and all(
+            isinstance(v, array) and v.typecode == "f" and len(v) == type_.list_size
+            for v in values
+        )
+    ):
+        data = b"".join(v.tobytes() for v in values)
+        flat = pa.Array.from_buffers(pa.float32(), len(data) // 4, [None, pa.py_buffer(data)])
+        return pa.FixedSizeListArray.from_arrays(flat, type=type_)
+    return pa.array(values, type=type_)
 
 
 class PartWriter:
@@ -83,10 +106,8 @@ class PartWriter:
         failures: list[dict[str, Any]],
         usage: dict[str, Usage],
     ) -> list[PartInfo]:
-        result_table = (
-            pa.Table.from_pylist(results, schema=self.result_schema) if results else None
-        )
-        failed_table = pa.Table.from_pylist(failures, schema=FAILED_SCHEMA) if failures else None
+        result_table = rows_to_table(results, self.result_schema) if results else None
+        failed_table = rows_to_table(failures, FAILED_SCHEMA) if failures else None
         return self.checkpoint.commit(result_table, failed_table, usage)
 
     async def run(self, receive: ObjectReceiveStream[Outcomes]) -> None:
