@@ -455,15 +455,17 @@ class EmulatorApp:
         self.stats.tokens["embedding"] += usage
         self._charge(EMBEDDING_POOL, usage)
         await self._wait(sum(counts), 0)
-        # Built as bytes around the precomputed vector text: serialising 16 x 1024 floats
-        # would cost more than everything else in the request together.
-        items = b",".join(
-            b'{"object":"embedding","embedding":%s,"index":%d,"usage":{"prompt_tokens":%d}}'
-            % (embedding_json(text, spec.id, spec.dims), index, count + EMBEDDING_OVERHEAD)
-            for index, (text, count) in enumerate(zip(texts, counts, strict=True))
-        )
-        head = b'{"object":"list","model":%s,"data":[' % orjson.dumps(spec.id)
-        await call.reply(200, head + items + b"]}")
+        # Built as bytes around the precomputed vector text and joined once: serialising
+        # 16 x 1024 floats would cost more than everything else in the request together.
+        parts = [b'{"object":"list","model":%s,"data":[' % orjson.dumps(spec.id)]
+        for index, (text, count) in enumerate(zip(texts, counts, strict=True)):
+            parts.append(b'{"object":"embedding","embedding":' if index == 0
+                         else b',{"object":"embedding","embedding":')
+            parts.append(embedding_json(text, spec.id, spec.dims))
+            parts.append(b',"index":%d,"usage":{"prompt_tokens":%d}}'
+                         % (index, count + EMBEDDING_OVERHEAD))
+        parts.append(b"]}")
+        await call.reply(200, b"".join(parts))
 
     async def _tokens_count(self, call: Call, scope: str) -> None:
         try:
