@@ -135,7 +135,8 @@ def test_emulator_command_prints_its_urls_and_stops_on_ctrl_c() -> None:
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert child.stdout is not None
-    lines = [child.stdout.readline() for _ in range(5)]
+    lines = [child.stdout.readline() for _ in range(8)]
+    assert lines[-1].startswith("Press Ctrl-C")
     child.send_signal(signal.SIGINT)
     assert child.wait(timeout=10) == 0
     child.stdout.close()

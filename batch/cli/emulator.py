@@ -74,17 +74,19 @@ def emulator_command(profile_name: str, **knobs: Any) -> None:
         config = profile(profile_name, **overrides)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    with serve_emulator(config) as emu:
-        click.echo(f"GigaChat emulator (profile {profile_name}) listening on {emu.origin}")
-        click.echo(f"  base URL:   {emu.base_url}")
-        click.echo(f"  OAuth URL:  {emu.auth_url}")
-        click.echo(f"  scope:      {emu.scope} ({config.effective_stream_limit} streams)")
-        click.echo(f"  credentials (the emulator's own test key, not a secret): {emu.credentials}")
-        click.echo(f"  user / password (for /api/v1/token): {emu.user} / {emu.password}")
-        click.echo(f"  stats:      {emu.origin}/_emulator/stats")
-        click.echo("Press Ctrl-C to stop.")
-        try:
+    try:
+        with serve_emulator(config) as emu:
+            click.echo(f"GigaChat emulator (profile {profile_name}) listening on {emu.origin}")
+            click.echo(f"  base URL:   {emu.base_url}")
+            click.echo(f"  OAuth URL:  {emu.auth_url}")
+            click.echo(f"  scope:      {emu.scope} ({config.effective_stream_limit} streams)")
+            click.echo(
+                f"  credentials (the emulator's own test key, not a secret): {emu.credentials}"
+            )
+            click.echo(f"  user / password (for /api/v1/token): {emu.user} / {emu.password}")
+            click.echo(f"  stats:      {emu.origin}/_emulator/stats")
+            click.echo("Press Ctrl-C to stop.")
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:
-            click.echo("stopped")
+    except KeyboardInterrupt:
+        click.echo("stopped")
