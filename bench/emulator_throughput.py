@@ -7,6 +7,7 @@ raw asyncio streams (httpx would measure itself, not the server). Prints the med
 several runs.
 
     python -m bench.emulator_throughput [--seconds 3] [--runs 3] [--connections 32]
+        [--generator auto|wrk|python]
 """
 
 from __future__ import annotations
