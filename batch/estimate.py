@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ Kind = Literal["chat", "embed"]
 # estimates use the middle of that range and say so.
 CHARS_PER_TOKEN = 3.5
 
-# What /tokens/count accepts in one call: many texts, a bounded request body.
+# What one /tokens/count call carries: many texts, a bounded request body.
 COUNT_BATCH_TEXTS = 100
 COUNT_BATCH_CHARS = 200_000
 
@@ -32,26 +32,6 @@ COUNT_BATCH_CHARS = 200_000
 def approximate_tokens(text: str) -> int:
     """Offline stand-in for /tokens/count: characters / CHARS_PER_TOKEN, rounded up."""
     return math.ceil(len(text) / CHARS_PER_TOKEN)
-
-
-def pack_texts(
-    texts: Iterable[str],
-    *,
-    max_texts: int = COUNT_BATCH_TEXTS,
-    max_chars: int = COUNT_BATCH_CHARS,
-) -> Iterator[list[str]]:
-    """Group texts into /tokens/count calls of at most `max_texts` texts and about
-    `max_chars` characters (a longer text travels alone)."""
-    group: list[str] = []
-    chars = 0
-    for text in texts:
-        if group and (len(group) >= max_texts or chars + len(text) > max_chars):
-            yield group
-            group, chars = [], 0
-        group.append(text)
-        chars += len(text)
-    if group:
-        yield group
 
 
 class Reservoir:
@@ -143,10 +123,6 @@ class Span:
     def scaled(self, factor: float) -> Span:
         expected = None if self.expected is None else self.expected * factor
         return Span(self.low * factor, expected, self.high * factor)
-
-    def shifted(self, amount: float) -> Span:
-        expected = None if self.expected is None else self.expected + amount
-        return Span(self.low + amount, expected, self.high + amount)
 
 
 def _t_density(t: float, df: int) -> float:

@@ -205,3 +205,12 @@ def test_embedding_texts_over_the_limit_are_not_billed_unless_truncated() -> Non
         run_count(counter, [embed_job(1, "short"), embed_job(2, long_text)], FakeCounter())
         assert tally.models["Embeddings"].input_tokens == expected
         assert counter.stats.over_limit == 1
+
+
+def test_calls_carry_a_bounded_number_of_characters_and_a_long_text_goes_alone() -> None:
+    fake = FakeCounter()
+    counter = InputCounter(kind_for("chat", KindOptions()), Tally("chat"), max_chars=100)
+    texts = ["a " * 20, "b " * 20, "c " * 250, "d"]
+    run_count(counter, [chat_job(n, text) for n, text in enumerate(texts)], fake)
+    calls = sorted((texts for texts, _ in fake.calls), key=lambda t: (len(t), t))
+    assert calls == [["c " * 250], ["d"], ["a " * 20, "b " * 20]]

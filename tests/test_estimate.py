@@ -20,7 +20,6 @@ from batch.estimate import (
     build_estimate,
     check_balance,
     estimate_to_json,
-    pack_texts,
     project_total,
     render_table,
     t_quantile,
@@ -43,16 +42,6 @@ def chat_tally(rows: int = 100, input_tokens: int = 10_000, bound: int = 512) ->
         tally.add_row("GigaChat", output_bound=bound)
     tally.add_input("GigaChat", input_tokens)
     return tally
-
-
-def test_pack_texts_caps_texts_per_call() -> None:
-    groups = list(pack_texts([f"t{i}" for i in range(250)], max_texts=100))
-    assert [len(g) for g in groups] == [100, 100, 50]
-
-
-def test_pack_texts_caps_characters_per_call_but_sends_a_long_text_alone() -> None:
-    groups = list(pack_texts(["a" * 60, "b" * 60, "c" * 500, "d"], max_chars=100))
-    assert groups == [["a" * 60], ["b" * 60], ["c" * 500], ["d"]]
 
 
 def test_approximate_tokens_rounds_characters_up() -> None:
