@@ -23,7 +23,7 @@ import anyio.to_thread
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from batch.api_types import TokenCount
-from batch.errors import PermanentError, RateLimited
+from batch.errors import ApiError, PermanentError, RateLimited
 from batch.estimate import (
     COUNT_BATCH_CHARS,
     COUNT_BATCH_TEXTS,
@@ -274,25 +274,33 @@ async def count_jobs(
     *,
     workers: int,
 ) -> None:
-    """The counting pass against the API: `workers` tasks send the count calls."""
+    """The counting pass against the API: `workers` tasks send the count calls. A request
+    that fails for good (fatal, or retryable and out of attempts) stops the pass and is
+    raised as itself."""
     send: ObjectSendStream[CountCall]
     receive: ObjectReceiveStream[CountCall]
     send, receive = anyio.create_memory_object_stream[CountCall](max_buffer_size=workers * 2)
-
-    async def worker(calls: ObjectReceiveStream[CountCall]) -> None:
-        async with calls:
-            async for call in calls:
-                try:
-                    tokens = await count(call.texts, call.model)
-                except PermanentError as exc:
-                    counter.uncountable(call, str(exc))
-                    continue
-                counter.counted(call, tokens)
+    failures: list[ApiError] = []
 
     def next_chunk() -> list[Job]:
         return list(itertools.islice(jobs, READ_CHUNK))
 
     async with anyio.create_task_group() as tg:
+
+        async def worker(calls: ObjectReceiveStream[CountCall]) -> None:
+            async with calls:
+                async for call in calls:
+                    try:
+                        tokens = await count(call.texts, call.model)
+                    except PermanentError as exc:
+                        counter.uncountable(call, str(exc))
+                        continue
+                    except ApiError as exc:
+                        failures.append(exc)
+                        tg.cancel_scope.cancel()
+                        return
+                    counter.counted(call, tokens)
+
         for _ in range(workers):
             tg.start_soon(worker, receive.clone())
         receive.close()
@@ -305,6 +313,8 @@ async def count_jobs(
                         await send.send(call)
             for call in counter.flush():
                 await send.send(call)
+    if failures:
+        raise failures[0]
 
 
 def limited_counter(

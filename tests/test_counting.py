@@ -214,3 +214,13 @@ def test_calls_carry_a_bounded_number_of_characters_and_a_long_text_goes_alone()
     run_count(counter, [chat_job(n, text) for n, text in enumerate(texts)], fake)
     calls = sorted((texts for texts, _ in fake.calls), key=lambda t: (len(t), t))
     assert calls == [["c " * 250], ["d"], ["a " * 20, "b " * 20]]
+
+
+def test_a_request_that_fails_for_good_stops_the_pass_and_is_raised_as_itself() -> None:
+    async def down(texts: Sequence[str], model: str) -> list[int]:
+        raise ServerError("down", status=503)
+
+    counter = InputCounter(kind_for("chat", KindOptions()), Tally("chat"), max_texts=1)
+    jobs = iter([chat_job(n, f"prompt {n}") for n in range(50)])
+    with pytest.raises(ServerError, match="down"):
+        anyio.run(lambda: count_jobs(jobs, counter, down, workers=4))

@@ -4,6 +4,7 @@ price override, balance; and budgets on runs."""
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 from collections.abc import Iterator, Mapping
@@ -355,3 +356,25 @@ def test_counting_under_a_429_storm_waits_out_retry_after_and_stays_exact(
         if w["start"] + 0.05 < a["t"] < w["end"] and a["path"] == "/api/v1/tokens/count"
     ]
     assert inside == []
+
+
+def test_rejected_credentials_are_one_line_and_exit_1(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    jobs = write_chat_jobs(tmp_path / "chat.jsonl", 5)
+    wrong = base64.b64encode(b"someone:wrong").decode()
+    args = [
+        str(jobs),
+        "--base-url",
+        emulator.base_url,
+        "--auth-url",
+        emulator.auth_url,
+        "--credentials",
+        wrong,
+        "--scope",
+        emulator.scope,
+    ]
+    result = estimate(args)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: HTTP 401")
+    assert "Traceback" not in result.stderr and wrong not in result.stderr

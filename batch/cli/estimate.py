@@ -129,10 +129,16 @@ async def _count_online(
     async with GigaChatClient(settings, max_connections=request.max_concurrency) as client:
         limiter = AdaptiveLimiter(request.max_concurrency)
         count = limited_counter(client.tokens_count, limiter, RetryPolicy())
+        failure: ApiError | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(progress.run)
-            await count_jobs(jobs, counter, count, workers=request.max_concurrency)
+            try:
+                await count_jobs(jobs, counter, count, workers=request.max_concurrency)
+            except ApiError as exc:  # raised as itself, not inside a task group's error
+                failure = exc
             tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         progress.draw(final=True)
         return await _balance(client)
 
