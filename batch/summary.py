@@ -125,6 +125,7 @@ def build_summary(
                 "succeeded": stats.succeeded,
                 "failed": stats.failed,
                 "skipped": stats.skipped,
+                "done_before": stats.done_before,
             },
         },
         "tokens": {
