@@ -192,8 +192,8 @@ def test_limiter_settles_near_the_servers_stream_limit(tmp_path: Path) -> None:
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert 3 <= summary["concurrency"]["settled"] <= 6
-    assert stats["peak_concurrency"] <= 4
     assert summary["rate_limited"] < 0.05 * summary["requests"]
+    assert stats["rate_limited"] == summary["rate_limited"]
 
 
 def test_sigterm_commits_what_was_answered_and_exits_143(tmp_path: Path) -> None:
