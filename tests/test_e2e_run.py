@@ -196,7 +196,13 @@ def test_limiter_settles_near_the_servers_stream_limit(tmp_path: Path) -> None:
     assert stats["rate_limited"] == summary["rate_limited"]
 
 
-def test_sigterm_commits_what_was_answered_and_exits_143(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code", "status"),
+    [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")],
+)
+def test_signal_commits_what_was_answered_and_exits_143_or_130(
+    tmp_path: Path, signum: int, code: int, status: str
+) -> None:
     jobs = tmp_path / "jobs.jsonl"
     expected = chat_jobs(jobs, 300)
     out = tmp_path / "out"
@@ -208,14 +214,24 @@ def test_sigterm_commits_what_was_answered_and_exits_143(tmp_path: Path) -> None
         while not list((out / "results").glob("part-*.parquet")):
             assert time.monotonic() < deadline, "no part committed"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=10)
-        assert proc.returncode == 143, err
+        assert proc.returncode == code, err
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["status"] == "terminated"
+        assert summary["status"] == status
         answered = ids(out, "results")
         assert 0 < len(answered) < len(expected)
         assert summary["jobs"]["succeeded"] == len(answered)
+
+
+def test_fatal_error_stops_the_run_with_one_line_and_exit_1(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    chat_jobs(jobs, 20)
+    with serve_emulator(profile("b2b", balance_tokens=0, **FAST)) as emu:
+        code, err = gigabatch(emu, "run", str(jobs), "--out", str(tmp_path / "out"), "-q")
+    assert code == 1
+    assert err.strip().splitlines() == [err.strip()]
+    assert err.startswith("fatal: HTTP 402")
 
 
 def test_changed_input_is_refused_on_resume(emulator: RunningEmulator, tmp_path: Path) -> None:
