@@ -27,6 +27,7 @@ from batch.errors import ApiError, PermanentError, RateLimited
 from batch.estimate import (
     COUNT_BATCH_CHARS,
     COUNT_BATCH_TEXTS,
+    Calibration,
     Reservoir,
     Tally,
     approximate_tokens,
@@ -132,7 +133,7 @@ class InputCounter:
         message_overhead: int = MESSAGE_OVERHEAD,
         max_texts: int = COUNT_BATCH_TEXTS,
         max_chars: int = COUNT_BATCH_CHARS,
-        sampler: Reservoir | None = None,
+        sampler: Reservoir[tuple[Job, str]] | None = None,
     ) -> None:
         self.kind = kind
         self.tally = tally
@@ -170,15 +171,16 @@ class InputCounter:
         self.stats.jobs += 1
         billed = billed_input(self.kind.name, job.request, message_overhead=self.message_overhead)
         if self.kind.name == "chat":
-            bound = self.kind.reserve(Batch(jobs=[job])).completion_tokens
+            prefix = self._cached_prefix(job.request)
             self.tally.add_row(
                 billed.model,
-                output_bound=bound,
+                output_bound=self.kind.reserve(Batch(jobs=[job])).completion_tokens,
                 default_bound=job.request.get("max_tokens") is None,
+                messages=len(job.request.get("messages") or ()),
+                cached_messages=len(prefix),
             )
             if self.sampler is not None:
-                self.sampler.offer(job.id, billed.model)
-            prefix = self._cached_prefix(job.request)
+                self.sampler.offer((job, billed.model))
         else:
             self.tally.add_row(billed.model)
             key = _digest(billed.model, billed.texts[0])
@@ -342,3 +344,22 @@ def limited_counter(
         return await call_with_retry(attempt, policy)
 
     return count
+
+
+async def measure_overhead(
+    answered: Sequence[tuple[Job, int]], count: CountFn, *, assumed: int
+) -> Calibration:
+    """The per-message overhead the API really billed for sampled chat jobs: `answered`
+    pairs each job with the prompt tokens it was billed (cached ones included), and its
+    texts are counted again here, without any assumed overhead."""
+    counted = messages = billed = 0
+    texts_by_model: dict[str, list[str]] = {}
+    for job, prompt_tokens in answered:
+        job_input = billed_input("chat", job.request, message_overhead=0)
+        texts_by_model.setdefault(job_input.model, []).extend(job_input.texts)
+        messages += len(job.request.get("messages") or ())
+        billed += prompt_tokens
+    for model, texts in texts_by_model.items():
+        for start in range(0, len(texts), COUNT_BATCH_TEXTS):
+            counted += sum(await count(texts[start : start + COUNT_BATCH_TEXTS], model))
+    return Calibration(len(answered), messages, counted, billed, assumed)

@@ -13,12 +13,13 @@ import random
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from batch.api_types import BalanceEntry
 from batch.pricing import PriceTable
 
 Kind = Literal["chat", "embed"]
+T = TypeVar("T")
 
 # Russian and English text run at 3-4 characters per token (Sber's documentation); offline
 # estimates use the middle of that range and say so.
@@ -34,27 +35,27 @@ def approximate_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-class Reservoir:
-    """A uniform random sample of `size` jobs (id and model) from a stream of unknown
-    length, in constant memory (Vitter's algorithm R); seeded, so a seeded estimate samples
-    the same jobs every time."""
+class Reservoir(Generic[T]):
+    """A uniform random sample of `size` items from a stream of unknown length, in memory
+    for `size` items only (Vitter's algorithm R); seeded, so a seeded estimate samples the
+    same jobs every time."""
 
     def __init__(self, size: int, seed: int | None = None) -> None:
         if size < 1:
             raise ValueError("a sample needs at least one job")
         self.size = size
         self.seen = 0
-        self.items: list[tuple[str, str]] = []
+        self.items: list[T] = []
         self._rng = random.Random(seed)
 
-    def offer(self, job_id: str, model: str) -> None:
+    def offer(self, item: T) -> None:
         self.seen += 1
         if len(self.items) < self.size:
-            self.items.append((job_id, model))
+            self.items.append(item)
             return
         slot = self._rng.randrange(self.seen)
         if slot < self.size:
-            self.items[slot] = (job_id, model)
+            self.items[slot] = item
 
 
 @dataclass(slots=True)
@@ -68,6 +69,10 @@ class ModelTally:
     # Input tokens that repeat the prefix of the previous request in the same session (a
     # shared system prompt): the API's prompt cache serves them free while it stays warm.
     cacheable_tokens: int = 0
+    # Chat messages sent, and those in a cacheable prefix: each is billed a per-message
+    # overhead, which a calibration on sampled answers may correct.
+    messages: int = 0
+    cached_messages: int = 0
     # Sum over rows of each answer's maximum length: max_tokens where the job sets it, the
     # stated default elsewhere (`rows_default_bound` counts those rows).
     output_bound: int = 0
@@ -87,11 +92,21 @@ class Tally:
             tally = self.models[name] = ModelTally(name, self.kind)
         return tally
 
-    def add_row(self, model: str, *, output_bound: int = 0, default_bound: bool = False) -> None:
+    def add_row(
+        self,
+        model: str,
+        *,
+        output_bound: int = 0,
+        default_bound: bool = False,
+        messages: int = 0,
+        cached_messages: int = 0,
+    ) -> None:
         tally = self.model(model)
         tally.rows += 1
         tally.output_bound += output_bound
         tally.rows_default_bound += int(default_bound)
+        tally.messages += messages
+        tally.cached_messages += cached_messages
 
     def add_input(self, model: str, tokens: int, *, cacheable: int = 0) -> None:
         tally = self.model(model)
@@ -101,6 +116,43 @@ class Tally:
     @property
     def rows(self) -> int:
         return sum(t.rows for t in self.models.values())
+
+    def recalibrate(self, calibration: Calibration) -> None:
+        """Replace the assumed per-message overhead by the one measured on sampled answers."""
+        delta = calibration.measured - calibration.assumed
+        for tally in self.models.values():
+            tally.input_tokens += round(delta * tally.messages)
+            tally.cacheable_tokens += round(delta * tally.cached_messages)
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """The per-message overhead measured on the sampled jobs: what the API billed for their
+    prompts (cached tokens included) against what /tokens/count counted for their texts."""
+
+    jobs: int
+    messages: int
+    counted: int
+    billed: int
+    assumed: int
+
+    @property
+    def measured(self) -> float:
+        return (self.billed - self.counted) / self.messages if self.messages else self.assumed
+
+    @property
+    def matches(self) -> bool:
+        """True when the assumed overhead predicted the sample's bill to the token."""
+        return self.counted + self.assumed * self.messages == self.billed
+
+    def describe(self) -> str:
+        per = f"{self.measured:.2f} tokens per message beyond /tokens/count"
+        if self.matches:
+            return f"the {self.jobs} sampled jobs were billed {per}, as assumed"
+        return (
+            f"the {self.jobs} sampled jobs were billed {per} (assumed {self.assumed}): "
+            "input corrected accordingly"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +315,7 @@ class Estimate:
     notes: list[str] = field(default_factory=list)
     sample: SampleReport | None = None
     balance: BalanceReport | None = None
+    calibration: Calibration | None = None
 
     @property
     def rows(self) -> int:
@@ -491,6 +544,8 @@ def render_table(estimate: Estimate) -> str:
                 f"`gigabatch run` with --out {s.out} and the same settings skips the sampled "
                 f"jobs: it pays the rest, about {_rub(max(0.0, expected - s.cost))} {p.currency}"
             )
+    if estimate.calibration is not None:
+        out.append(f"calibration: {estimate.calibration.describe()}")
     if estimate.cacheable_tokens:
         out.append(
             f"prompt cache: {estimate.cacheable_tokens:,} input tokens repeat the previous "
@@ -558,6 +613,7 @@ def estimate_to_json(estimate: Estimate) -> dict[str, Any]:
         "notes": estimate.notes,
         "sample": None,
         "balance": None,
+        "calibration": None,
     }
     if estimate.sample is not None:
         s = estimate.sample
@@ -570,6 +626,16 @@ def estimate_to_json(estimate: Estimate) -> dict[str, Any]:
             "cost": s.cost,
             "out": s.out,
             "confidence": s.confidence,
+        }
+    if estimate.calibration is not None:
+        c = estimate.calibration
+        data["calibration"] = {
+            "jobs": c.jobs,
+            "messages": c.messages,
+            "counted_tokens": c.counted,
+            "billed_prompt_tokens": c.billed,
+            "assumed_overhead": c.assumed,
+            "measured_overhead": c.measured,
         }
     if estimate.balance is not None:
         b = estimate.balance

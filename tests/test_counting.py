@@ -111,10 +111,12 @@ def test_embedding_input_adds_five_per_text_and_skips_repeats_the_run_sends_once
 
 
 def test_chat_jobs_are_offered_to_the_sampler() -> None:
-    sampler = Reservoir(100, seed=1)
+    sampler: Reservoir[tuple[Job, str]] = Reservoir(100, seed=1)
     counter = InputCounter(kind_for("chat", KindOptions()), Tally("chat"), sampler=sampler)
     run_count(counter, [chat_job(n, "x") for n in range(5)], FakeCounter())
-    assert sorted(sampler.items) == [(str(n), "GigaChat") for n in range(5)]
+    assert sorted((job.id, model) for job, model in sampler.items) == [
+        (str(n), "GigaChat") for n in range(5)
+    ]
 
 
 def test_texts_the_api_refuses_to_count_are_approximated_and_reported() -> None:

@@ -12,6 +12,7 @@ import pytest
 from batch.api_types import BalanceEntry
 from batch.estimate import (
     BalanceReport,
+    Calibration,
     Reservoir,
     SampleReport,
     Span,
@@ -261,29 +262,29 @@ def test_json_has_per_model_and_total_spans() -> None:
 
 
 def test_reservoir_keeps_everything_while_the_stream_is_shorter_than_the_sample() -> None:
-    reservoir = Reservoir(5, seed=1)
+    reservoir: Reservoir[str] = Reservoir(5, seed=1)
     for n in range(3):
-        reservoir.offer(str(n), "GigaChat")
-    assert reservoir.items == [("0", "GigaChat"), ("1", "GigaChat"), ("2", "GigaChat")]
+        reservoir.offer(str(n))
+    assert reservoir.items == ["0", "1", "2"]
 
 
 def test_reservoir_samples_uniformly() -> None:
     hits = [0] * 10
     for seed in range(2000):
-        reservoir = Reservoir(2, seed=seed)
+        reservoir: Reservoir[int] = Reservoir(2, seed=seed)
         for n in range(10):
-            reservoir.offer(str(n), "m")
-        for job_id, _ in reservoir.items:
-            hits[int(job_id)] += 1
+            reservoir.offer(n)
+        for n in reservoir.items:
+            hits[n] += 1
     # Each of 10 ids is in a sample of 2 with probability 0.2: 400 of 2000 expected.
     assert all(340 < h < 460 for h in hits)
 
 
 def test_reservoir_with_a_seed_is_reproducible() -> None:
-    def sample(seed: int) -> list[tuple[str, str]]:
-        reservoir = Reservoir(3, seed=seed)
+    def sample(seed: int) -> list[int]:
+        reservoir: Reservoir[int] = Reservoir(3, seed=seed)
         for n in range(100):
-            reservoir.offer(str(n), "m")
+            reservoir.offer(n)
         return reservoir.items
 
     assert sample(42) == sample(42)
@@ -312,3 +313,24 @@ def test_table_says_what_the_run_still_pays_after_a_kept_sample() -> None:
     # Expected 6.00 RUB in all, 0.50 of it already paid by the sample.
     assert "--out out/jobs" in render_table(estimate)
     assert "pays the rest, about 5.50 RUB" in render_table(estimate)
+
+
+def test_recalibration_replaces_the_assumed_overhead_by_the_measured_one() -> None:
+    tally = Tally("chat")
+    tally.add_row("GigaChat", messages=2, cached_messages=1)
+    tally.add_row("GigaChat", messages=2, cached_messages=0)
+    tally.add_input("GigaChat", 100 + 4 * 3, cacheable=10 + 1 * 3)
+    calibration = Calibration(jobs=2, messages=4, counted=100, billed=100 + 4 * 8, assumed=3)
+    assert calibration.measured == 8
+    assert not calibration.matches
+    tally.recalibrate(calibration)
+    assert tally.models["GigaChat"].input_tokens == 100 + 4 * 8
+    assert tally.models["GigaChat"].cacheable_tokens == 10 + 1 * 8
+
+
+def test_calibration_that_matches_says_so() -> None:
+    calibration = Calibration(jobs=5, messages=10, counted=200, billed=230, assumed=3)
+    assert calibration.matches
+    assert calibration.describe() == (
+        "the 5 sampled jobs were billed 3.00 tokens per message beyond /tokens/count, as assumed"
+    )

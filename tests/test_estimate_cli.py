@@ -378,3 +378,25 @@ def test_rejected_credentials_are_one_line_and_exit_1(
     assert result.exit_code == 1
     assert result.stderr.startswith("error: HTTP 401")
     assert "Traceback" not in result.stderr and wrong not in result.stderr
+
+
+def test_a_wrong_message_overhead_is_corrected_from_the_sampled_answers(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    # As if the real API's overhead were unknown: assume none, let the sample measure it.
+    jobs = write_chat_jobs(tmp_path / "chat.jsonl", 100, seed=30)
+    data = estimate_json(
+        [str(jobs), "--message-overhead", "0", "--sample", "10", "--seed", "2", *api_args(emulator)]
+    )
+    billed = run_all(emulator, jobs, tmp_path / "out")
+    assert data["calibration"]["measured_overhead"] == 3
+    assert data["total"]["input_tokens"] == billed["prompt"]
+
+
+def test_the_sample_confirms_the_assumed_overhead_on_the_emulator(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    jobs = write_chat_jobs(tmp_path / "chat.jsonl", 30, seed=31)
+    result = estimate([str(jobs), "--sample", "5", "--seed", "1", *api_args(emulator)])
+    assert "calibration: the 5 sampled jobs were billed 3.00 tokens per message" in result.stdout
+    assert "as assumed" in result.stdout

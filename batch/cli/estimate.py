@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,17 @@ from batch.cli.common import API_OPTION_NAMES, api_options, cli_errors
 # settings so its sample checkpoint is one `run` resumes.
 from batch.cli.run import _api, _kind, kind_options
 from batch.client import GigaChatClient
-from batch.counting import InputCounter, count_jobs, count_offline, limited_counter
+from batch.counting import (
+    InputCounter,
+    count_jobs,
+    count_offline,
+    limited_counter,
+    measure_overhead,
+)
 from batch.errors import ApiError, ConfigError, PermissionDenied
 from batch.estimate import (
     BalanceReport,
+    Calibration,
     Estimate,
     Kind,
     Reservoir,
@@ -143,37 +150,50 @@ async def _count_online(
         return await _balance(client)
 
 
-def _sampled_usage(
-    out: Path, wanted: dict[str, str], prices: PriceTable
-) -> tuple[dict[str, list[int]], int, Usage, float]:
-    """Completion tokens of the sampled jobs answered in `out`, by requested model; the
-    number of sampled jobs that failed; their usage and cost."""
-    samples: dict[str, list[int]] = {}
-    usage = Usage()
-    cost = 0.0
+@dataclass
+class _Sampled:
+    """What the sampled jobs' answers in the output directory say."""
+
+    completion: dict[str, list[int]] = field(default_factory=dict)  # by requested model
+    prompt: dict[str, int] = field(default_factory=dict)  # by id, cached tokens included
+    failed: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost: float = 0.0
+
+
+def _read_sampled(out: Path, wanted: dict[str, str], prices: PriceTable) -> _Sampled:
+    """The answers and failures of the sampled jobs in `out`."""
+    found = _Sampled()
+    columns = ["id", "model", "prompt_tokens", "completion_tokens", "precached_prompt_tokens"]
     for part in sorted((out / RESULTS).glob("*.parquet")):
-        columns = ["id", "model", "prompt_tokens", "completion_tokens"]
-        table = pq.read_table(part, columns=columns).to_pylist()
-        for row in table:
+        for row in pq.read_table(part, columns=columns).to_pylist():
             requested = wanted.get(row["id"])
             if requested is None:
                 continue
-            used = Usage(row["prompt_tokens"] or 0, row["completion_tokens"] or 0)
-            samples.setdefault(requested, []).append(used.completion_tokens)
-            usage = usage + used
-            cost += prices.cost(row["model"] or requested, used)
-    failed = 0
+            used = Usage(
+                row["prompt_tokens"] or 0,
+                row["completion_tokens"] or 0,
+                row["precached_prompt_tokens"] or 0,
+            )
+            found.completion.setdefault(requested, []).append(used.completion_tokens)
+            found.prompt[row["id"]] = used.prompt_tokens + used.precached_prompt_tokens
+            found.usage = found.usage + used
+            found.cost += prices.cost(row["model"] or requested, used)
     for part in sorted((out / FAILED).glob("*.parquet")):
         ids = pq.read_table(part, columns=["id"]).column("id").to_pylist()
-        failed += sum(1 for job_id in ids if job_id in wanted)
-    return samples, failed, usage, cost
+        found.failed += sum(1 for job_id in ids if job_id in wanted)
+    return found
 
 
 async def _run_sample(
-    request: EstimateRequest, settings: ClientSettings, sampler: Reservoir, out: Path
-) -> tuple[dict[str, list[int]], SampleReport]:
-    """Answer the sampled jobs for real, through the run engine, into `out`."""
-    wanted = dict(sampler.items)
+    request: EstimateRequest,
+    settings: ClientSettings,
+    sampler: Reservoir[tuple[Job, str]],
+    out: Path,
+) -> tuple[dict[str, list[int]], SampleReport, Calibration]:
+    """Answer the sampled jobs for real, through the run engine, into `out`; then measure
+    the per-message overhead their prompts were billed."""
+    wanted = {job.id: model for job, model in sampler.items}
     config = RunConfig(
         jobs_path=request.jobs_path,
         out_dir=out,
@@ -189,20 +209,22 @@ async def _run_sample(
     summary = await run_jobs(config)
     if summary.status == "fatal":
         raise ApiError(f"the sample run stopped: {summary.message}")
-    samples, failed, usage, cost = await anyio.to_thread.run_sync(
-        _sampled_usage, out, wanted, request.prices
-    )
+    found = await anyio.to_thread.run_sync(_read_sampled, out, wanted, request.prices)
+    answered = [(job, found.prompt[job.id]) for job, _ in sampler.items if job.id in found.prompt]
+    async with GigaChatClient(settings, max_connections=4) as client:
+        count = limited_counter(client.tokens_count, AdaptiveLimiter(4), RetryPolicy())
+        calibration = await measure_overhead(answered, count, assumed=request.message_overhead)
     report = SampleReport(
         requested=len(wanted),
-        answered=sum(len(v) for v in samples.values()),
-        failed=failed,
-        completion_tokens=usage.completion_tokens,
-        prompt_tokens=usage.prompt_tokens,
-        cost=cost,
+        answered=len(answered),
+        failed=found.failed,
+        completion_tokens=found.usage.completion_tokens,
+        prompt_tokens=found.usage.prompt_tokens,
+        cost=found.cost,
         out=str(out),
         confidence=request.confidence,
     )
-    return samples, report
+    return found.completion, report, calibration
 
 
 def _output_method(tally: Tally, report: SampleReport | None, confidence: float) -> str:
@@ -234,7 +256,7 @@ def estimate_jobs(request: EstimateRequest, settings: ClientSettings | None) -> 
         request.jobs_path, kind, skip_invalid=request.skip_invalid, exclude=report.duplicates
     )
     tally = Tally(_kind_name(kind))
-    sampler = (
+    sampler: Reservoir[tuple[Job, str]] | None = (
         Reservoir(request.sample, request.seed) if request.sample and kind.name == "chat" else None
     )
     counter = InputCounter(kind, tally, message_overhead=request.message_overhead, sampler=sampler)
@@ -277,15 +299,20 @@ def estimate_jobs(request: EstimateRequest, settings: ClientSettings | None) -> 
         )
     samples: dict[str, list[int]] | None = None
     sample_report: SampleReport | None = None
+    calibration: Calibration | None = None
     if sampler is not None and sampler.items:
         with contextlib.ExitStack() as stack:
             out = request.out
             if out is None:
                 out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
                 notes.append("sampled answers discarded: give --out DIR to keep them")
-            samples, sample_report = anyio.run(_run_sample, request, settings, sampler, out)
+            samples, sample_report, calibration = anyio.run(
+                _run_sample, request, settings, sampler, out
+            )
             if request.out is None:
                 sample_report = replace(sample_report, out=None)
+        if calibration.messages and not calibration.matches:
+            tally.recalibrate(calibration)
         if sample_report.failed:
             notes.append(f"{sample_report.failed} sampled jobs failed and are left out")
     estimate = build_estimate(
@@ -301,7 +328,7 @@ def estimate_jobs(request: EstimateRequest, settings: ClientSettings | None) -> 
     )
     if balance.entries is not None:
         balance = check_balance(estimate, balance.entries)
-    return replace(estimate, balance=balance)
+    return replace(estimate, balance=balance, calibration=calibration)
 
 
 @main.command()
