@@ -17,8 +17,9 @@ on whole files):
   17 prompt tokens (2 more precached); no count of that exact text was recorded, but at the
   3.25 characters per token of "Hello, world!" it is 8-9 tokens, so the real service adds
   about 8-9 tokens to a one-message request, more than the emulator's 3. That is under 1% of
-  a 1,000-token prompt but a lot for very short ones: `--message-overhead N` calibrates the
-  estimate from one real answer (its prompt_tokens minus /tokens/count of its content).
+  a 1,000-token prompt but a lot for very short ones: `estimate --sample N` measures the
+  overhead on the sampled answers and corrects the estimate, and `--message-overhead N` sets
+  it by hand.
 - Shared prefixes: requests with one `X-Session-ID` (the chat kind sends one per model,
   system prompt and functions) get their repeated leading messages served from the prompt
   cache as free `precached_prompt_tokens`; `session_key` and `message_keys` let the

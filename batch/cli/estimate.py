@@ -406,7 +406,8 @@ def estimate(
     Input tokens are counted exactly with the API's /tokens/count (many texts per call,
     through the same limiter and retries as `run`), plus the few tokens per message the API
     bills beyond the text. Output tokens are bounded by max_tokens; with --sample N, N random
-    jobs are answered for real and the total is projected with a confidence interval. The
+    jobs are answered for real, the total is projected with a confidence interval, and the
+    per-message overhead is checked against what their prompts were billed. The
     prepaid balance, where the account has one, is shown next to the estimate. --offline
     approximates from characters without credentials or requests.
 
