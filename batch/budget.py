@@ -92,10 +92,6 @@ class Budget:
         """Reservations neither settled nor released (requests in flight)."""
         return len(self._outstanding)
 
-    @property
-    def limited(self) -> bool:
-        return self.max_cost is not None or self.max_tokens is not None
-
     def _micro_cost(self, usage: Usage, model: str) -> float:
         return _billed_tokens(usage) * self.prices.price_per_million(model)
 

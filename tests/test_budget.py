@@ -184,7 +184,6 @@ def test_describe_without_limits_reports_the_spend() -> None:
     reservation = budget.reserve(THOUSAND, "GigaChat")
     budget.settle(reservation, THOUSAND, "GigaChat")
     assert budget.describe() == "spent 0.2000 RUB"
-    assert not budget.limited
 
 
 def test_negative_limits_are_rejected() -> None:
