@@ -26,8 +26,8 @@ class Reservation:
     id: int
     model: str
     tokens: int
-    # Cost in rubles x 1e6 ("ruble-tokens per million"): exact for integer prices, so many
-    # small reservations add up without float drift pushing a run over its limit.
+    # Cost in millionths of a ruble (tokens x price per million): exact for integer prices,
+    # so many small reservations add up without float drift pushing a run over its limit.
     micro_cost: float
 
     @property
