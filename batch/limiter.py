@@ -150,6 +150,7 @@ class AdaptiveLimiter:
         self._epoch = 0
         self._slow_start = True
         self._changed = anyio.Event()
+        self._waiters: deque[anyio.Event] = deque()
         self.rate_limited = 0
         self.started = clock()
         self._history: deque[tuple[float, int]] = deque(maxlen=20_000)
@@ -165,25 +166,54 @@ class AdaptiveLimiter:
 
     async def acquire(self) -> Ticket:
         """Wait for a free slot and for any run-wide pause to end, then take the slot.
-        Nothing awaits between the last check and returning, so the caller sends at once."""
+        Nothing awaits between the last check and returning, so the caller sends at once.
+        Waiters queue in order and each freed slot wakes one of them (not all: with many
+        idle workers, waking every one on each answer costs real CPU)."""
         while True:
             await self.cooldown.wait()
-            if self._in_flight < self._limit:
+            if self._in_flight < self._limit and not self._waiters:
                 if self.cooldown.remaining > 0:
                     continue
                 self._in_flight += 1
                 if self._in_flight > self._peak_since_change:
                     self._peak_since_change = self._in_flight
                 return Ticket(self._clock(), self._epoch)
-            changed = self._changed
-            await changed.wait()
+            turn = anyio.Event()
+            self._waiters.append(turn)
+            if self._in_flight < self._limit:
+                self._wake_waiters()  # a slot is free: the head of the queue may take it
+            try:
+                await turn.wait()
+            except BaseException:
+                if turn.is_set():
+                    self._wake_waiters()  # hand the wake-up on rather than lose it
+                else:
+                    self._waiters.remove(turn)
+                raise
+            # Woken at the head of the queue: take the slot on the next pass (even though
+            # others may be queued behind).
+            await self.cooldown.wait()
+            if self._in_flight < self._limit and self.cooldown.remaining <= 0:
+                self._in_flight += 1
+                if self._in_flight > self._peak_since_change:
+                    self._peak_since_change = self._in_flight
+                self._wake_waiters()
+                return Ticket(self._clock(), self._epoch)
 
     async def wait_changed(self) -> None:
         """Return at the next release or limit change."""
         changed = self._changed
         await changed.wait()
 
+    def _wake_waiters(self) -> None:
+        """Wake as many queued acquirers as there are free slots."""
+        free = self._limit - self._in_flight
+        while free > 0 and self._waiters:
+            self._waiters.popleft().set()
+            free -= 1
+
     def _wake(self) -> None:
+        self._wake_waiters()
         self._changed.set()
         self._changed = anyio.Event()
 
