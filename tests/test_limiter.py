@@ -218,3 +218,31 @@ def test_workers_wait_for_a_free_slot() -> None:
         return peak
 
     assert anyio.run(main) == 2
+
+
+def test_a_cancelled_waiter_does_not_swallow_a_freed_slot() -> None:
+    async def main() -> None:
+        limiter = AdaptiveLimiter(1, initial=1)
+        held = await limiter.acquire()
+        got = anyio.Event()
+        head = anyio.CancelScope()
+
+        async def cancelled_waiter() -> None:
+            with head:
+                limiter.release(await limiter.acquire())
+
+        async def waiter() -> None:
+            await limiter.acquire()
+            got.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancelled_waiter)  # first in the queue
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            head.cancel()  # the head of the queue is being cancelled...
+            limiter.release(held)  # ...when the freed slot wakes it
+            with anyio.fail_after(1):
+                await got.wait()
+
+    anyio.run(main)
