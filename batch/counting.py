@@ -191,12 +191,14 @@ class InputCounter:
         self.tally.add_input(
             billed.model, billed.overhead, cacheable=len(prefix) * self.message_overhead
         )
-        cached = Counter(text for text in prefix if text)
+        cached = Counter(text for text in prefix if text) if prefix else None
         full: list[CountCall] = []
         for text in billed.texts:
             self.stats.texts += 1
-            is_cached = int(cached[text] > 0)
-            cached[text] -= is_cached
+            is_cached = 0
+            if cached is not None and cached[text] > 0:
+                cached[text] -= 1
+                is_cached = 1
             known = self._counted.get(_digest(billed.model, text))
             if known is not None:
                 self._add_counted(billed.model, known, 1, is_cached)
