@@ -4,6 +4,7 @@ and a look at an output directory. Options become a RunConfig; the engine does t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -146,13 +147,13 @@ def _api(
     except ValueError as exc:
         raise ConfigError(f"emulator: {exc}") from None
     with serve_emulator(config) as emu:
-        yield ClientSettings(
+        settings = ClientSettings(
             base_url=emu.base_url,
             auth_url=emu.auth_url,
             credentials=Secret(emu.credentials),
             scope=emu.scope,
-            timeout=timeout or 600.0,
         )
+        yield settings if timeout is None else dataclasses.replace(settings, timeout=timeout)
 
 
 @main.command()
