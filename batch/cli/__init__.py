@@ -33,9 +33,6 @@ def main() -> None:
     """
 
 
+# Imported after `main` exists: each module adds its commands to it.
 for _name in _COMMAND_MODULES:
-    try:
-        importlib.import_module(f"batch.cli.{_name}")
-    except ModuleNotFoundError as exc:  # a command module not written yet
-        if exc.name != f"batch.cli.{_name}":
-            raise
+    importlib.import_module(f"batch.cli.{_name}")
