@@ -323,6 +323,19 @@ def test_latency_follows_the_configured_model() -> None:
     assert config.ceiling_rps(prompt, 20) == pytest.approx(10_000 / expected)
 
 
+def test_service_time_measures_answered_requests_from_arrival_to_answer() -> None:
+    config = fast(latency_base_ms=40, latency_jitter=0)
+    with serve_emulator(config) as emu, api(emu) as client:
+        for _ in range(4):
+            assert client.post(CHAT, json=chat_body("x")).status_code == 200
+            # Refused at once: were it counted, the mean would fall far below 40 ms.
+            assert client.post(CHAT, json=chat_body("x", temperature=-1)).status_code == 422
+        stats = emu.stats()
+    assert stats["mean_latency_s"] == pytest.approx(0.040)
+    # The slot is held for the configured sleep plus what serving costs: never less.
+    assert 0.040 <= stats["mean_service_s"] < 0.040 + 0.025
+
+
 # -- faults ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("knob", "status", "content_type"), [
@@ -402,8 +415,10 @@ def test_stats_list_arrivals_in_order_and_reset_clears_them() -> None:
         assert times == sorted(times)
         assert stats["tokens"]["embedding"] == 12
         assert (stats["oauth_calls"], stats["stream_limit"], stats["in_flight"]) == (1, 10_000, 0)
+        assert stats["mean_service_s"] is not None
         emu.reset_stats()
         assert emu.stats()["arrivals"] == []
+        assert emu.stats()["mean_service_s"] is None
 
 
 def test_oversized_body_gets_413(shared: RunningEmulator) -> None:

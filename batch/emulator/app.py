@@ -73,10 +73,12 @@ class Call:
     """One request in flight: what the handlers need and the status it got."""
 
     __slots__ = (
-        "body", "headers", "method", "path", "query", "request_id", "send", "session", "status"
+        "arrived", "body", "headers", "method", "path", "query", "request_id", "send",
+        "session", "status",
     )
 
-    def __init__(self, scope: Scope, body: bytes, send: Send) -> None:
+    def __init__(self, scope: Scope, body: bytes, send: Send, arrived: float) -> None:
+        self.arrived = arrived
         self.path: str = scope["path"]
         self.method: str = scope["method"]
         self.query: bytes = scope.get("query_string", b"")
@@ -201,7 +203,7 @@ class EmulatorApp:
         while message.get("more_body"):
             message = await receive()
             body += message.get("body", b"")
-        call = Call(scope, body, send)
+        call = Call(scope, body, send, arrived)
         path = call.path
         if path.startswith("/_emulator/"):
             await self._control(call)
@@ -252,6 +254,8 @@ class EmulatorApp:
             fault = self.dice.roll(config)
             if fault is None:
                 await handler(call, scope)
+                if call.status == 200:
+                    self.stats.service(time.time() - call.arrived)
             else:
                 self.stats.faults[fault] += 1
                 await self._fault(call, fault, now)

@@ -1,7 +1,7 @@
 """What the emulator saw: requests by path and status, peak concurrency, 429s, OAuth calls
-(/api/v2/oauth and /api/v1/token), tokens served, faults, per-request arrival times and the
-Retry-After windows it announced. Arrivals are kept in compact bounded arrays so a long
-benchmark does not eat memory."""
+(/api/v2/oauth and /api/v1/token), tokens served, faults, the configured and the real mean
+time per answer, per-request arrival times and the Retry-After windows it announced.
+Arrivals are kept in compact bounded arrays so a long benchmark does not eat memory."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ class Stats:
         self.faults: collections.Counter[str] = collections.Counter()
         self.latency_total_s = 0.0
         self.latency_count = 0
+        self.service_total_s = 0.0
+        self.service_count = 0
         self._paths: list[str] = []
         self._path_ids: dict[str, int] = {}
         self._arrival_t = array("d")
@@ -72,6 +74,13 @@ class Stats:
         self.latency_total_s += seconds
         self.latency_count += 1
 
+    def service(self, seconds: float) -> None:
+        """An answered (200) API request took `seconds` from arrival to its last byte handed
+        to the server: the time its stream slot was really held, sleep overshoot and
+        (de)serialising included, unlike the configured `latency`."""
+        self.service_total_s += seconds
+        self.service_count += 1
+
     def snapshot(self, *, arrivals: bool = True) -> dict[str, Any]:
         """The JSON document of `GET /_emulator/stats`."""
         data: dict[str, Any] = {
@@ -86,6 +95,9 @@ class Stats:
             "faults": dict(self.faults),
             "mean_latency_s": (
                 self.latency_total_s / self.latency_count if self.latency_count else None
+            ),
+            "mean_service_s": (
+                self.service_total_s / self.service_count if self.service_count else None
             ),
             "retry_after_windows": [{"start": s, "end": e} for s, e in self.windows],
             "arrivals_count": len(self._arrival_t) + self.arrivals_dropped,
