@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from batch.api_types import Usage
 from batch.errors import RunRefused
 from batch.pricing import PriceTable
+from jobs.chat import DEFAULT_COMPLETION_RESERVE
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
@@ -177,12 +178,24 @@ class Totals:
         return sum(self.usage.values(), Usage())
 
 
+# What to do about a changed setting that users change without meaning to.
+_SETTING_HINTS = {
+    "max_tokens": (
+        "the cap on answers of jobs without their own max_tokens: --max-completion-tokens, "
+        f"or {DEFAULT_COMPLETION_RESERVE} when a budget (--max-cost/--max-tokens) is given; "
+        "resume with the cap the output was made with"
+    ),
+}
+
+
 def settings_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """What differs between two settings fingerprints, one phrase per setting."""
     changes = []
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
-            changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+            hint = _SETTING_HINTS.get(key)
+            change = f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+            changes.append(f"{change} ({hint})" if hint else change)
     return changes
 
 

@@ -12,6 +12,7 @@ API error, by the budget, or by a signal; every way commits what was answered.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -55,7 +56,8 @@ _READ_CHUNK = 512
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one run needs. `client_factory` (tests, embedding callers) replaces the
-    client built from `client_settings`."""
+    client built from `client_settings`. With `max_cost` or `max_tokens` the run uses
+    `kind.bounded()`, so every request's worst case is known before it is sent."""
 
     jobs_path: Path
     out_dir: Path
@@ -90,6 +92,11 @@ async def run_jobs(config: RunConfig) -> RunSummary:
     Raises JobFileError, RunRefused or ConfigError before anything is sent."""
     if config.max_concurrency < 1:
         raise ValueError("max_concurrency must be at least 1")
+    budgeted = config.max_cost is not None or config.max_tokens is not None
+    if budgeted:
+        # A reservation only bounds what a request can cost when the request itself is
+        # bounded (chat: max_tokens on every request); the cap is then in the fingerprint.
+        config = dataclasses.replace(config, kind=config.kind.bounded())
     kind = config.kind
     prices = config.prices if config.prices is not None else PriceTable.load()
     report = await anyio.to_thread.run_sync(partial(validate_jobs, config.jobs_path, kind))
@@ -116,7 +123,7 @@ async def run_jobs(config: RunConfig) -> RunSummary:
         max_concurrency=config.max_concurrency,
     )
     budget = None
-    if config.max_cost is not None or config.max_tokens is not None:
+    if budgeted:
         spent = checkpoint.totals.tokens
         budget = Budget(
             max_cost=config.max_cost,

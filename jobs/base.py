@@ -155,6 +155,13 @@ class JobKind(Protocol):
         """A conservative upper bound on what sending `batch` can be billed (for budgets)."""
         ...
 
+    def bounded(self) -> JobKind:
+        """This kind with every request's billing bounded, so that `reserve` is a true
+        ceiling; the engine runs a budgeted run with it. Chat caps answers by sending
+        max_tokens (which changes answers, so it shows in `answer_settings`); a kind whose
+        requests are bounded already returns itself."""
+        ...
+
     async def send(self, client: GigaChatClient, batch: Batch) -> Sequence[JobOutcome]:
         """Send one request for `batch`; one outcome per job. Raises ApiError when the request
         as a whole fails (the engine retries or fails every job in the batch)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar, Protocol
 
 import orjson
@@ -21,7 +22,7 @@ import pyarrow as pa
 from batch.api_types import ChatCompletion, Usage
 from batch.errors import ConfigError
 from jobs.base import Batch, Job, JobOutcome, JobResult, KindOptions, SourceLocation
-from jobs.tokens import token_ceiling
+from jobs.tokens import text_token_ceiling
 from jobs.validation import RecordFields, json_text, number_problem, type_name
 
 DEFAULT_MODEL = "GigaChat"
@@ -30,9 +31,9 @@ ROLES = ("system", "user", "assistant", "function")
 MESSAGE_KEYS = frozenset(
     {"role", "content", "name", "function_call", "functions_state_id", "attachments"}
 )
-# A budget reservation for a request without max_tokens. The API itself does not cap an
-# answer below the context window, so this is an estimate, not a bound: set --max-tokens
-# when a budget must hold exactly.
+# The cap a budgeted run sends as max_tokens for jobs that set none (without --max-completion-
+# tokens), so a reservation is a bound: the API itself does not cap answers below the context
+# window. Unbudgeted runs send no cap, and reserve/estimate count such answers at this size.
 DEFAULT_COMPLETION_RESERVE = 1024
 # Tokens a message costs beyond its content (role, separators): a ceiling, well over what
 # the API and the emulator charge.
@@ -156,15 +157,18 @@ class ChatKind:
     def packer(self) -> SinglePacker:
         return SinglePacker()
 
+    def bounded(self) -> ChatKind:
+        """This kind sending max_tokens on every request: --max-completion-tokens where
+        given, else DEFAULT_COMPLETION_RESERVE (a job's own max_tokens still wins)."""
+        if self.options.max_tokens is not None:
+            return self
+        return ChatKind(replace(self.options, max_tokens=DEFAULT_COMPLETION_RESERVE))
+
     def reserve(self, batch: Batch) -> Usage:
         prompt = completion = 0
         for job in batch.jobs:
-            body = job.request
-            for message in body.get("messages", ()):
-                prompt += token_ceiling(len(message.get("content", ""))) + MESSAGE_OVERHEAD_CEILING
-            if "functions" in body:
-                prompt += token_ceiling(len(orjson.dumps(body["functions"])))
-            completion += body.get("max_tokens") or DEFAULT_COMPLETION_RESERVE
+            prompt += prompt_ceiling(job.request)
+            completion += job.request.get("max_tokens") or DEFAULT_COMPLETION_RESERVE
         return Usage(prompt_tokens=prompt, completion_tokens=completion)
 
     async def send(self, client: ChatClient, batch: Batch) -> Sequence[JobOutcome]:
@@ -222,6 +226,22 @@ def session_id(body: Mapping[str, Any]) -> str | None:
         return None
     key = orjson.dumps([body.get("model"), messages[0].get("content"), body.get("functions")])
     return str(uuid.UUID(bytes=hashlib.blake2b(key, digest_size=16).digest()))
+
+
+def prompt_ceiling(body: Mapping[str, Any]) -> int:
+    """The most `body`'s prompt can be billed: every message's content at a token per
+    character, its other fields (name, function_call...) as JSON likewise, plus a per-message
+    overhead; then the functions' JSON and the function_call setting."""
+    tokens = 0
+    for message in body.get("messages", ()):
+        tokens += text_token_ceiling(message.get("content") or "") + MESSAGE_OVERHEAD_CEILING
+        extra = {k: v for k, v in message.items() if k not in ("role", "content")}
+        if extra:
+            tokens += text_token_ceiling(orjson.dumps(extra).decode())
+    for key in ("functions", "function_call"):
+        if key in body:
+            tokens += text_token_ceiling(orjson.dumps(body[key]).decode())
+    return tokens
 
 
 def _first(line_value: float | int | None, default: float | int | None) -> float | int | None:

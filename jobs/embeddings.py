@@ -260,6 +260,10 @@ class EmbeddingsKind:
     def packer(self) -> EmbeddingPacker:
         return EmbeddingPacker(self.options.batch_size, self.options.max_batch_chars)
 
+    def bounded(self) -> EmbeddingsKind:
+        """Embeddings have no answer to cap: each text's billing is bounded by its length."""
+        return self
+
     def reserve(self, batch: Batch) -> Usage:
         payload: EmbeddingPayload = batch.payload
         limit = self.max_input_tokens(payload.model)

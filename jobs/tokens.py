@@ -11,14 +11,27 @@ the embeddings kind asks `/tokens/count`, and a 413 that still slips through is 
 from __future__ import annotations
 
 import math
+import re
 
 PESSIMISTIC_CHARS_PER_TOKEN = 1.0
 SURE_FIT_CHARS_PER_TOKEN = 2.0
+# Characters of three or four UTF-8 bytes (CJK, emoji, rare symbols): a tokenizer with byte
+# fallback may spend a token on each of their bytes. Latin and Cyrillic take at most two.
+_WIDE_CHARACTER = re.compile("[^\x00-\u07ff]")
 
 
 def token_ceiling(characters: int) -> int:
     """More tokens than `characters` of text will plausibly be counted as."""
     return math.ceil(characters / PESSIMISTIC_CHARS_PER_TOKEN)
+
+
+def text_token_ceiling(text: str) -> int:
+    """At least as many tokens as `text` can be counted as: one per character, and one per
+    UTF-8 byte for characters outside Latin, Cyrillic and the other two-byte scripts."""
+    ceiling = token_ceiling(len(text))
+    if text.isascii():
+        return ceiling
+    return ceiling + sum(len(m.group().encode()) - 1 for m in _WIDE_CHARACTER.finditer(text))
 
 
 def surely_fits(characters: int, limit_tokens: int) -> bool:

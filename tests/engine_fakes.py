@@ -65,6 +65,9 @@ class FakeKind:
     def reserve(self, batch: Batch) -> Usage:
         return Usage(prompt_tokens=10 * len(batch.jobs), completion_tokens=10 * len(batch.jobs))
 
+    def bounded(self) -> FakeKind:
+        return self
+
     async def send(self, client: FakeClient, batch: Batch) -> Sequence[JobOutcome]:
         texts = [job.request["text"] for job in batch.jobs]
         answers = await client.answer(texts)

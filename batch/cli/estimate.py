@@ -238,7 +238,7 @@ def _output_method(tally: Tally, report: SampleReport | None, confidence: float)
     defaulted = sum(m.rows_default_bound for m in tally.models.values())
     default = (
         f"; {defaulted:,} rows without max_tokens counted at {DEFAULT_COMPLETION_RESERVE}, "
-        "the default a run reserves (an assumption, not a limit)"
+        "the cap a budgeted run sends (a run without a budget does not cap them)"
         if defaulted
         else ""
     )

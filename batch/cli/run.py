@@ -32,6 +32,7 @@ from batch.retry import RetryPolicy
 from batch.runner import RunConfig, run_jobs
 from batch.settings import ClientSettings, Secret
 from jobs.base import JobKind, KindOptions
+from jobs.chat import DEFAULT_COMPLETION_RESERVE
 from jobs.readers import validate_jobs
 from jobs.registry import kind_for
 
@@ -64,7 +65,8 @@ _KIND_OPTIONS = (
         "--max-completion-tokens",
         type=click.IntRange(min=1),
         default=None,
-        help="Chat: default max_tokens of an answer (a job's own max_tokens wins).",
+        help="Chat: default max_tokens of an answer (a job's own max_tokens wins); "
+        f"with a budget, {DEFAULT_COMPLETION_RESERVE} unless given.",
     ),
     click.option(
         "--repetition-penalty", type=float, default=None, help="Chat: default repetition_penalty."
@@ -218,7 +220,7 @@ def _api(
     "max_tokens_budget",
     type=click.IntRange(min=0),
     default=None,
-    help="Budget in billed tokens (chat answers' length is --max-completion-tokens).",
+    help="Budget in billed tokens (not the answers' length: see --max-completion-tokens).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary (errors still show).")
 @click.option("--emulator", is_flag=True, help="Run against a local emulator started in-process.")
@@ -262,6 +264,13 @@ def run(
     Resumable: run the same command again after a crash, Ctrl-C or a budget stop and only
     the jobs not yet answered are sent. Exit codes: 0 all succeeded, 3 some rows failed,
     1 fatal error, 2 usage or invalid input, 4 budget reached, 130/143 interrupted.
+
+    A budget (--max-cost, --max-tokens) is never crossed: a request is sent only when its
+    worst case still fits, so with a budget every chat request carries max_tokens (the
+    job's own, else --max-completion-tokens, else 1024) and a longer answer stops there
+    with finish_reason "length". That cap is one of the output's settings: resume a
+    budgeted run with any budget, higher or not; without a budget, give
+    --max-completion-tokens with the same cap (1024 by default), or the resume is refused.
 
     \b
     Examples:
