@@ -215,6 +215,15 @@ class GigaChatClient:
             "trust_env": True,
         }
         self._http = httpx.AsyncClient(base_url=settings.base_url, transport=transport, **common)
+        # API requests skip httpx.AsyncClient's per-request machinery (see `_exchange`); what
+        # it would add to each of them is worked out once here.
+        self._transport = transport
+        self._extensions = {"timeout": timeout.as_dict()}
+        self._default_headers = {
+            name.decode("ascii"): value.decode("latin-1") for name, value in self._http.headers.raw
+        }
+        self._default_names = {name.lower(): name for name in self._default_headers}
+        self._urls: dict[str, httpx.URL] = {}
         # Tokens come through their own small pool: a refresh must not queue behind the
         # long-running chat calls that hold every API connection.
         self._auth_http = httpx.AsyncClient(
@@ -290,6 +299,34 @@ class GigaChatClient:
                 )
         return parse(response)
 
+    async def _exchange(
+        self, request: wire.ApiRequest, headers: Mapping[str, str]
+    ) -> httpx.Response:
+        """One API request straight through the transport, body read: what `self._http`
+        would send (its default headers, timeouts, base URL), without what it does per request
+        that an API call does not need (URL parsing and merging, the cookie jar, the auth and
+        redirect flows), which costs about as much CPU as the HTTP exchange itself."""
+        url = self._urls.get(request.url)
+        if url is None:
+            url = self._urls[request.url] = self._http.base_url.join(request.url.lstrip("/"))
+        merged = self._default_headers.copy()
+        for name in headers:
+            shadowed = self._default_names.get(name.lower())
+            if shadowed is not None:
+                del merged[shadowed]
+        merged.update(headers)
+        sent = httpx.Request(
+            request.method, url, headers=merged, content=request.body, extensions=self._extensions
+        )
+        response = await self._transport.handle_async_request(sent)
+        response.request = sent
+        try:
+            await response.aread()
+        except BaseException:
+            await response.aclose()
+            raise
+        return response
+
     async def _send_for_token(self, request: wire.ApiRequest) -> httpx.Response:
         return await self._send(self._auth_http, request, None, None)
 
@@ -308,9 +345,12 @@ class GigaChatClient:
         if session_id is not None:
             headers["X-Session-ID"] = session_id
         try:
-            response = await http.request(
-                request.method, request.url, content=request.body, headers=headers
-            )
+            if http is self._http:
+                response = await self._exchange(request, headers)
+            else:
+                response = await http.request(
+                    request.method, request.url, content=request.body, headers=headers
+                )
         except httpx.TimeoutException as exc:
             raise RequestTimedOut(
                 f"no answer from {request.url} in time ({type(exc).__name__})",
