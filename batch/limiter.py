@@ -88,10 +88,12 @@ _PROBE_SPACING = 100.0
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
-    """One request's slot: when it was sent and under which limit epoch."""
+    """One request's slot: when it was sent, under which limit epoch, and how many requests
+    (itself included) were in flight as it went."""
 
     sent_at: float
     epoch: int
+    in_flight: int
 
 
 class AdaptiveLimiter:
@@ -143,6 +145,13 @@ class AdaptiveLimiter:
         self._bad = maximum + 1  # lowest level that answered 429 since (maximum + 1: none)
         self._floor = 1  # how far the current overload may take the limit down
         self._overload_level = 0  # the limit when the current overload began
+        self._overload_refused = 0  # 429s for requests sent into the current overload
+        # Leaving slow start, the overload's earliest-sent refused request: when it arrived
+        # the server was full with requests all sent before it and all still in flight, so no
+        # more than the others in flight then fit (`_overload_bound`).
+        self._bounding = False
+        self._first_refused: tuple[float, int] = (float("inf"), 0)
+        self._overload_bound = maximum
         self._in_flight = 0
         self._peak_since_change = 0
         self._successes = 0
@@ -178,7 +187,7 @@ class AdaptiveLimiter:
                 self._in_flight += 1
                 if self._in_flight > self._peak_since_change:
                     self._peak_since_change = self._in_flight
-                return Ticket(self._clock(), self._epoch)
+                return Ticket(self._clock(), self._epoch, self._in_flight)
             turn = anyio.Event()
             self._waiters.append(turn)
             if self._in_flight < self._limit:
@@ -199,7 +208,7 @@ class AdaptiveLimiter:
                 if self._in_flight > self._peak_since_change:
                     self._peak_since_change = self._in_flight
                 self._wake_waiters()
-                return Ticket(self._clock(), self._epoch)
+                return Ticket(self._clock(), self._epoch, self._in_flight)
 
     async def wait_changed(self) -> None:
         """Return at the next release or limit change."""
@@ -260,18 +269,28 @@ class AdaptiveLimiter:
         self._release()
         if ticket.epoch == self._epoch - 1:
             # Another request sent into the same overload was refused: one fewer fits.
-            if self._limit > self._floor:
-                self._set_limit(self._limit - 1)
+            self._overload_refused += 1
+            self._bound_by(ticket)
+            target = max(
+                self._floor,
+                min(self._overload_level - self._overload_refused, self._overload_bound),
+            )
+            if target < self._limit:
+                self._set_limit(target)
                 self._bad = self._limit + 1
                 self._required_windows = self._base_hold
-            else:
+            if self._overload_level - self._overload_refused < self._floor:
                 # Refusals beyond the floor are not about our level (a storm, a shrink):
                 # regrowth up to where the overload began need not wait for probes.
                 self._bad = self._overload_level
             return
         if ticket.epoch < self._epoch:
             return  # sent before an earlier decrease: says nothing new
-        level = self._limit
+        # The level the server refused is the concurrency it was really offered: right after a
+        # doubling the first 429 comes long before the new limit is filled, and counting down
+        # from the limit would land above the server's limit by the slots never used (and
+        # cost a second pause to shed them).
+        level = min(self._limit, max(1, self._peak_since_change))
         if level <= self._safe:
             # The server's limit went down (or a response raced its stream's release):
             # step the known-good level down gently rather than forgetting it.
@@ -280,6 +299,13 @@ class AdaptiveLimiter:
         elif level >= self._bad:
             # A probe of a level that failed before failed again: probe less often.
             self._probe_windows = min(self._max_hold, self._probe_windows * 2)
+        # Leaving slow start, the doubling's burst meets answers freeing slots, which let a
+        # few late requests in: counting refusals alone can leave the limit over the
+        # server's, costing a second pause. Later overloads are a probe's single step.
+        self._bounding = self._slow_start
+        self._first_refused = (float("inf"), 0)
+        self._overload_bound = self.maximum
+        self._bound_by(ticket)
         # The overload may take the limit down by one per refused request, but not below
         # the last level that worked when leaving slow start (the previous doubling), nor
         # below x`decrease` otherwise.
@@ -290,12 +316,22 @@ class AdaptiveLimiter:
         self._slow_start = False
         self._epoch += 1
         self._overload_level = level
-        self._set_limit(max(self._floor, level - 1))
+        self._overload_refused = 1
+        self._set_limit(max(self._floor, min(level - 1, self._overload_bound)))
         self._bad = self._limit + 1
         self._required_windows = self._base_hold
         # Each probe costs the whole run the pause it provokes: space probes so that this
         # stays a small fraction of the run's time.
         self._probe_not_before = self._clock() + _PROBE_SPACING * self.cooldown.remaining
+
+    def _bound_by(self, refused: Ticket) -> None:
+        """Leaving slow start: cap the limit by what was in flight before the earliest-sent
+        request the server refused."""
+        if self._bounding:
+            key = (refused.sent_at, refused.in_flight)
+            if key < self._first_refused:
+                self._first_refused = key
+                self._overload_bound = refused.in_flight - 1
 
     def _set_limit(self, value: int) -> None:
         self._limit = max(1, min(self.maximum, value))

@@ -65,6 +65,29 @@ def test_overload_takes_one_off_per_refused_request_down_to_what_the_server_took
     assert limiter.limit == 10
 
 
+def test_overload_counts_down_from_the_concurrency_sent_not_an_unfilled_limit() -> None:
+    limiter = AdaptiveLimiter(64, initial=8, clock=Clock())
+    fill_window(limiter)  # 8 is known good; slow start goes to 16
+    tickets = [acquire_now(limiter) for _ in range(12)]  # the 429s come before 16 are sent
+    for ticket in tickets[10:]:  # the server took 10 and refused 2
+        limiter.rate_limited_by_server(ticket, None)
+    assert limiter.limit == 10
+
+
+def test_leaving_slow_start_no_more_fit_than_were_in_flight_before_the_first_refused() -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(64, initial=8, clock=clock)
+    fill_window(limiter)  # 8 is known good; slow start goes to 16
+    tickets = []
+    for _ in range(16):
+        clock.now += 0.001
+        tickets.append(acquire_now(limiter))
+    # The server held 10: it refused the 11th, then took the 14th in a slot freed meanwhile.
+    for ticket in tickets[10:13] + tickets[14:]:
+        limiter.rate_limited_by_server(ticket, None)
+    assert limiter.limit == 10  # counting the 5 refusals alone would leave 11
+
+
 def test_overload_never_goes_below_the_level_before_the_last_doubling() -> None:
     clock = Clock()
     limiter = AdaptiveLimiter(64, initial=8, clock=clock)
@@ -80,13 +103,13 @@ def test_429s_for_requests_sent_before_an_earlier_decrease_are_ignored() -> None
     limiter = AdaptiveLimiter(64, initial=8, clock=clock)
     fill_window(limiter)
     old = [acquire_now(limiter) for _ in range(16)]
-    limiter.rate_limited_by_server(old[0], None)  # epoch 0 -> 1: 15
-    for ticket in old[2:]:
+    limiter.rate_limited_by_server(old[15], None)  # epoch 0 -> 1: 15
+    for ticket in old[:14]:
         limiter.release(ticket)
     newer = acquire_now_after(limiter, clock)
     limiter.rate_limited_by_server(newer, None)  # a new overload: epoch 1 -> 2: 14
     assert limiter.limit == 14
-    limiter.rate_limited_by_server(old[1], None)  # epoch 0: two decreases ago
+    limiter.rate_limited_by_server(old[14], None)  # epoch 0: two decreases ago
     assert limiter.limit == 14
 
 
@@ -111,9 +134,9 @@ def test_probing_the_level_that_failed_waits_longer_than_growing_below_it() -> N
     limiter = AdaptiveLimiter(64, initial=4, hold=2, clock=clock)
     fill_window(limiter)  # 4 good -> 8
     tickets = [acquire_now(limiter) for _ in range(8)]
-    limiter.rate_limited_by_server(tickets[0], 1.0)  # 429 at 8 -> 7, floor 4
-    limiter.rate_limited_by_server(tickets[1], 1.0)  # refused too -> 6
-    for t in tickets[2:]:
+    limiter.rate_limited_by_server(tickets[7], 1.0)  # 429 at 8 -> 7, floor 4
+    limiter.rate_limited_by_server(tickets[6], 1.0)  # refused too -> 6
+    for t in tickets[:6]:
         limiter.release(t)
     assert limiter.limit == 6
     clock.now += 1.0  # the pause is over
