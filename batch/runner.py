@@ -32,9 +32,11 @@ from batch.checkpoint import INVALID, Checkpoint
 from batch.errors import (
     ApiError,
     BudgetExhausted,
+    ConnectionFailed,
     FatalError,
     GigabatchError,
     RateLimited,
+    RequestTimedOut,
 )
 from batch.limiter import AdaptiveLimiter
 from batch.pricing import PriceTable
@@ -402,9 +404,12 @@ class _Run:
         kind = self.kind
         attempts = 0
         latency = 0.0
+        reservation: Reservation | None = None
 
         async def attempt() -> Any:
-            nonlocal attempts, latency
+            nonlocal attempts, latency, reservation
+            if reservation is None and self.budget is not None:
+                reservation = await self._reserve(batch)  # the last attempt's was charged
             ticket = await limiter.acquire()
             if self.stopping:
                 limiter.release(ticket)
@@ -417,6 +422,11 @@ class _Run:
             except RateLimited as exc:
                 limiter.rate_limited_by_server(ticket, exc.retry_after)
                 stats.rate_limited += 1
+                raise
+            except (RequestTimedOut, ConnectionFailed):
+                limiter.release(ticket)
+                self._charge_unseen(reservation)
+                reservation = None
                 raise
             except BaseException:
                 limiter.release(ticket)
@@ -448,6 +458,14 @@ class _Run:
             raise
         stats.retries += attempts - 1
         return self._outcomes(answers, attempts, latency, reservation)
+
+    def _charge_unseen(self, reservation: Reservation | None) -> None:
+        """A request that timed out or lost its connection may still have been answered
+        and billed: it counts as spent at its ceiling, and a retry reserves anew."""
+        if reservation is not None and self.budget is not None:
+            ceiling = Usage(prompt_tokens=reservation.tokens)
+            self.budget.settle(reservation, ceiling, reservation.model)
+            self._budget_moved()
 
     def _release(self, reservation: Reservation | None) -> None:
         if reservation is not None and self.budget is not None:

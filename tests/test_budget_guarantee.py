@@ -6,21 +6,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import anyio
 import orjson
 import pyarrow.dataset as ds
 import pytest
+from engine_fakes import FakeClient, FakeKind, write_jobs
 
 from batch.api_types import Usage
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.emulator.tokens import MESSAGE_OVERHEAD, count_tokens
-from batch.errors import RunRefused
+from batch.errors import RequestTimedOut, RunRefused
 from batch.pricing import PriceTable
+from batch.retry import RetryPolicy
 from batch.runner import RunConfig, run_jobs
 from batch.settings import ClientSettings, Secret
 from batch.summary import RunSummary
-from jobs.base import Batch, KindOptions, SourceLocation
+from jobs.base import Batch, JobKind, KindOptions, SourceLocation
 from jobs.chat import DEFAULT_COMPLETION_RESERVE, ChatKind, prompt_ceiling
 from jobs.tokens import text_token_ceiling
 
@@ -219,3 +222,43 @@ def test_text_token_ceiling_counts_bytes_of_characters_outside_two_byte_scripts(
     assert text_token_ceiling("привет") == 6
     assert text_token_ceiling("日本") == 6
     assert text_token_ceiling("a😀") == 5
+
+
+class _TimesOutOnce(FakeClient):
+    """Each text's first request times out (the server may still have answered and billed
+    it); the retry is answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timed_out: set[str] = set()
+
+    async def answer(self, texts: list[str]) -> list[str]:
+        fresh = [t for t in texts if t not in self.timed_out]
+        if fresh:
+            self.timed_out.update(fresh)
+            raise RequestTimedOut("no answer in time")
+        return await super().answer(texts)
+
+
+def test_a_timed_out_attempt_counts_against_the_budget_at_its_ceiling(tmp_path: Path) -> None:
+    jobs = write_jobs(tmp_path / "jobs.jsonl", ["a", "b", "c"])
+    client = _TimesOutOnce()
+    config = RunConfig(
+        jobs_path=jobs,
+        out_dir=tmp_path / "out",
+        kind=cast(JobKind, FakeKind()),
+        client_factory=cast(Any, lambda: client),
+        retry=RetryPolicy(max_attempts=3, initial=0.001, max_wait=0.01, jitter=0.001),
+        max_concurrency=1,
+        initial_concurrency=1,
+        max_tokens=60,
+        progress="off",
+        handle_signals=False,
+    )
+    summary = anyio.run(run_jobs, config)
+    # FakeKind reserves 20 tokens a job and bills 5. "a": lost attempt 20 + answer 5; "b":
+    # lost attempt 20 (45 spent), and its retry could cross 60. Counting lost attempts as
+    # free would have answered all three.
+    assert summary.status == "budget"
+    assert sorted(str(r["id"]) for r in results(tmp_path / "out")) == ["j0"]
+    assert "spent 45 tokens of 60" in summary.message
