@@ -378,9 +378,9 @@ class GigaChatClient:
         if "x-request-id" not in response.headers:
             # Errors name the request id; when the server echoed none, ours is the one to quote.
             response.headers["X-Request-ID"] = request_id
-        # httpx leaves the response and its BoundAsyncStream pointing at each other, so every
-        # body (up to megabytes of embeddings) waits for the cyclic GC, dozens at a time. The
-        # body is read already: a plain stream over the same bytes breaks the cycle, and the
-        # response is freed as soon as the caller has parsed it.
+        # Through httpx.AsyncClient (the token requests) a response and its BoundAsyncStream
+        # point at each other, so each body would wait for the cyclic GC, dozens at a time.
+        # The body is read already: a plain stream over the same bytes leaves no cycle and
+        # no transport object behind, and the response is freed once the caller has parsed it.
         response.stream = httpx.ByteStream(response.content)
         return response
