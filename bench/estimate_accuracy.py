@@ -34,7 +34,6 @@ from batch.cli.estimate import EstimateRequest, estimate_jobs
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.pricing import PriceTable
 from batch.runner import RunConfig, run_jobs
-from batch.settings import ClientSettings, Secret
 from bench.jobgen import write_chat_jobs
 from jobs.base import KindOptions
 from jobs.registry import kind_for
@@ -91,14 +90,6 @@ def emulator() -> Iterator[RunningEmulator]:
         yield emu
 
 
-def settings_for(emu: RunningEmulator) -> ClientSettings:
-    return ClientSettings(
-        base_url=emu.base_url,
-        auth_url=emu.auth_url,
-        credentials=Secret(emu.credentials),
-        scope=emu.scope,
-    )
-
 
 def estimate(
     emu: RunningEmulator,
@@ -123,7 +114,7 @@ def estimate(
         skip_invalid=False,
         quiet=True,
     )
-    return estimate_jobs(request, settings_for(emu))
+    return estimate_jobs(request, emu.client_settings())
 
 
 def run(
@@ -139,7 +130,7 @@ def run(
         jobs_path=path,
         out_dir=out,
         kind=kind_for(kind, KindOptions()),
-        client_settings=settings_for(emu),
+        client_settings=emu.client_settings(),
         max_concurrency=CONCURRENCY,
         prices=prices,
         max_cost=max_cost,

@@ -21,7 +21,6 @@ from batch.errors import RequestTimedOut, RunRefused
 from batch.pricing import PriceTable
 from batch.retry import RetryPolicy
 from batch.runner import RunConfig, run_jobs
-from batch.settings import ClientSettings, Secret
 from batch.summary import RunSummary
 from jobs.base import Batch, JobKind, KindOptions, SourceLocation
 from jobs.chat import DEFAULT_COMPLETION_RESERVE, ChatKind, prompt_ceiling
@@ -61,12 +60,7 @@ def run(
         jobs_path=jobs,
         out_dir=out,
         kind=ChatKind(options or KindOptions()),
-        client_settings=ClientSettings(
-            base_url=emu.base_url,
-            auth_url=emu.auth_url,
-            credentials=Secret(emu.credentials),
-            scope=emu.scope,
-        ),
+        client_settings=emu.client_settings(),
         max_concurrency=8,
         prices=PRICES,
         max_cost=max_cost,

@@ -20,7 +20,6 @@ from batch.cli import EXIT_BUDGET
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.pricing import PriceTable
 from batch.runner import RunConfig, run_jobs
-from batch.settings import ClientSettings, Secret
 from batch.summary import RunSummary
 from jobs.base import KindOptions
 from jobs.registry import kind_for
@@ -57,12 +56,7 @@ def run(
         jobs_path=jobs,
         out_dir=out,
         kind=kind_for("chat", KindOptions()),
-        client_settings=ClientSettings(
-            base_url=emu.base_url,
-            auth_url=emu.auth_url,
-            credentials=Secret(emu.credentials),
-            scope=emu.scope,
-        ),
+        client_settings=emu.client_settings(),
         max_concurrency=16,
         prices=PRICES,
         max_cost=max_cost,

@@ -38,7 +38,7 @@ from batch.errors import (
     RetryableError,
     ServerError,
 )
-from batch.settings import ClientSettings, Secret
+from batch.settings import ClientSettings
 
 BASE = "http://api.test/api/v1"
 AUTH = "http://auth.test/api/v2/oauth"
@@ -571,12 +571,7 @@ def test_pool_never_times_out_and_connects_fast_but_reads_long() -> None:
 def test_queued_requests_wait_for_a_connection_and_never_exceed_the_pool() -> None:
     config = profile("fast", stream_limit=100, latency_base_ms=40.0, seed=1)
     with serve_emulator(config) as emu:
-        configured = ClientSettings(
-            base_url=emu.base_url,
-            auth_url=emu.auth_url,
-            credentials=Secret(emu.credentials),
-            scope=emu.scope,
-        )
+        configured = emu.client_settings()
 
         async def main() -> list[Any]:
             async with GigaChatClient(configured, max_connections=6) as client:

@@ -15,7 +15,6 @@ from batch.client import GigaChatClient
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.emulator.tokens import count_tokens
 from batch.errors import FatalError, PayloadTooLarge, RateLimited, ServerError
-from batch.settings import ClientSettings, Secret
 from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult, KindOptions, SourceLocation
 from jobs.embeddings import (
     MAX_PENDING_MODELS,
@@ -294,12 +293,7 @@ def emulator() -> Iterator[RunningEmulator]:
 
 
 def _send_for_real(emu: RunningEmulator, kind: EmbeddingsKind, batch: Batch) -> list[JobOutcome]:
-    settings = ClientSettings(
-        base_url=emu.base_url,
-        auth_url=emu.auth_url,
-        credentials=Secret(emu.credentials),
-        scope=emu.scope,
-    )
+    settings = emu.client_settings()
 
     async def go() -> list[JobOutcome]:
         async with GigaChatClient(settings) as client:

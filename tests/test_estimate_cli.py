@@ -20,7 +20,6 @@ from click.testing import CliRunner, Result
 from batch.cli import main
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.runner import RunConfig, run_jobs
-from batch.settings import ClientSettings, Secret
 from jobs.base import KindOptions
 from jobs.registry import kind_for
 
@@ -86,14 +85,6 @@ def api_args(emu: RunningEmulator) -> list[str]:
     ]
 
 
-def settings_for(emu: RunningEmulator) -> ClientSettings:
-    return ClientSettings(
-        base_url=emu.base_url,
-        auth_url=emu.auth_url,
-        credentials=Secret(emu.credentials),
-        scope=emu.scope,
-    )
-
 
 def estimate(args: list[str]) -> Result:
     return CliRunner().invoke(main, ["estimate", "--quiet", *args], catch_exceptions=False)
@@ -112,7 +103,7 @@ def run_all(emu: RunningEmulator, jobs: Path, out: Path, kind: str = "chat") -> 
         jobs_path=jobs,
         out_dir=out,
         kind=kind_for(kind, KindOptions()),
-        client_settings=settings_for(emu),
+        client_settings=emu.client_settings(),
         progress="off",
         handle_signals=False,
     )
@@ -154,7 +145,7 @@ def test_cacheable_input_equals_what_the_emulator_serves_from_its_prompt_cache(
         jobs_path=jobs,
         out_dir=tmp_path / "out",
         kind=kind_for("chat", KindOptions(system=system)),
-        client_settings=settings_for(emulator),
+        client_settings=emulator.client_settings(),
         progress="off",
         handle_signals=False,
     )
@@ -319,7 +310,7 @@ def test_embedding_texts_over_the_input_limit_are_left_out_as_the_run_fails_them
         jobs_path=jobs,
         out_dir=tmp_path / "out",
         kind=kind_for("embed", KindOptions()),
-        client_settings=settings_for(emulator),
+        client_settings=emulator.client_settings(),
         progress="off",
         handle_signals=False,
     )

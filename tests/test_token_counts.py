@@ -11,7 +11,6 @@ import pytest
 
 from batch.client import GigaChatClient
 from batch.emulator import RunningEmulator, profile, serve_emulator
-from batch.settings import ClientSettings, Secret
 from jobs.token_counts import (
     EMBEDDING_OVERHEAD,
     MESSAGE_OVERHEAD,
@@ -60,15 +59,6 @@ def emulator() -> Iterator[RunningEmulator]:
     with serve_emulator(config) as emu:
         yield emu
 
-
-def settings_for(emu: RunningEmulator) -> ClientSettings:
-    return ClientSettings(
-        base_url=emu.base_url,
-        auth_url=emu.auth_url,
-        credentials=Secret(emu.credentials),
-        scope=emu.scope,
-        verify_ssl_certs=False,
-    )
 
 
 async def counted(client: GigaChatClient, kind: str, request: dict[str, Any]) -> int:
@@ -122,7 +112,7 @@ def test_counted_chat_input_equals_the_prompt_tokens_the_emulator_bills(
     emulator: RunningEmulator, request_body: dict[str, Any]
 ) -> None:
     async def measure() -> tuple[int, int]:
-        async with GigaChatClient(settings_for(emulator)) as client:
+        async with GigaChatClient(emulator.client_settings(verify_ssl_certs=False)) as client:
             answer = await client.chat(request_body)
             return await counted(client, "chat", request_body), answer.usage.prompt_tokens
 
@@ -134,7 +124,7 @@ def test_counted_embedding_input_equals_the_usage_the_emulator_bills(
     emulator: RunningEmulator,
 ) -> None:
     async def measure() -> tuple[int, int]:
-        async with GigaChatClient(settings_for(emulator)) as client:
+        async with GigaChatClient(emulator.client_settings(verify_ssl_certs=False)) as client:
             answer = await client.embeddings(TEXTS, "Embeddings")
             estimated = 0
             for text in TEXTS:
@@ -155,7 +145,7 @@ def test_message_overhead_is_what_the_emulator_adds_per_message(emulator: Runnin
                 {"role": "user", "content": "beta"},
             ]
         }
-        async with GigaChatClient(settings_for(emulator)) as client:
+        async with GigaChatClient(emulator.client_settings(verify_ssl_certs=False)) as client:
             billed_one = (await client.chat(one)).usage.prompt_tokens
             billed_two = (await client.chat(two)).usage.prompt_tokens
             (count,) = await client.tokens_count(["alpha beta"], "GigaChat")

@@ -30,7 +30,7 @@ from batch.errors import ConfigError
 from batch.pricing import PriceTable
 from batch.retry import RetryPolicy
 from batch.runner import RunConfig, run_jobs
-from batch.settings import ClientSettings, Secret
+from batch.settings import ClientSettings
 from jobs.base import JobKind, KindOptions
 from jobs.chat import DEFAULT_COMPLETION_RESERVE
 from jobs.readers import validate_jobs
@@ -149,12 +149,7 @@ def _api(
     except ValueError as exc:
         raise ConfigError(f"emulator: {exc}") from None
     with serve_emulator(config) as emu:
-        settings = ClientSettings(
-            base_url=emu.base_url,
-            auth_url=emu.auth_url,
-            credentials=Secret(emu.credentials),
-            scope=emu.scope,
-        )
+        settings = emu.client_settings()
         yield settings if timeout is None else dataclasses.replace(settings, timeout=timeout)
 
 

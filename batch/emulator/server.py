@@ -22,6 +22,7 @@ import uvicorn
 
 from batch.emulator.app import EmulatorApp, credentials_for
 from batch.emulator.config import EmulatorConfig
+from batch.settings import ClientSettings, Secret
 
 _START_TIMEOUT_S = 15.0
 _UNCOMPLETED = "ASGI callable returned without completing response."
@@ -68,6 +69,16 @@ class RunningEmulator:
     @property
     def scope(self) -> str:
         return self.config.scope
+
+    def client_settings(self, **overrides: Any) -> ClientSettings:
+        """gigabatch client settings pointing at this emulator with the key it accepts."""
+        return ClientSettings(
+            base_url=self.base_url,
+            auth_url=self.auth_url,
+            credentials=Secret(self.credentials),
+            scope=self.scope,
+            **overrides,
+        )
 
     def _control(self, method: str, path: str, body: Any = None, **params: str) -> Any:
         with httpx.Client(trust_env=False, timeout=30.0) as client:
