@@ -298,6 +298,18 @@ class Checkpoint:
             self.write_manifest()
         return committed
 
+    def ensure_datasets(self, result_schema: pa.Schema) -> None:
+        """Give results/ and failed/ at least one part (an empty one if need be), so each
+        reads as a dataset with its columns even when a run had no rows of that kind:
+        `select * from 'DIR/failed/*.parquet'` answers "no rows", not "no files"."""
+        written = False
+        for sub, schema in ((RESULTS, result_schema), (FAILED, FAILED_SCHEMA)):
+            if not self.parts[sub]:
+                self.parts[sub].append(self._write_part(sub, schema.empty_table(), {}))
+                written = True
+        if written:
+            self.write_manifest()
+
     def _write_part(self, sub: str, table: pa.Table, usage: Mapping[str, Usage]) -> PartInfo:
         directory = self.out_dir / sub
         name = f"part-{self._next:05d}.parquet"

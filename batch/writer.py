@@ -131,3 +131,5 @@ class PartWriter:
                         await self.flush()
                         deadline = time.monotonic() + self.flush_interval
         await self.flush()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.checkpoint.ensure_datasets, self.result_schema)

@@ -105,3 +105,44 @@ def test_parts_are_zstd_compressed_with_usage_in_the_footer(tmp_path: Path) -> N
     assert b"gigabatch.usage" in (meta.metadata or {})
     failed = pq.read_table(tmp_path / "failed" / "part-00002.parquet").to_pylist()
     assert failed[0]["error_class"] == "BadRequest" and failed[0]["attempts"] == 2
+
+
+def test_a_run_without_failures_still_leaves_a_readable_empty_failed_dataset(
+    tmp_path: Path,
+) -> None:
+    import duckdb
+    import pyarrow.dataset as ds
+
+    from batch.checkpoint import FAILED_SCHEMA
+
+    cp = checkpoint(tmp_path)
+
+    async def main() -> None:
+        writer = PartWriter(cp, SCHEMA, flush_interval=60)
+        send, receive = anyio.create_memory_object_stream[Outcomes](10)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run, receive)
+            async with send:
+                await send.send(Outcomes(results=[{"id": "a", "answer": "ok", "attempts": 1}]))
+
+    anyio.run(main)
+    failed = ds.dataset(tmp_path / "failed")
+    assert failed.schema.names == FAILED_SCHEMA.names
+    assert failed.count_rows() == 0
+    glob = str(tmp_path / "failed" / "*.parquet")
+    assert duckdb.sql(f"select count(*) from '{glob}'").fetchall() == [(0,)]
+    assert ds.dataset(tmp_path / "results").count_rows() == 1
+
+
+def test_a_resumed_run_keeps_one_empty_part_at_most(tmp_path: Path) -> None:
+    async def one_run() -> None:
+        writer = PartWriter(checkpoint(tmp_path), SCHEMA, flush_interval=60)
+        send, receive = anyio.create_memory_object_stream[Outcomes](1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run, receive)
+            await send.aclose()
+
+    anyio.run(one_run)
+    anyio.run(one_run)
+    assert len(list((tmp_path / "failed").glob("part-*.parquet"))) == 1
+    assert len(list((tmp_path / "results").glob("part-*.parquet"))) == 1
