@@ -320,10 +320,14 @@ class EmulatorApp:
         self.stats.latency(before + during)
         return before, during
 
-    async def _wait(self, prompt: int, completion: int) -> None:
+    async def _wait(self, call: Call, prompt: int, completion: int) -> None:
+        """Hold the request until its latency has passed since it arrived: parsing and
+        building the answer happen inside that time, as on a real server, so a stream is
+        held for the configured latency and the capacity is exactly limit / mean latency."""
         before, during = self._latency(prompt, completion)
-        if before + during > 0:
-            await asyncio.sleep(before + during)
+        remaining = call.arrived + before + during - time.time()
+        if remaining > 0:
+            await asyncio.sleep(remaining)
 
     async def _reject(self, call: Call, exc: chat.RequestRejected) -> None:
         await call.reply(exc.status, _error(exc.status, exc.message))
@@ -429,12 +433,12 @@ class EmulatorApp:
                 await asyncio.sleep(before)
             await call.stream(frames, during / len(frames))
             return
-        await self._wait(outcome.prompt_tokens, outcome.completion_tokens)
         answer = (
             chat.primary_body(outcome, str(uuid.uuid4()))
             if primary
             else chat.legacy_body(outcome, request.n)
         )
+        await self._wait(call, outcome.prompt_tokens, outcome.completion_tokens)
         await call.reply(200, answer)
 
     async def _embeddings(self, call: Call, scope: str) -> None:
@@ -458,7 +462,6 @@ class EmulatorApp:
         usage = sum(counts) + EMBEDDING_OVERHEAD * len(counts)
         self.stats.tokens["embedding"] += usage
         self._charge(EMBEDDING_POOL, usage)
-        await self._wait(sum(counts), 0)
         # Built as bytes around the precomputed vector text and joined once: serialising
         # 16 x 1024 floats would cost more than everything else in the request together.
         parts = [b'{"object":"list","model":%s,"data":[' % orjson.dumps(spec.id)]
@@ -469,7 +472,9 @@ class EmulatorApp:
             parts.append(b',"index":%d,"usage":{"prompt_tokens":%d}}'
                          % (index, count + EMBEDDING_OVERHEAD))
         parts.append(b"]}")
-        await call.reply(200, b"".join(parts))
+        answer = b"".join(parts)
+        await self._wait(call, sum(counts), 0)
+        await call.reply(200, answer)
 
     async def _tokens_count(self, call: Call, scope: str) -> None:
         try:
@@ -484,8 +489,9 @@ class EmulatorApp:
             {"object": "tokens", "tokens": count_tokens(text), "characters": len(text)}
             for text in texts
         ]
-        await self._wait(0, 0)
-        await call.reply(200, orjson.dumps(counts))
+        answer = orjson.dumps(counts)
+        await self._wait(call, 0, 0)
+        await call.reply(200, answer)
 
     async def _models(self, call: Call, scope: str) -> None:
         data = [model_entry(spec) for spec in MODELS.values()]
