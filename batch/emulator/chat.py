@@ -129,16 +129,22 @@ def _functions(raw: Any, call: Any) -> tuple[list[Mapping[str, Any]], str | None
     raise RequestRejected(422, "function_call must be 'auto', 'none' or {name} of a function")
 
 
-def parse_legacy(body: Mapping[str, Any]) -> ChatRequest:
-    """A `/api/v1/chat/completions` body; RequestRejected for anything the API refuses."""
-    model = _chat_model(body)
+def _messages(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The request's messages, each a mapping with a known role (both request shapes)."""
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise RequestRejected(422, "messages must be a non-empty list")
-    messages = []
     for message in raw:
         if not isinstance(message, Mapping) or message.get("role") not in ROLES:
             raise RequestRejected(422, f"role must be one of {', '.join(sorted(ROLES))}")
+    return raw
+
+
+def parse_legacy(body: Mapping[str, Any]) -> ChatRequest:
+    """A `/api/v1/chat/completions` body; RequestRejected for anything the API refuses."""
+    model = _chat_model(body)
+    messages = []
+    for message in _messages(body):
         text = message.get("content", "")
         if not isinstance(text, str):
             raise RequestRejected(422, "content must be a string")
@@ -154,13 +160,8 @@ def parse_legacy(body: Mapping[str, Any]) -> ChatRequest:
 def parse_primary(body: Mapping[str, Any]) -> ChatRequest:
     """A `/api/v2/chat/completions` body (content parts, model_options, tools)."""
     model = _chat_model(body)
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise RequestRejected(422, "messages must be a non-empty list")
     messages = []
-    for message in raw:
-        if not isinstance(message, Mapping) or message.get("role") not in ROLES:
-            raise RequestRejected(422, f"role must be one of {', '.join(sorted(ROLES))}")
+    for message in _messages(body):
         parts = message.get("content") or []
         if isinstance(parts, str):
             parts = [{"text": parts}]
