@@ -30,7 +30,7 @@ from batch.cli.common import API_OPTION_NAMES, api_options, cli_errors
 
 # The run command's job-kind options and connection set-up: estimate takes the same
 # settings so its sample checkpoint is one `run` resumes.
-from batch.cli.run import _api, _kind, kind_options
+from batch.cli.run import api_settings, build_kind, kind_options, max_concurrency_option
 from batch.client import GigaChatClient
 from batch.counting import (
     InputCounter,
@@ -366,13 +366,7 @@ def estimate_jobs(request: EstimateRequest, settings: ClientSettings | None) -> 
     help="No credentials, no requests: approximate input tokens from characters.",
 )
 @click.option("--emulator", is_flag=True, help="Estimate against a local emulator (b2b profile).")
-@click.option(
-    "--max-concurrency",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Ceiling on requests in flight; the limiter finds the server's limit below it.",
-)
+@max_concurrency_option
 @click.option(
     "--message-overhead",
     type=click.IntRange(min=0),
@@ -426,7 +420,7 @@ def estimate(
     with contextlib.ExitStack() as stack:
         settings = None
         if not offline:
-            settings = stack.enter_context(_api(api, emulator, "b2b", ()))
+            settings = stack.enter_context(api_settings(api, emulator, "b2b", ()))
             if not settings.has_auth:
                 raise ConfigError(
                     "no credentials: set GIGACHAT_CREDENTIALS (or GIGACHAT_ACCESS_TOKEN, "
@@ -438,7 +432,7 @@ def estimate(
         )
         request = EstimateRequest(
             jobs_path=jobs_path,
-            make_kind=lambda: _kind(dict(options), model_default),
+            make_kind=lambda: build_kind(dict(options), model_default),
             prices=prices,
             sample=sample,
             seed=seed,

@@ -97,7 +97,16 @@ def kind_options(f: F) -> F:
     return f
 
 
-def _kind(options: dict[str, Any], model_default: str | None = None) -> JobKind:
+max_concurrency_option = click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Ceiling on requests in flight; the run finds the server's limit below it.",
+)
+
+
+def build_kind(options: dict[str, Any], model_default: str | None = None) -> JobKind:
     """Pop the kind options and build the job kind."""
     name = options.pop("kind")
     return kind_for(
@@ -132,7 +141,7 @@ def _emulator_knobs(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _api(
+def api_settings(
     options: dict[str, Any], emulator: bool, profile_name: str, knobs: tuple[str, ...]
 ) -> Iterator[ClientSettings]:
     """The client settings: from options and GIGACHAT_* variables, or those of an emulator
@@ -163,13 +172,7 @@ def _api(
     help="Output directory (created; resumed when it holds a run of the same input).",
 )
 @kind_options
-@click.option(
-    "--max-concurrency",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Ceiling on requests in flight; the run finds the server's limit below it.",
-)
+@max_concurrency_option
 @click.option(
     "--max-attempts",
     type=click.IntRange(min=1),
@@ -274,8 +277,8 @@ def run(
           --max-concurrency 32 --max-cost 50
     """
     price_table = PriceTable.load(prices)
-    with _api(options, emulator, emulator_profile, emulator_knobs) as settings:
-        kind = _kind(options, settings.model)
+    with api_settings(options, emulator, emulator_profile, emulator_knobs) as settings:
+        kind = build_kind(options, settings.model)
         config = RunConfig(
             jobs_path=jobs,
             out_dir=out_dir,
@@ -315,7 +318,7 @@ def validate(jobs: Path, as_json: bool, **options: Any) -> None:
       gigabatch validate sample_jobs/chat.jsonl
       gigabatch validate texts.parquet --kind embed --text-column body
     """
-    kind = _kind(options)
+    kind = build_kind(options)
     report = validate_jobs(jobs, kind, max_problems=10_000)
     if as_json:
         click.echo(
