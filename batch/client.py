@@ -24,6 +24,7 @@ import httpx
 from batch import __version__, wire
 from batch.api_types import BalanceEntry, ChatCompletion, Embeddings, ModelInfo, TokenCount
 from batch.auth import Authenticator
+from batch.coalescing import CoalescingBackend
 from batch.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -121,6 +122,16 @@ class _ReleasingStream(httpx.AsyncByteStream):
         await self._stream.aclose()
 
 
+def _coalescing(transport: httpx.AsyncHTTPTransport) -> httpx.AsyncHTTPTransport:
+    """Have `transport` send each request in one write (`batch.coalescing`). httpx offers no
+    public way to pass httpcore a network backend, so it is set on the pool it built; were
+    that attribute gone, the transport works as it is, one write per h11 event."""
+    pool = getattr(transport, "_pool", None)
+    if pool is not None and hasattr(pool, "_network_backend"):
+        pool._network_backend = CoalescingBackend()
+    return transport
+
+
 class ShardedPool(httpx.AsyncBaseTransport):
     """`max_connections` keep-alive connections split over small httpx pools.
 
@@ -141,10 +152,12 @@ class ShardedPool(httpx.AsyncBaseTransport):
         self.sizes = [max(1, size) for size in sizes]
         self._busy = [0] * count
         self._shards = [
-            httpx.AsyncHTTPTransport(
-                verify=verify,
-                proxy=proxy,
-                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+            _coalescing(
+                httpx.AsyncHTTPTransport(
+                    verify=verify,
+                    proxy=proxy,
+                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                )
             )
             for size in self.sizes
         ]
