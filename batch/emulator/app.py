@@ -25,6 +25,7 @@ from batch.emulator.content import embedding_json
 from batch.emulator.faults import HTML_502, FaultDice
 from batch.emulator.limits import RateWindow, Storm, StreamLimiter, TokenStore, retry_after
 from batch.emulator.models import MODELS, model_entry
+from batch.emulator.pacing import Pacer
 from batch.emulator.stats import Stats
 from batch.emulator.tokens import EMBEDDING_OVERHEAD, count_tokens
 
@@ -73,12 +74,13 @@ class Call:
     """One request in flight: what the handlers need and the status it got."""
 
     __slots__ = (
-        "arrived", "body", "headers", "method", "path", "query", "request_id", "send",
+        "arrived", "body", "due", "headers", "method", "path", "query", "request_id", "send",
         "session", "status",
     )
 
     def __init__(self, scope: Scope, body: bytes, send: Send, arrived: float) -> None:
         self.arrived = arrived
+        self.due: float | None = None  # when a paced answer is due (`EmulatorApp._wait`)
         self.path: str = scope["path"]
         self.method: str = scope["method"]
         self.query: bytes = scope.get("query_string", b"")
@@ -167,6 +169,7 @@ class EmulatorApp:
         self.config = config
         self.stats = Stats()
         self.streams = StreamLimiter()
+        self.pacer = Pacer()
         self.tokens = TokenStore()
         self.oauth_rate = RateWindow()
         self.storm = Storm()
@@ -255,7 +258,10 @@ class EmulatorApp:
             if fault is None:
                 await handler(call, scope)
                 if call.status == 200:
-                    self.stats.service(time.time() - call.arrived)
+                    sent = time.time()
+                    self.stats.service(sent - call.arrived)
+                    if call.due is not None:
+                        self.pacer.observe(sent - call.due)
             else:
                 self.stats.faults[fault] += 1
                 await self._fault(call, fault, now)
@@ -322,11 +328,14 @@ class EmulatorApp:
 
     async def _wait(self, call: Call, prompt: int, completion: int) -> None:
         """Hold the request until its latency has passed since it arrived: parsing and
-        building the answer happen inside that time, as on a real server, so a stream is
-        held for the configured latency and the capacity is exactly limit / mean latency."""
+        building the answer happen inside that time, as on a real server, and the pacer
+        ends the wait early by the timer's mean lateness, so a stream is held for the
+        configured latency on average and the capacity is limit / mean latency."""
         before, during = self._latency(prompt, completion)
-        remaining = call.arrived + before + during - time.time()
+        due = call.arrived + before + during
+        remaining = self.pacer.remaining(due, time.time())
         if remaining > 0:
+            call.due = due
             await asyncio.sleep(remaining)
 
     async def _reject(self, call: Call, exc: chat.RequestRejected) -> None:
