@@ -101,11 +101,13 @@ class AdaptiveLimiter:
 
     - Increase: +1 after `limit` successes in a row (about one step per round trip), and
       only when the current limit was actually used, so an idle run does not inflate it.
-      Until the first 429 the limit doubles instead (slow start), to find the level fast.
+      Until the first 429 the limit grows x`growth` per round trip instead (slow start), to
+      find the level fast: with 1 s answers, doubling from 2 spends 4 s reaching 32 and
+      x4 spends 2 s, while the one-off burst refused on overshooting costs no money.
     - Decrease on 429 (an "overload"): -1 for the first refused request and -1 for each
       other request sent into the same overload and refused too, so the limit lands on
-      what the server accepted; but never below x`decrease` (after slow start: the last
-      doubling's level) nor below the highest level that completed a full window cleanly
+      what the server accepted; but never below x`decrease` (after slow start: the level
+      before its last increase) nor below the highest level that completed a full window cleanly
       ("safe"), because the server's limit is usually stable and dropping far below it
       wastes capacity. A 429 at or below "safe" means the server shrank (or a release
       raced): "safe" steps down by about 10%.
@@ -124,6 +126,7 @@ class AdaptiveLimiter:
         maximum: int,
         *,
         initial: int = 2,
+        growth: int = 4,
         decrease: float = 0.7,
         hold: int = 4,
         max_hold: int = 256,
@@ -136,6 +139,7 @@ class AdaptiveLimiter:
         self.cooldown = cooldown if cooldown is not None else Cooldown(clock=clock)
         self._clock = clock
         self._decrease = decrease
+        self._growth = max(2, growth)
         self._base_hold = hold
         self._max_hold = max_hold
         self._probe_windows = hold
@@ -253,7 +257,7 @@ class AdaptiveLimiter:
         if level >= self.maximum or self._windows < self._required_windows:
             return
         if self._slow_start:
-            self._set_limit(level * 2)
+            self._set_limit(level * self._growth)
         elif level + 1 < self._bad:
             self._set_limit(level + 1)
         elif self._windows >= self._probe_windows and self._clock() >= self._probe_not_before:
@@ -287,7 +291,7 @@ class AdaptiveLimiter:
         if ticket.epoch < self._epoch:
             return  # sent before an earlier decrease: says nothing new
         # The level the server refused is the concurrency it was really offered: right after a
-        # doubling the first 429 comes long before the new limit is filled, and counting down
+        # slow-start increase the first 429 comes long before the new limit is filled, and counting down
         # from the limit would land above the server's limit by the slots never used (and
         # cost a second pause to shed them).
         level = min(self._limit, max(1, self._peak_since_change))
@@ -299,7 +303,7 @@ class AdaptiveLimiter:
         elif level >= self._bad:
             # A probe of a level that failed before failed again: probe less often.
             self._probe_windows = min(self._max_hold, self._probe_windows * 2)
-        # Leaving slow start, the doubling's burst meets answers freeing slots, which let a
+        # Leaving slow start, the increase's burst meets answers freeing slots, which let a
         # few late requests in: counting refusals alone can leave the limit over the
         # server's, costing a second pause. Later overloads are a probe's single step.
         self._bounding = self._slow_start
@@ -307,7 +311,7 @@ class AdaptiveLimiter:
         self._overload_bound = self.maximum
         self._bound_by(ticket)
         # The overload may take the limit down by one per refused request, but not below
-        # the last level that worked when leaving slow start (the previous doubling), nor
+        # the last level that worked when leaving slow start (the level before the increase), nor
         # below x`decrease` otherwise.
         if self._slow_start:
             self._floor = max(1, self._safe)

@@ -31,8 +31,17 @@ def acquire_now(limiter: AdaptiveLimiter) -> Ticket:
     return anyio.run(go)
 
 
-def test_limit_starts_low_and_doubles_until_the_first_429() -> None:
-    limiter = AdaptiveLimiter(64, initial=2, clock=Clock())
+def test_limit_starts_low_and_quadruples_each_round_trip_until_the_first_429() -> None:
+    limiter = AdaptiveLimiter(128, initial=2, clock=Clock())
+    seen = [limiter.limit]
+    for _ in range(3):
+        fill_window(limiter)
+        seen.append(limiter.limit)
+    assert seen == [2, 8, 32, 128]
+
+
+def test_slow_start_growth_is_a_setting() -> None:
+    limiter = AdaptiveLimiter(64, initial=2, growth=2, clock=Clock())
     seen = [limiter.limit]
     for _ in range(4):
         fill_window(limiter)
@@ -57,8 +66,8 @@ def test_limit_does_not_grow_when_it_was_not_used() -> None:
 def test_overload_takes_one_off_per_refused_request_down_to_what_the_server_took() -> None:
     clock = Clock()
     limiter = AdaptiveLimiter(64, initial=8, clock=clock)
-    fill_window(limiter)  # 8 is known good; slow start goes to 16
-    assert limiter.limit == 16
+    fill_window(limiter)  # 8 is known good; slow start goes to 32
+    assert limiter.limit == 32
     tickets = [acquire_now(limiter) for _ in range(16)]
     for ticket in tickets[10:]:  # the server took 10 and refused 6
         limiter.rate_limited_by_server(ticket, None)
@@ -67,7 +76,7 @@ def test_overload_takes_one_off_per_refused_request_down_to_what_the_server_took
 
 def test_overload_counts_down_from_the_concurrency_sent_not_an_unfilled_limit() -> None:
     limiter = AdaptiveLimiter(64, initial=8, clock=Clock())
-    fill_window(limiter)  # 8 is known good; slow start goes to 16
+    fill_window(limiter)  # 8 is known good; slow start goes to 32
     tickets = [acquire_now(limiter) for _ in range(12)]  # the 429s come before 16 are sent
     for ticket in tickets[10:]:  # the server took 10 and refused 2
         limiter.rate_limited_by_server(ticket, None)
@@ -77,7 +86,7 @@ def test_overload_counts_down_from_the_concurrency_sent_not_an_unfilled_limit() 
 def test_leaving_slow_start_no_more_fit_than_were_in_flight_before_the_first_refused() -> None:
     clock = Clock()
     limiter = AdaptiveLimiter(64, initial=8, clock=clock)
-    fill_window(limiter)  # 8 is known good; slow start goes to 16
+    fill_window(limiter)  # 8 is known good; slow start goes to 32
     tickets = []
     for _ in range(16):
         clock.now += 0.001
@@ -88,7 +97,7 @@ def test_leaving_slow_start_no_more_fit_than_were_in_flight_before_the_first_ref
     assert limiter.limit == 10  # counting the 5 refusals alone would leave 11
 
 
-def test_overload_never_goes_below_the_level_before_the_last_doubling() -> None:
+def test_overload_never_goes_below_the_level_before_the_last_increase() -> None:
     clock = Clock()
     limiter = AdaptiveLimiter(64, initial=8, clock=clock)
     fill_window(limiter)
@@ -174,11 +183,11 @@ def test_settled_is_the_time_weighted_median_of_the_late_run() -> None:
     clock = Clock()
     limiter = AdaptiveLimiter(64, initial=2, clock=clock)
     clock.now += 1
-    fill_window(limiter)  # 4
-    clock.now += 1
     fill_window(limiter)  # 8
+    clock.now += 1
+    fill_window(limiter)  # 32
     clock.now += 8
-    assert limiter.settled() == 8.0
+    assert limiter.settled() == 32.0
 
 
 def test_cooldown_retry_after_blocks_acquire_until_the_instant() -> None:
