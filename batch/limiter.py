@@ -81,9 +81,13 @@ class Cooldown:
             await anyio.sleep(delta)
 
 
-# A probe waits at least this many times the run-wide pause the previous 429 caused,
-# so probing costs at most about 1% of the run.
-_PROBE_SPACING = 100.0
+# A probe waits at least this many times the run-wide pause the previous 429 caused, so
+# probing costs at most 0.5% of the run; each probe that fails doubles the wait (up to
+# the maximum), so a long run against a stable server spends far less. A server's limit
+# is its account's plan and rarely changes: a drop shows at once (429s), a rise is found
+# within the spacing (200 s with a 1 s Retry-After).
+_PROBE_SPACING = 200.0
+_MAX_PROBE_SPACING = 3200.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +120,9 @@ class AdaptiveLimiter:
     - After a decrease the limit holds for `hold` windows, then grows again by +1 per
       window up to just below the level that answered 429 ("bad"). Going to "bad" itself
       is a probe: it waits for `hold` windows (doubled by each failed probe, up to
-      `max_hold`) and for a time proportional to the pause the last 429 imposed, so
-      probing costs a few percent of the run at most. A clean window at "bad" means the
-      server grew: "bad" moves up and the probing hold starts over.
+      `max_hold`) and for 200x the pause the last 429 imposed (doubled by each failed
+      probe too), so probing costs 0.5% of the run at most. A clean window at "bad" means
+      the server grew: "bad" moves up and the probing waits start over.
     """
 
     def __init__(
@@ -143,6 +147,7 @@ class AdaptiveLimiter:
         self._base_hold = hold
         self._max_hold = max_hold
         self._probe_windows = hold
+        self._probe_spacing = _PROBE_SPACING
         self._probe_not_before = 0.0
         self._limit = max(1, min(initial, maximum))
         self._safe = 0  # highest level that completed a full window without a 429
@@ -254,6 +259,7 @@ class AdaptiveLimiter:
         if level >= self._bad:  # a clean window where a 429 came before: the server grew
             self._bad = level + 1
             self._probe_windows = self._base_hold
+            self._probe_spacing = _PROBE_SPACING
         if level >= self.maximum or self._windows < self._required_windows:
             return
         if self._slow_start:
@@ -290,19 +296,21 @@ class AdaptiveLimiter:
             return
         if ticket.epoch < self._epoch:
             return  # sent before an earlier decrease: says nothing new
-        # The level the server refused is the concurrency it was really offered: right after a
-        # slow-start increase the first 429 comes long before the new limit is filled, and counting down
-        # from the limit would land above the server's limit by the slots never used (and
-        # cost a second pause to shed them).
+        # The level the server refused is the concurrency it was really offered: right after
+        # a slow-start increase the first 429 comes long before the new limit is filled, and
+        # counting down from the limit would land above the server's limit by the slots never
+        # used (and cost a second pause to shed them).
         level = min(self._limit, max(1, self._peak_since_change))
         if level <= self._safe:
             # The server's limit went down (or a response raced its stream's release):
             # step the known-good level down gently rather than forgetting it.
             self._safe = max(0, min(level - 1, int(level * 0.9)))
             self._probe_windows = self._base_hold
+            self._probe_spacing = _PROBE_SPACING
         elif level >= self._bad:
             # A probe of a level that failed before failed again: probe less often.
             self._probe_windows = min(self._max_hold, self._probe_windows * 2)
+            self._probe_spacing = min(_MAX_PROBE_SPACING, self._probe_spacing * 2)
         # Leaving slow start, the increase's burst meets answers freeing slots, which let a
         # few late requests in: counting refusals alone can leave the limit over the
         # server's, costing a second pause. Later overloads are a probe's single step.
@@ -311,8 +319,8 @@ class AdaptiveLimiter:
         self._overload_bound = self.maximum
         self._bound_by(ticket)
         # The overload may take the limit down by one per refused request, but not below
-        # the last level that worked when leaving slow start (the level before the increase), nor
-        # below x`decrease` otherwise.
+        # the last level that worked when leaving slow start (the level before the increase),
+        # nor below x`decrease` otherwise.
         if self._slow_start:
             self._floor = max(1, self._safe)
         else:
@@ -326,7 +334,7 @@ class AdaptiveLimiter:
         self._required_windows = self._base_hold
         # Each probe costs the whole run the pause it provokes: space probes so that this
         # stays a small fraction of the run's time.
-        self._probe_not_before = self._clock() + _PROBE_SPACING * self.cooldown.remaining
+        self._probe_not_before = self._clock() + self._probe_spacing * self.cooldown.remaining
 
     def _bound_by(self, refused: Ticket) -> None:
         """Leaving slow start: cap the limit by what was in flight before the earliest-sent

@@ -154,10 +154,37 @@ def test_probing_the_level_that_failed_waits_longer_than_growing_below_it() -> N
     assert limiter.limit == 6  # 7 is where the server refused: that is a probe
     for _ in range(5):
         fill_window(limiter)
-    assert limiter.limit == 6  # a probe waits for 100 x the 1 s pause
+    clock.now += 100.0
+    fill_window(limiter)
+    assert limiter.limit == 6  # a probe waits for 200 x the 1 s pause
     clock.now += 100.0
     fill_window(limiter)
     assert limiter.limit == 7
+
+
+def test_each_failed_probe_doubles_the_wait_before_the_next() -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(64, initial=4, hold=1, clock=clock)
+    fill_window(limiter)  # 4 good -> 16
+    tickets = [acquire_now(limiter) for _ in range(6)]
+    limiter.rate_limited_by_server(tickets[5], 1.0)  # the server holds 5
+    for t in tickets[:5]:
+        limiter.succeeded(t)
+    assert limiter.limit == 5
+    waits = []
+    for _ in range(3):
+        clock.now += 1.0  # past the pause
+        probed_at = clock.now
+        while limiter.limit == 5:
+            clock.now += 10.0
+            fill_window(limiter)
+        waits.append(clock.now - probed_at)
+        probe = [acquire_now(limiter) for _ in range(6)]
+        limiter.rate_limited_by_server(probe[5], 1.0)  # 6 refused again
+        for t in probe[:5]:
+            limiter.succeeded(t)
+        assert limiter.limit == 5
+    assert waits == [200.0, 400.0, 800.0]
 
 
 def test_after_refusals_down_to_the_floor_regrowth_is_not_held_back() -> None:
