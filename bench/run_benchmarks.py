@@ -168,7 +168,8 @@ def bench_quota(workdir: Path, repeat: int, cases: Sequence[QuotaCase] = QUOTA_C
         m = {key: statistics.median(values) for key, values in rows.items()}
         lines.append(
             f"  limit {limit:>2}, {case.base_ms:>4g} ms, {count:>6,} jobs: "
-            f"{m['configured']:.1%} of limit/configured latency ({ceiling:.0f} req/s), "
+            f"{m['configured']:.1%} of limit/configured latency ({ceiling:.0f} req/s; "
+            f"runs {min(rows['configured']):.1%}-{max(rows['configured']):.1%}), "
             f"{m['served']:.1%} of limit/served time ({m['service_ms']:.1f} ms), "
             f"{m['steady']:.1%} after discovery, which cost {m['discovery_s']:.1f} s; "
             f"429s {m['refused']:.2%}; "
