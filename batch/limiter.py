@@ -183,6 +183,12 @@ class AdaptiveLimiter:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def found_limit(self) -> bool:
+        """Whether a 429 has shown where the server's limit is (until then the limit only
+        grew, and the server may take more than it has reached)."""
+        return not self._slow_start
+
     async def acquire(self) -> Ticket:
         """Wait for a free slot and for any run-wide pause to end, then take the slot.
         Nothing awaits between the last check and returning, so the caller sends at once.

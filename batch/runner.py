@@ -255,6 +255,7 @@ class _Run:
             stats=self.stats,
             totals=self.checkpoint.totals,
             settled=self.limiter.settled(),
+            limit_found=self.limiter.found_limit,
             out_dir=config.out_dir,
         )
         await anyio.to_thread.run_sync(summary.write, config.out_dir)

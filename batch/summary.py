@@ -91,7 +91,9 @@ class RunSummary:
             f"  time: {d['wall_time_s']:.1f} s, {d['throughput_jobs_per_s']:.1f} jobs/s, "
             f"{d['requests']} requests, {d['rate_limited']} 429s, {d['retries']} retries, "
             f"concurrency settled at {d['concurrency']['settled']:g} "
-            f"(max {d['concurrency']['max']})"
+            f"(max {d['concurrency']['max']}"
+            + ("" if d["concurrency"]["server_limit_found"] else "; the server refused none")
+            + ")"
         )
         stream.write("\n".join(lines) + "\n")
         stream.flush()
@@ -104,6 +106,7 @@ def build_summary(
     stats: RunStats,
     totals: Totals,
     settled: float,
+    limit_found: bool,
     out_dir: Path,
 ) -> RunSummary:
     """The summary of a run from its counters and the output directory's totals."""
@@ -156,6 +159,11 @@ def build_summary(
         "requests": stats.requests,
         "rate_limited": stats.rate_limited,
         "retries": stats.retries,
-        "concurrency": {"settled": settled, "max": stats.max_concurrency},
+        "concurrency": {
+            "settled": settled,
+            "max": stats.max_concurrency,
+            # False: no 429 came, so the server's limit is at or above what the run reached.
+            "server_limit_found": limit_found,
+        },
     }
     return RunSummary(status, message, data)

@@ -192,6 +192,7 @@ def test_limiter_settles_near_the_servers_stream_limit(tmp_path: Path) -> None:
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert 3 <= summary["concurrency"]["settled"] <= 6
+    assert summary["concurrency"]["server_limit_found"] is True
     assert summary["rate_limited"] < 0.05 * summary["requests"]
     assert stats["rate_limited"] == summary["rate_limited"]
 

@@ -49,6 +49,16 @@ def test_slow_start_growth_is_a_setting() -> None:
     assert seen == [2, 4, 8, 16, 32]
 
 
+def test_the_servers_limit_is_found_by_the_first_429_only() -> None:
+    limiter = AdaptiveLimiter(64, initial=2, clock=Clock())
+    for _ in range(2):
+        fill_window(limiter)
+    assert not limiter.found_limit  # 32 reached, nothing refused: the server may take more
+    tickets = [acquire_now(limiter) for _ in range(32)]
+    limiter.rate_limited_by_server(tickets[-1], 1.0)
+    assert limiter.found_limit
+
+
 def test_limit_never_exceeds_the_ceiling() -> None:
     limiter = AdaptiveLimiter(5, initial=2, clock=Clock())
     for _ in range(10):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, cast
@@ -189,6 +190,7 @@ def test_429_with_retry_after_pauses_every_worker(tmp_path: Path) -> None:
     summary = run(config(jobs, tmp_path / "out", client, max_concurrency=8))
     assert summary.status == "completed"
     assert client.rejected and summary.data["rate_limited"] == len(client.rejected)
+    assert summary.data["concurrency"]["server_limit_found"] is True
     sent = [t for t, _ in client.calls]
     for start in client.rejected:
         assert not [t for t in sent if start < t < start + 0.1]
@@ -200,6 +202,15 @@ def test_workers_never_exceed_max_concurrency(tmp_path: Path) -> None:
     summary = run(config(jobs, tmp_path / "out", client, max_concurrency=3))
     assert client.peak <= 3
     assert summary.data["concurrency"]["max"] == 3
+
+
+def test_summary_says_when_no_429_showed_the_servers_limit(tmp_path: Path) -> None:
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [f"t{i}" for i in range(24)])
+    summary = run(config(jobs, tmp_path / "out", FakeClient(latency=0.002), max_concurrency=64))
+    assert summary.data["concurrency"]["server_limit_found"] is False
+    printed = io.StringIO()
+    summary.print(printed)
+    assert "the server refused none" in printed.getvalue()
 
 
 def test_summary_json_is_written_with_counts(tmp_path: Path) -> None:
