@@ -264,8 +264,7 @@ class AdaptiveLimiter:
         self._safe = max(self._safe, level)
         if level >= self._bad:  # a clean window where a 429 came before: the server grew
             self._bad = level + 1
-            self._probe_windows = self._base_hold
-            self._probe_spacing = _PROBE_SPACING
+            self._probe_afresh()
         if level >= self.maximum or self._windows < self._required_windows:
             return
         if self._slow_start:
@@ -311,8 +310,7 @@ class AdaptiveLimiter:
             # The server's limit went down (or a response raced its stream's release):
             # step the known-good level down gently rather than forgetting it.
             self._safe = max(0, min(level - 1, int(level * 0.9)))
-            self._probe_windows = self._base_hold
-            self._probe_spacing = _PROBE_SPACING
+            self._probe_afresh()
         elif level >= self._bad:
             # A probe of a level that failed before failed again: probe less often.
             self._probe_windows = min(self._max_hold, self._probe_windows * 2)
@@ -341,6 +339,11 @@ class AdaptiveLimiter:
         # Each probe costs the whole run the pause it provokes: space probes so that this
         # stays a small fraction of the run's time.
         self._probe_not_before = self._clock() + self._probe_spacing * self.cooldown.remaining
+
+    def _probe_afresh(self) -> None:
+        """The server's limit changed: probing waits start over from their base."""
+        self._probe_windows = self._base_hold
+        self._probe_spacing = _PROBE_SPACING
 
     def _bound_by(self, refused: Ticket) -> None:
         """Leaving slow start: cap the limit by what was in flight before the earliest-sent

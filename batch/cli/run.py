@@ -4,7 +4,6 @@ and a look at an output directory. Options become a RunConfig; the engine does t
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import sys
 from collections.abc import Callable, Iterator
@@ -159,8 +158,7 @@ def api_settings(
     except ValueError as exc:
         raise ConfigError(f"emulator: {exc}") from None
     with serve_emulator(config) as emu:
-        settings = emu.client_settings()
-        yield settings if timeout is None else dataclasses.replace(settings, timeout=timeout)
+        yield emu.client_settings() if timeout is None else emu.client_settings(timeout=timeout)
 
 
 @main.command()
