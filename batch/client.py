@@ -13,7 +13,7 @@ import ssl
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -24,7 +24,6 @@ import httpx
 from batch import __version__, wire
 from batch.api_types import BalanceEntry, ChatCompletion, Embeddings, ModelInfo, TokenCount
 from batch.auth import Authenticator
-from batch.coalescing import CoalescingBackend
 from batch.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -33,6 +32,7 @@ from batch.errors import (
     error_from_response,
 )
 from batch.settings import AUTH_VARIABLES, ClientSettings
+from batch.transport import ShardedPool
 
 logger = logging.getLogger(__name__)
 
@@ -104,100 +104,14 @@ def _proxy_for(url: str) -> str | None:
     return urllib.request.getproxies().get(parts.scheme)
 
 
-class _ReleasingStream(httpx.AsyncByteStream):
-    """A response body that tells its shard when the connection is given back."""
-
-    def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
-        self._stream = stream
-        self._release: Callable[[], None] | None = release
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        if self._release is not None:
-            self._release()
-            self._release = None
-        await self._stream.aclose()
-
-
-def _coalescing(transport: httpx.AsyncHTTPTransport) -> httpx.AsyncHTTPTransport:
-    """Have `transport` send each request in one write (`batch.coalescing`). httpx offers no
-    public way to pass httpcore a network backend, so it is set on the pool it built; were
-    that attribute gone, the transport works as it is, one write per h11 event."""
-    pool = getattr(transport, "_pool", None)
-    if pool is not None and hasattr(pool, "_network_backend"):
-        pool._network_backend = CoalescingBackend()
-    return transport
-
-
-class ShardedPool(httpx.AsyncBaseTransport):
-    """`max_connections` keep-alive connections split over small httpx pools.
-
-    httpcore scans every connection of its pool (a readability syscall on each idle one) for
-    every request, so one pool of 32 spends most of the client's CPU there; pools of at most
-    SHARD_SIZE, each request sent through the one with the most free connections, give the
-    same total limit with 2-3x the requests per second. A request waits for a connection only
-    when all `max_connections` are busy, and then for as long as it takes (no pool timeout).
-    """
-
-    SHARD_SIZE = 4
-
-    def __init__(
-        self, max_connections: int, *, verify: ssl.SSLContext | bool, proxy: str | None
-    ) -> None:
-        count = -(-max(1, max_connections) // self.SHARD_SIZE)
-        sizes = [max_connections // count + (i < max_connections % count) for i in range(count)]
-        self.sizes = [max(1, size) for size in sizes]
-        self._busy = [0] * count
-        self._shards = [
-            _coalescing(
-                httpx.AsyncHTTPTransport(
-                    verify=verify,
-                    proxy=proxy,
-                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-                )
-            )
-            for size in self.sizes
-        ]
-
-    @property
-    def in_flight(self) -> int:
-        """Requests holding (or waiting for) a connection right now."""
-        return sum(self._busy)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        index = max(range(len(self._shards)), key=lambda i: self.sizes[i] - self._busy[i])
-        self._busy[index] += 1
-
-        def release() -> None:
-            self._busy[index] -= 1
-
-        try:
-            response = await self._shards[index].handle_async_request(request)
-        except BaseException:
-            release()
-            raise
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=_ReleasingStream(response.stream, release),
-            extensions=response.extensions,
-        )
-
-    async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
-
-
 class GigaChatClient:
     """Async client for the GigaChat REST API; use as `async with GigaChatClient(s) as c:`.
 
     The connection pool holds `max_connections` (the run's concurrency ceiling) and a request
     waiting for a free connection waits as long as it takes, so queued work never fails with
-    a pool timeout. `transport` replaces the network (tests pass `httpx.MockTransport`).
+    a pool timeout (`batch.transport.ShardedPool`). `transport` replaces it, for API and token
+    requests alike: tests pass `httpx.MockTransport`, or a `ShardedPool` over a scripted
+    network backend to go through the real pool.
     """
 
     def __init__(
@@ -210,7 +124,8 @@ class GigaChatClient:
         if not settings.has_auth:
             raise ConfigError(f"no GigaChat credentials: set {AUTH_VARIABLES}")
         self.settings = settings
-        verify: ssl.SSLContext | bool = True if transport is not None else ssl_context(settings)
+        given = transport
+        verify: ssl.SSLContext | bool = True if given is not None else ssl_context(settings)
         if transport is None:
             transport = ShardedPool(
                 max_connections, verify=verify, proxy=_proxy_for(settings.base_url)
@@ -242,7 +157,7 @@ class GigaChatClient:
         self._auth_http = httpx.AsyncClient(
             base_url=settings.base_url,
             limits=httpx.Limits(max_connections=2, max_keepalive_connections=2),
-            transport=None if isinstance(transport, ShardedPool) else transport,
+            transport=given,
             **common,
         )
         self.auth = Authenticator(settings, self._send_for_token)

@@ -34,6 +34,7 @@ from batch.cli.estimate import EstimateRequest, estimate_jobs
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.pricing import PriceTable
 from batch.runner import RunConfig, run_jobs
+from batch.settings import ClientSettings
 from bench.jobgen import write_chat_jobs
 from jobs.base import KindOptions
 from jobs.registry import kind_for
@@ -114,7 +115,7 @@ def estimate(
         skip_invalid=False,
         quiet=True,
     )
-    return estimate_jobs(request, emu.client_settings())
+    return estimate_jobs(request, ClientSettings.from_env(emu.client_env()))
 
 
 def run(
@@ -130,7 +131,7 @@ def run(
         jobs_path=path,
         out_dir=out,
         kind=kind_for(kind, KindOptions()),
-        client_settings=emu.client_settings(),
+        client_settings=ClientSettings.from_env(emu.client_env()),
         max_concurrency=CONCURRENCY,
         prices=prices,
         max_cost=max_cost,

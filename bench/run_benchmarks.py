@@ -48,13 +48,7 @@ class CliRun:
 
 def run_cli(jobs: Path, out: Path, emu: Any, *args: str) -> CliRun:
     """`gigabatch run JOBS --out OUT ARGS...` against `emu`, in a child process."""
-    env = {
-        **os.environ,
-        "GIGACHAT_CREDENTIALS": emu.credentials,
-        "GIGACHAT_SCOPE": emu.scope,
-        "GIGACHAT_BASE_URL": emu.base_url,
-        "GIGACHAT_AUTH_URL": emu.auth_url,
-    }
+    env = {**os.environ, **emu.client_env()}
     cmd = [sys.executable, "-m", "batch", "run", str(jobs), "--out", str(out), "--quiet", *args]
     child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
     assert child.stderr is not None

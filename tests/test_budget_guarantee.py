@@ -21,6 +21,7 @@ from batch.errors import RequestTimedOut, RunRefused
 from batch.pricing import PriceTable
 from batch.retry import RetryPolicy
 from batch.runner import RunConfig, run_jobs
+from batch.settings import ClientSettings
 from batch.summary import RunSummary
 from jobs.base import Batch, JobKind, KindOptions, SourceLocation
 from jobs.chat import DEFAULT_COMPLETION_RESERVE, ChatKind, prompt_ceiling
@@ -60,7 +61,7 @@ def run(
         jobs_path=jobs,
         out_dir=out,
         kind=ChatKind(options or KindOptions()),
-        client_settings=emu.client_settings(),
+        client_settings=ClientSettings.from_env(emu.client_env()),
         max_concurrency=8,
         prices=PRICES,
         max_cost=max_cost,

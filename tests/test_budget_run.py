@@ -20,6 +20,7 @@ from batch.cli import EXIT_BUDGET
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.pricing import PriceTable
 from batch.runner import RunConfig, run_jobs
+from batch.settings import ClientSettings
 from batch.summary import RunSummary
 from jobs.base import KindOptions
 from jobs.registry import kind_for
@@ -56,7 +57,7 @@ def run(
         jobs_path=jobs,
         out_dir=out,
         kind=kind_for("chat", KindOptions()),
-        client_settings=emu.client_settings(),
+        client_settings=ClientSettings.from_env(emu.client_env()),
         max_concurrency=16,
         prices=PRICES,
         max_cost=max_cost,

@@ -41,13 +41,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def env_for(emu: RunningEmulator, **extra: str) -> dict[str, str]:
-    return {
-        "GIGACHAT_BASE_URL": emu.base_url,
-        "GIGACHAT_AUTH_URL": emu.auth_url,
-        "GIGACHAT_CREDENTIALS": emu.credentials,
-        "GIGACHAT_SCOPE": emu.scope,
-        **extra,
-    }
+    return {**emu.client_env(), **extra}
 
 
 def invoke(args: list[str], env: dict[str, str] | None = None) -> click.testing.Result:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 import batch.client
 from batch import __version__
 from batch.api_types import ChatCompletion
-from batch.client import GigaChatClient, ShardedPool, _proxy_for, ssl_context
+from batch.client import GigaChatClient, _proxy_for, ssl_context
 from batch.emulator import profile, serve_emulator
 from batch.errors import (
     AuthenticationFailed,
@@ -39,6 +39,7 @@ from batch.errors import (
     ServerError,
 )
 from batch.settings import ClientSettings
+from batch.transport import ShardedPool
 
 BASE = "http://api.test/api/v1"
 AUTH = "http://auth.test/api/v2/oauth"
@@ -525,17 +526,6 @@ def test_transport_failures_map_to_retryable_errors_with_the_request_id(
     assert info.value.request_id == sent[0].headers["x-request-id"]
 
 
-_SHARED_CONTEXT = ssl.create_default_context()
-
-
-@pytest.mark.parametrize("total", [1, 3, 4, 5, 16, 37, 256])
-def test_pool_shards_add_up_to_max_connections(total: int) -> None:
-    pool = ShardedPool(total, verify=_SHARED_CONTEXT, proxy=None)
-    assert sum(pool.sizes) == total
-    assert max(pool.sizes) <= ShardedPool.SHARD_SIZE
-    run(pool.aclose)
-
-
 def test_untrusted_server_certificate_is_a_config_error_naming_the_ca_variable() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("handshake") from ssl.SSLCertVerificationError(
@@ -571,12 +561,11 @@ def test_pool_never_times_out_and_connects_fast_but_reads_long() -> None:
 def test_queued_requests_wait_for_a_connection_and_never_exceed_the_pool() -> None:
     config = profile("fast", stream_limit=100, latency_base_ms=40.0, seed=1)
     with serve_emulator(config) as emu:
-        configured = emu.client_settings()
+        configured = ClientSettings.from_env(emu.client_env())
 
         async def main() -> list[Any]:
-            async with GigaChatClient(configured, max_connections=6) as client:
-                pool = client._http._transport
-                assert isinstance(pool, ShardedPool)
+            pool = ShardedPool(6)
+            async with GigaChatClient(configured, transport=pool) as client:
                 answers = await concurrently(48, lambda: client.chat(HELLO))
                 assert pool.in_flight == 0  # every connection was given back
                 return answers

@@ -68,12 +68,7 @@ def test_parsed_responses_are_freed_without_the_cyclic_gc_over_the_network(
     no_cyclic_gc: None,
 ) -> None:
     with serve_emulator(profile("fast")) as emu:
-        settings = ClientSettings(
-            base_url=emu.base_url,
-            auth_url=emu.auth_url,
-            credentials=Secret(emu.credentials),
-            scope=emu.scope,
-        )
+        settings = ClientSettings.from_env(emu.client_env())
 
         async def main() -> int:
             async with GigaChatClient(settings, max_connections=8) as client:

@@ -39,12 +39,7 @@ FAST = {
 
 def start(emu: RunningEmulator, *args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIGACHAT_")}
-    env.update(
-        GIGACHAT_BASE_URL=emu.base_url,
-        GIGACHAT_AUTH_URL=emu.auth_url,
-        GIGACHAT_CREDENTIALS=emu.credentials,
-        GIGACHAT_SCOPE=emu.scope,
-    )
+    env.update(emu.client_env())
     return subprocess.Popen(
         [sys.executable, "-c", "from batch.cli import main; main()", *args],
         env=env,

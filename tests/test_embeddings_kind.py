@@ -15,6 +15,7 @@ from batch.client import GigaChatClient
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.emulator.tokens import count_tokens
 from batch.errors import FatalError, PayloadTooLarge, RateLimited, ServerError
+from batch.settings import ClientSettings
 from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult, KindOptions, SourceLocation
 from jobs.embeddings import (
     MAX_PENDING_MODELS,
@@ -293,7 +294,7 @@ def emulator() -> Iterator[RunningEmulator]:
 
 
 def _send_for_real(emu: RunningEmulator, kind: EmbeddingsKind, batch: Batch) -> list[JobOutcome]:
-    settings = emu.client_settings()
+    settings = ClientSettings.from_env(emu.client_env())
 
     async def go() -> list[JobOutcome]:
         async with GigaChatClient(settings) as client:

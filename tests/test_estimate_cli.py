@@ -20,6 +20,7 @@ from click.testing import CliRunner, Result
 from batch.cli import main
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.runner import RunConfig, run_jobs
+from batch.settings import ClientSettings
 from jobs.base import KindOptions
 from jobs.registry import kind_for
 
@@ -103,7 +104,7 @@ def run_all(emu: RunningEmulator, jobs: Path, out: Path, kind: str = "chat") -> 
         jobs_path=jobs,
         out_dir=out,
         kind=kind_for(kind, KindOptions()),
-        client_settings=emu.client_settings(),
+        client_settings=ClientSettings.from_env(emu.client_env()),
         progress="off",
         handle_signals=False,
     )
@@ -145,7 +146,7 @@ def test_cacheable_input_equals_what_the_emulator_serves_from_its_prompt_cache(
         jobs_path=jobs,
         out_dir=tmp_path / "out",
         kind=kind_for("chat", KindOptions(system=system)),
-        client_settings=emulator.client_settings(),
+        client_settings=ClientSettings.from_env(emulator.client_env()),
         progress="off",
         handle_signals=False,
     )
@@ -310,7 +311,7 @@ def test_embedding_texts_over_the_input_limit_are_left_out_as_the_run_fails_them
         jobs_path=jobs,
         out_dir=tmp_path / "out",
         kind=kind_for("embed", KindOptions()),
-        client_settings=emulator.client_settings(),
+        client_settings=ClientSettings.from_env(emulator.client_env()),
         progress="off",
         handle_signals=False,
     )

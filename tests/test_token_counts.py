@@ -11,6 +11,7 @@ import pytest
 
 from batch.client import GigaChatClient
 from batch.emulator import RunningEmulator, profile, serve_emulator
+from batch.settings import ClientSettings
 from jobs.token_counts import (
     EMBEDDING_OVERHEAD,
     MESSAGE_OVERHEAD,
@@ -112,7 +113,8 @@ def test_counted_chat_input_equals_the_prompt_tokens_the_emulator_bills(
     emulator: RunningEmulator, request_body: dict[str, Any]
 ) -> None:
     async def measure() -> tuple[int, int]:
-        async with GigaChatClient(emulator.client_settings(verify_ssl_certs=False)) as client:
+        configured = ClientSettings.from_env(emulator.client_env(), verify_ssl_certs=False)
+        async with GigaChatClient(configured) as client:
             answer = await client.chat(request_body)
             return await counted(client, "chat", request_body), answer.usage.prompt_tokens
 
@@ -124,7 +126,8 @@ def test_counted_embedding_input_equals_the_usage_the_emulator_bills(
     emulator: RunningEmulator,
 ) -> None:
     async def measure() -> tuple[int, int]:
-        async with GigaChatClient(emulator.client_settings(verify_ssl_certs=False)) as client:
+        configured = ClientSettings.from_env(emulator.client_env(), verify_ssl_certs=False)
+        async with GigaChatClient(configured) as client:
             answer = await client.embeddings(TEXTS, "Embeddings")
             estimated = 0
             for text in TEXTS:
@@ -145,7 +148,8 @@ def test_message_overhead_is_what_the_emulator_adds_per_message(emulator: Runnin
                 {"role": "user", "content": "beta"},
             ]
         }
-        async with GigaChatClient(emulator.client_settings(verify_ssl_certs=False)) as client:
+        configured = ClientSettings.from_env(emulator.client_env(), verify_ssl_certs=False)
+        async with GigaChatClient(configured) as client:
             billed_one = (await client.chat(one)).usage.prompt_tokens
             billed_two = (await client.chat(two)).usage.prompt_tokens
             (count,) = await client.tokens_count(["alpha beta"], "GigaChat")

@@ -11,7 +11,13 @@ from typing import Any
 import click
 
 from batch.cli import main
-from batch.emulator import PROFILES, profile, serve_emulator
+from batch.emulator import (
+    PROFILES,
+    EmulatorUnavailable,
+    profile,
+    require_server_packages,
+    serve_emulator,
+)
 from batch.emulator.config import knob_fields, knob_types
 
 F = typing.TypeVar("F", bound=Callable[..., Any])
@@ -74,6 +80,10 @@ def emulator_command(profile_name: str, **knobs: Any) -> None:
         config = profile(profile_name, **overrides)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    try:
+        require_server_packages()
+    except EmulatorUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         with serve_emulator(config) as emu:
             click.echo(f"GigaChat emulator (profile {profile_name}) listening on {emu.origin}")

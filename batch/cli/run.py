@@ -149,16 +149,20 @@ def api_settings(
     if not emulator:
         yield settings_from_options(options)
         return
-    from batch.emulator import profile, serve_emulator
+    from batch.emulator import EmulatorUnavailable, profile, require_server_packages, serve_emulator
 
     timeout = options.get("timeout")
     settings_from_options(options)  # drop the connection options: the emulator replaces them
     try:
+        require_server_packages()
         config = profile(profile_name, **_emulator_knobs(knobs))
+    except EmulatorUnavailable as exc:
+        raise ConfigError(str(exc)) from None
     except ValueError as exc:
         raise ConfigError(f"emulator: {exc}") from None
     with serve_emulator(config) as emu:
-        yield emu.client_settings() if timeout is None else emu.client_settings(timeout=timeout)
+        # The emulator's variables only: the user's GIGACHAT_* point at the real API.
+        yield ClientSettings.from_env(emu.client_env(), timeout=timeout)
 
 
 @main.command()

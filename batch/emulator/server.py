@@ -1,6 +1,11 @@
 """Running the emulator: `serve_emulator` starts uvicorn (httptools + uvloop) on loopback in
 a background thread with its own event loop, or in a child process for benchmarks, and
-stops it when the `with` block ends. `RunningEmulator` is what the block gets."""
+stops it when the `with` block ends. `RunningEmulator` is what the block gets.
+
+The emulator is a server and knows nothing of the client it tests: `client_env()` hands out
+the `GIGACHAT_*` variables a client would read. The server packages (the `emulator` extra)
+are imported only when a server starts, so importing the emulator never needs them.
+"""
 
 from __future__ import annotations
 
@@ -14,18 +19,27 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from importlib.util import find_spec
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
-import uvicorn
 
 from batch.emulator.app import EmulatorApp, credentials_for
 from batch.emulator.config import EmulatorConfig
-from batch.settings import ClientSettings, Secret
+
+if TYPE_CHECKING:
+    import uvicorn
 
 _START_TIMEOUT_S = 15.0
 _UNCOMPLETED = "ASGI callable returned without completing response."
+# uvloop has no Windows build (the extra leaves it out there); asyncio's loop stands in.
+_LOOP = "asyncio" if sys.platform == "win32" else "uvloop"
+_SERVER_PACKAGES = ("uvicorn", "httptools") + (() if _LOOP == "asyncio" else ("uvloop",))
+
+
+class EmulatorUnavailable(RuntimeError):
+    """The emulator's server packages are not installed."""
 
 
 class _ResetFaultFilter(logging.Filter):
@@ -35,7 +49,17 @@ class _ResetFaultFilter(logging.Filter):
         return record.getMessage() != _UNCOMPLETED
 
 
-logging.getLogger("uvicorn.error").addFilter(_ResetFaultFilter())
+_RESET_FAULT_FILTER = _ResetFaultFilter()
+
+
+def require_server_packages() -> None:
+    """Raise EmulatorUnavailable, saying how to install them, when a server package is
+    missing (checked before a server starts, in this process or a child)."""
+    missing = [name for name in _SERVER_PACKAGES if find_spec(name) is None]
+    if missing:
+        raise EmulatorUnavailable(
+            f"the emulator needs {', '.join(missing)}: pip install 'gigabatch[emulator]'"
+        )
 
 
 class RunningEmulator:
@@ -70,15 +94,15 @@ class RunningEmulator:
     def scope(self) -> str:
         return self.config.scope
 
-    def client_settings(self, **overrides: Any) -> ClientSettings:
-        """gigabatch client settings pointing at this emulator with the key it accepts."""
-        return ClientSettings(
-            base_url=self.base_url,
-            auth_url=self.auth_url,
-            credentials=Secret(self.credentials),
-            scope=self.scope,
-            **overrides,
-        )
+    def client_env(self) -> dict[str, str]:
+        """The `GIGACHAT_*` variables that point a client (gigabatch's settings loader, the
+        official SDK) at this emulator with the key it accepts."""
+        return {
+            "GIGACHAT_BASE_URL": self.base_url,
+            "GIGACHAT_AUTH_URL": self.auth_url,
+            "GIGACHAT_CREDENTIALS": self.credentials,
+            "GIGACHAT_SCOPE": self.scope,
+        }
 
     def _control(self, method: str, path: str, body: Any = None, **params: str) -> Any:
         with httpx.Client(trust_env=False, timeout=30.0) as client:
@@ -124,12 +148,15 @@ class RunningEmulator:
 
 
 def _uvicorn_server(app: EmulatorApp, config: EmulatorConfig) -> uvicorn.Server:
+    import uvicorn
+
+    logging.getLogger("uvicorn.error").addFilter(_RESET_FAULT_FILTER)  # once: a set
     return uvicorn.Server(
         uvicorn.Config(
             app,
             host=config.host,
             port=config.port,
-            loop="uvloop",
+            loop=_LOOP,
             http="httptools",
             lifespan="off",
             log_config=None,
@@ -192,6 +219,7 @@ def serve_emulator(
 ) -> Iterator[RunningEmulator]:
     """Run an emulator for the duration of the `with` block (thread, or child process with
     subprocess=True); it binds config.host:config.port (loopback, free port by default)."""
+    require_server_packages()
     config = config or EmulatorConfig()
     runner = _in_subprocess if subprocess else _in_thread
     with runner(config) as emulator:

@@ -11,8 +11,10 @@ import re
 
 _PIECES = re.compile(r"\w+|[^\w\s]")
 
-# Tokens a chat message costs beyond its content (role and separators); the estimate
-# engineer measures it against the emulator, so it must stay a single constant.
+# Tokens a chat message costs beyond its content (role and separators). This is the
+# server's behaviour being modelled, so it lives here with the server; the client's own
+# estimate of it is a separate, measured assumption kept with the job kinds (`jobs/`), and
+# the two are compared by tests, never shared by import.
 MESSAGE_OVERHEAD = 3
 # Embedding usage per text is the count plus this (the real API reports about 5 more).
 EMBEDDING_OVERHEAD = 5
