@@ -124,12 +124,10 @@ class GigaChatClient:
         if not settings.has_auth:
             raise ConfigError(f"no GigaChat credentials: set {AUTH_VARIABLES}")
         self.settings = settings
-        given = transport
-        verify: ssl.SSLContext | bool = True if given is not None else ssl_context(settings)
-        if transport is None:
-            transport = ShardedPool(
-                max_connections, verify=verify, proxy=_proxy_for(settings.base_url)
-            )
+        verify: ssl.SSLContext | bool = True if transport is not None else ssl_context(settings)
+        api_transport = transport or ShardedPool(
+            max_connections, verify=verify, proxy=_proxy_for(settings.base_url)
+        )
         timeout = httpx.Timeout(
             connect=settings.connect_timeout,
             read=settings.timeout,
@@ -142,22 +140,24 @@ class GigaChatClient:
             "headers": {"User-Agent": USER_AGENT},
             "trust_env": True,
         }
-        self._http = httpx.AsyncClient(base_url=settings.base_url, transport=transport, **common)
+        self._http = httpx.AsyncClient(
+            base_url=settings.base_url, transport=api_transport, **common
+        )
         # API requests skip httpx.AsyncClient's per-request machinery (see `_exchange`); what
         # it would add to each of them is worked out once here.
-        self._transport = transport
+        self._transport = api_transport
         self._extensions = {"timeout": timeout.as_dict()}
         self._default_headers = {
             name.decode("ascii"): value.decode("latin-1") for name, value in self._http.headers.raw
         }
         self._default_names = {name.lower(): name for name in self._default_headers}
         self._urls: dict[str, httpx.URL] = {}
-        # Tokens come through their own small pool: a refresh must not queue behind the
-        # long-running chat calls that hold every API connection.
+        # Tokens come through their own small pool (unless a transport was given): a refresh
+        # must not queue behind the long-running chat calls that hold every API connection.
         self._auth_http = httpx.AsyncClient(
             base_url=settings.base_url,
             limits=httpx.Limits(max_connections=2, max_keepalive_connections=2),
-            transport=given,
+            transport=transport,
             **common,
         )
         self.auth = Authenticator(settings, self._send_for_token)

@@ -110,8 +110,9 @@ class ClientSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientSettings:
-        """Settings from `GIGACHAT_<FIELD>` variables (as the SDK names them), with every
-        non-None keyword in `overrides` winning over the environment. Empty variables count
+        """Settings from `GIGACHAT_<FIELD>` variables (as the SDK names them) in `environ`
+        (`os.environ` by default, or any mapping such as `RunningEmulator.client_env()`),
+        with every non-None keyword in `overrides` winning over them. Empty variables count
         as unset. Raises ConfigError for malformed values (never echoing a secret)."""
         env = os.environ if environ is None else environ
         fields = {f.name for f in dataclasses.fields(cls)}

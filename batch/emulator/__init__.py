@@ -4,9 +4,9 @@
     with serve_emulator(profile("b2b", stream_limit=4, seed=1)) as emu:
         emu.base_url, emu.auth_url, emu.credentials, emu.client_env(), emu.stats()
 
-It imports nothing of the client (`batch.settings`, `batch.client`, ...): a client reads
-`emu.client_env()` as it would read `os.environ`. The server packages are the `emulator`
-extra, imported only when a server starts.
+It is a server that depends on nothing of the client side (settings, client, auth, wire):
+a client reads `emu.client_env()` as it would read `os.environ`. The server packages are
+the `emulator` extra, imported only when a server starts.
 """
 
 from batch.emulator.config import PROFILES, EmulatorConfig, profile

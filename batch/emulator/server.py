@@ -150,7 +150,7 @@ class RunningEmulator:
 def _uvicorn_server(app: EmulatorApp, config: EmulatorConfig) -> uvicorn.Server:
     import uvicorn
 
-    logging.getLogger("uvicorn.error").addFilter(_RESET_FAULT_FILTER)  # once: a set
+    logging.getLogger("uvicorn.error").addFilter(_RESET_FAULT_FILTER)  # no-op when there
     return uvicorn.Server(
         uvicorn.Config(
             app,
