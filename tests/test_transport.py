@@ -269,6 +269,9 @@ def test_each_request_through_the_pool_is_one_write_of_head_and_body() -> None:
         assert orjson.loads(sent)["messages"] == body["messages"]
 
 
+POOL_SIZE = 8
+
+
 async def hold(
     client: GigaChatClient, network: ScriptedNetwork, requests: int, check: Callable[[], None]
 ) -> None:
@@ -277,7 +280,7 @@ async def hold(
     async with anyio.create_task_group() as tg:
         for _ in range(requests):
             tg.start_soon(client.models)
-        await wait_until(lambda: len(network.connections) >= min(requests, 8))
+        await wait_until(lambda: len(network.connections) >= min(requests, POOL_SIZE))
         await anyio.sleep(0.05)  # any request over the limit would have connected by now
         check()
         network.gate.set()
@@ -291,7 +294,7 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 
 def run_held(requests: int, check: Callable[[ShardedPool], None]) -> ShardedPool:
     network = ScriptedNetwork(MODELS_ANSWER)
-    pool = ShardedPool(8, network_backend=network)
+    pool = ShardedPool(POOL_SIZE, network_backend=network)
 
     async def scenario() -> None:
         async with scripted_client(pool) as client:
