@@ -20,10 +20,10 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.to_thread
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from batch.api_types import TokenCount
-from batch.errors import ApiError, PermanentError, RateLimited
+from batch.errors import ApiError, PermanentError
 from batch.estimate import (
     COUNT_BATCH_CHARS,
     COUNT_BATCH_TEXTS,
@@ -33,6 +33,7 @@ from batch.estimate import (
     approximate_tokens,
 )
 from batch.limiter import AdaptiveLimiter
+from batch.pipeline import run_pipeline
 from batch.retry import RetryPolicy, call_with_retry
 from jobs.base import Batch, Job, JobKind
 from jobs.embeddings import EmbeddingsKind
@@ -281,42 +282,36 @@ async def count_jobs(
     """The counting pass against the API: `workers` tasks send the count calls. A request
     that fails for good (fatal, or retryable and out of attempts) stops the pass and is
     raised as itself."""
-    send: ObjectSendStream[CountCall]
-    receive: ObjectReceiveStream[CountCall]
-    send, receive = anyio.create_memory_object_stream[CountCall](max_buffer_size=workers * 2)
     failures: list[ApiError] = []
 
     def next_chunk() -> list[Job]:
         return list(itertools.islice(jobs, READ_CHUNK))
 
-    async with anyio.create_task_group() as tg:
+    async def produce(send: MemoryObjectSendStream[CountCall]) -> None:
+        # Reading and parsing the file happen in a thread, a chunk per hop, so the
+        # workers and the progress line keep running on the event loop meanwhile.
+        while chunk := await anyio.to_thread.run_sync(next_chunk):
+            for job in chunk:
+                for call in counter.add(job):
+                    await send.send(call)
+        for call in counter.flush():
+            await send.send(call)
 
-        async def worker(calls: ObjectReceiveStream[CountCall]) -> None:
-            async with calls:
-                async for call in calls:
-                    try:
-                        tokens = await count(call.texts, call.model)
-                    except PermanentError as exc:
-                        counter.uncountable(call, str(exc))
-                        continue
-                    except ApiError as exc:
-                        failures.append(exc)
-                        tg.cancel_scope.cancel()
-                        return
-                    counter.counted(call, tokens)
+    async def handle(call: CountCall) -> bool:
+        try:
+            tokens = await count(call.texts, call.model)
+        except PermanentError as exc:
+            counter.uncountable(call, str(exc))
+            return True
+        except ApiError as exc:
+            failures.append(exc)
+            scope.cancel()
+            return False
+        counter.counted(call, tokens)
+        return True
 
-        for _ in range(workers):
-            tg.start_soon(worker, receive.clone())
-        receive.close()
-        async with send:
-            # Reading and parsing the file happen in a thread, a chunk per hop, so the
-            # workers and the progress line keep running on the event loop meanwhile.
-            while chunk := await anyio.to_thread.run_sync(next_chunk):
-                for job in chunk:
-                    for call in counter.add(job):
-                        await send.send(call)
-            for call in counter.flush():
-                await send.send(call)
+    with anyio.CancelScope() as scope:
+        await run_pipeline(produce, handle, workers=workers)
     if failures:
         raise failures[0]
 
@@ -331,16 +326,8 @@ def limited_counter(
 
     async def count(texts: Sequence[str], model: str) -> list[int]:
         async def attempt() -> list[int]:
-            ticket = await limiter.acquire()
-            try:
+            async with limiter.slot():
                 answer = await tokens_count(texts, model)
-            except RateLimited as exc:
-                limiter.rate_limited_by_server(ticket, exc.retry_after)
-                raise
-            except BaseException:
-                limiter.release(ticket)
-                raise
-            limiter.succeeded(ticket)
             return [item.tokens for item in answer]
 
         return await call_with_retry(attempt, policy)

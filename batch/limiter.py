@@ -12,9 +12,12 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from types import TracebackType
 
 import anyio
+
+from batch.backoff import backoff_delay
+from batch.errors import RateLimited
 
 
 class Cooldown:
@@ -60,9 +63,7 @@ class Cooldown:
         exponential backoff; returns the pause's remaining seconds."""
         now = self._clock()
         if sent_at >= self._backoff_started:
-            delay = min(self.cap, self.base * 2.0**self._level)
-            # Equal jitter: never below half the delay, so the pause still relieves the server.
-            delay = delay / 2 + self._rng() * delay / 2
+            delay = backoff_delay(self._level, base=self.base, cap=self.cap, rng=self._rng)
             self._level = min(self._level + 1, 30)
             self._backoff_started = now
             self.pause_until(now + delay)
@@ -90,14 +91,51 @@ _PROBE_SPACING = 200.0
 _MAX_PROBE_SPACING = 3200.0
 
 
-@dataclass(frozen=True, slots=True)
-class Ticket:
-    """One request's slot: when it was sent, under which limit epoch, and how many requests
-    (itself included) were in flight as it went."""
+class Slot:
+    """One request's permit, as an async context manager (`async with limiter.slot() as
+    slot:`): entering waits for a free slot and for any run-wide pause, and the request is
+    sent at once; leaving records what the request said about capacity. A `RateLimited`
+    leaving the block is a 429 (its `retry_after` pauses the run); no exception is a
+    success; any other exception frees the slot and says nothing. A caller that handles a
+    429 inside the block says so with `rate_limited()`.
 
-    sent_at: float
-    epoch: int
-    in_flight: int
+    While held: `sent_at` (on the limiter's clock), the limit `epoch` it was taken under,
+    and `in_flight`, the requests in flight (itself included) as it went."""
+
+    __slots__ = ("_limiter", "_refused", "_retry_after", "epoch", "in_flight", "sent_at")
+
+    def __init__(self, limiter: AdaptiveLimiter) -> None:
+        self._limiter = limiter
+        self._refused = False
+        self._retry_after: float | None = None
+        self.sent_at = 0.0
+        self.epoch = 0
+        self.in_flight = 0
+
+    def rate_limited(self, retry_after: float | None) -> None:
+        """The request got a 429 that the block handled itself (`retry_after` in seconds)."""
+        self._refused = True
+        self._retry_after = retry_after
+
+    async def __aenter__(self) -> Slot:
+        await self._limiter._acquire(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        limiter = self._limiter
+        if isinstance(exc, RateLimited):
+            limiter._refused_by_server(self, exc.retry_after)
+        elif self._refused:
+            limiter._refused_by_server(self, self._retry_after)
+        elif exc is None:
+            limiter._succeeded()
+        else:
+            limiter._release()
 
 
 class AdaptiveLimiter:
@@ -189,7 +227,11 @@ class AdaptiveLimiter:
         grew, and the server may take more than it has reached)."""
         return not self._slow_start
 
-    async def acquire(self) -> Ticket:
+    def slot(self) -> Slot:
+        """A permit for one request: `async with limiter.slot() as slot:` (see `Slot`)."""
+        return Slot(self)
+
+    async def _acquire(self, slot: Slot) -> None:
         """Wait for a free slot and for any run-wide pause to end, then take the slot.
         Nothing awaits between the last check and returning, so the caller sends at once.
         Waiters queue in order and each freed slot wakes one of them (not all: with many
@@ -199,10 +241,8 @@ class AdaptiveLimiter:
             if self._in_flight < self._limit and not self._waiters:
                 if self.cooldown.remaining > 0:
                     continue
-                self._in_flight += 1
-                if self._in_flight > self._peak_since_change:
-                    self._peak_since_change = self._in_flight
-                return Ticket(self._clock(), self._epoch, self._in_flight)
+                self._take(slot)
+                return
             turn = anyio.Event()
             self._waiters.append(turn)
             if self._in_flight < self._limit:
@@ -219,11 +259,17 @@ class AdaptiveLimiter:
             # others may be queued behind).
             await self.cooldown.wait()
             if self._in_flight < self._limit and self.cooldown.remaining <= 0:
-                self._in_flight += 1
-                if self._in_flight > self._peak_since_change:
-                    self._peak_since_change = self._in_flight
+                self._take(slot)
                 self._wake_waiters()
-                return Ticket(self._clock(), self._epoch, self._in_flight)
+                return
+
+    def _take(self, slot: Slot) -> None:
+        self._in_flight += 1
+        if self._in_flight > self._peak_since_change:
+            self._peak_since_change = self._in_flight
+        slot.sent_at = self._clock()
+        slot.epoch = self._epoch
+        slot.in_flight = self._in_flight
 
     async def wait_changed(self) -> None:
         """Return at the next release or limit change."""
@@ -246,11 +292,7 @@ class AdaptiveLimiter:
         self._in_flight -= 1
         self._wake()
 
-    def release(self, ticket: Ticket) -> None:
-        """The request ended without telling anything about capacity (another error)."""
-        self._release()
-
-    def succeeded(self, ticket: Ticket) -> None:
+    def _succeeded(self) -> None:
         self._release()
         self.cooldown.reset()
         self._successes += 1
@@ -274,33 +316,39 @@ class AdaptiveLimiter:
         elif self._windows >= self._probe_windows and self._clock() >= self._probe_not_before:
             self._set_limit(level + 1)  # probe the level that last answered 429
 
-    def rate_limited_by_server(self, ticket: Ticket, retry_after: float | None) -> None:
+    def _refused_by_server(self, slot: Slot, retry_after: float | None) -> None:
         """The request got 429: pause the run as the server asked, and maybe decrease."""
         self.rate_limited += 1
         if retry_after is not None:
             self.cooldown.retry_after(retry_after)
         else:
-            self.cooldown.backoff(ticket.sent_at)
+            self.cooldown.backoff(slot.sent_at)
         self._release()
-        if ticket.epoch == self._epoch - 1:
-            # Another request sent into the same overload was refused: one fewer fits.
-            self._overload_refused += 1
-            self._bound_by(ticket)
-            target = max(
-                self._floor,
-                min(self._overload_level - self._overload_refused, self._overload_bound),
-            )
-            if target < self._limit:
-                self._set_limit(target)
-                self._bad = self._limit + 1
-                self._required_windows = self._base_hold
-            if self._overload_level - self._overload_refused < self._floor:
-                # Refusals beyond the floor are not about our level (a storm, a shrink):
-                # regrowth up to where the overload began need not wait for probes.
-                self._bad = self._overload_level
-            return
-        if ticket.epoch < self._epoch:
-            return  # sent before an earlier decrease: says nothing new
+        if slot.epoch == self._epoch - 1:
+            self._refused_again(slot)
+        elif slot.epoch == self._epoch:
+            self._overload(slot)
+        # else: sent before an earlier decrease, it says nothing new
+
+    def _refused_again(self, slot: Slot) -> None:
+        """Another request sent into the same overload was refused: one fewer fits."""
+        self._overload_refused += 1
+        self._bound_by(slot)
+        target = max(
+            self._floor,
+            min(self._overload_level - self._overload_refused, self._overload_bound),
+        )
+        if target < self._limit:
+            self._set_limit(target)
+            self._bad = self._limit + 1
+            self._required_windows = self._base_hold
+        if self._overload_level - self._overload_refused < self._floor:
+            # Refusals beyond the floor are not about our level (a storm, a shrink):
+            # regrowth up to where the overload began need not wait for probes.
+            self._bad = self._overload_level
+
+    def _overload(self, slot: Slot) -> None:
+        """The first 429 of a new overload: decrease, and space the next probe."""
         # The level the server refused is the concurrency it was really offered: right after
         # a slow-start increase the first 429 comes long before the new limit is filled, and
         # counting down from the limit would land above the server's limit by the slots never
@@ -321,7 +369,7 @@ class AdaptiveLimiter:
         self._bounding = self._slow_start
         self._first_refused = (float("inf"), 0)
         self._overload_bound = self.maximum
-        self._bound_by(ticket)
+        self._bound_by(slot)
         # The overload may take the limit down by one per refused request, but not below
         # the last level that worked when leaving slow start (the level before the increase),
         # nor below x`decrease` otherwise.
@@ -345,7 +393,7 @@ class AdaptiveLimiter:
         self._probe_windows = self._base_hold
         self._probe_spacing = _PROBE_SPACING
 
-    def _bound_by(self, refused: Ticket) -> None:
+    def _bound_by(self, refused: Slot) -> None:
         """Leaving slow start: cap the limit by what was in flight before the earliest-sent
         request the server refused."""
         if self._bounding:
