@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable
 
@@ -26,6 +25,7 @@ from tenacity import (
 
 from batch import wire
 from batch.api_types import AccessToken
+from batch.backoff import backoff_delay
 from batch.errors import (
     ApiError,
     AuthenticationFailed,
@@ -174,5 +174,4 @@ class Authenticator:
         error = state.outcome.exception() if state.outcome is not None else None
         if isinstance(error, RateLimited) and error.retry_after is not None:
             return min(error.retry_after, MAX_TOKEN_WAIT)
-        delay = self._backoff * 2.0 ** (state.attempt_number - 1)
-        return min(MAX_TOKEN_WAIT, delay) * random.uniform(0.5, 1.0)
+        return backoff_delay(state.attempt_number - 1, base=self._backoff, cap=MAX_TOKEN_WAIT)

@@ -14,25 +14,23 @@ so totals can always be rebuilt from the parts themselves, whatever the manifest
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import hashlib
 import os
 import shutil
 import time
 from array import array
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch.api_types import Usage
 from batch.errors import RunRefused
+from batch.id_hashes import IdHashSet, id_hash
 from batch.pricing import PriceTable
 from jobs.chat import DEFAULT_COMPLETION_RESERVE
 
@@ -58,37 +56,8 @@ FAILED_SCHEMA = pa.schema(
 )
 
 
-def id_hash(job_id: str) -> int:
-    """A 64-bit hash of a job id (collision odds for a million ids: about 3e-8)."""
-    return int.from_bytes(hashlib.blake2b(job_id.encode(), digest_size=8).digest(), "little")
-
-
-class DoneIds:
-    """The ids already answered, as a sorted array of 64-bit hashes: 8 bytes per id, so a
-    million done ids cost 8 MB, and a lookup is one hash and a binary search."""
-
-    def __init__(self, hashes: array[int] | None = None) -> None:
-        self._sorted: array[int] = hashes if hashes is not None else array("Q")
-
-    @classmethod
-    def from_hashes(cls, hashes: array[int]) -> DoneIds:
-        if not hashes:
-            return cls()
-        values = pa.Array.from_buffers(pa.uint64(), len(hashes), [None, pa.py_buffer(hashes)])
-        ordered = values.take(pc.array_sort_indices(values))
-        out: array[int] = array("Q")
-        out.frombytes(ordered.buffers()[1].to_pybytes()[: 8 * len(ordered)])
-        return cls(out)
-
-    def __len__(self) -> int:
-        return len(self._sorted)
-
-    def __contains__(self, job_id: object) -> bool:
-        if not isinstance(job_id, str) or not self._sorted:
-            return False
-        key = id_hash(job_id)
-        i = bisect.bisect_left(self._sorted, key)
-        return i < len(self._sorted) and self._sorted[i] == key
+# The ids already answered (results/ and failed/), skipped by a resume.
+DoneIds = IdHashSet
 
 
 @dataclass
@@ -124,15 +93,24 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync, rename over `path`, fsync the directory."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A file that appears at `path` whole or not at all: written under a dot-name (which a
+    later open clears if a crash left it), fsynced, renamed over `path`, directory fsynced.
+    Nothing is renamed into place if the block raises."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as f:
-        f.write(data)
+        yield f
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
     fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `atomic_file`)."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def _part_number(path: Path) -> int:
@@ -317,14 +295,9 @@ class Checkpoint:
         meta = dict(table.schema.metadata or {})
         meta[_USAGE_KEY] = orjson.dumps({m: _usage_list(u) for m, u in usage.items()})
         table = table.replace_schema_metadata(meta)
-        tmp = directory / f".{name}.tmp"
-        with tmp.open("wb") as f:
-            pq.write_table(table, f, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
         final = directory / name
-        tmp.replace(final)
-        fsync_dir(directory)
+        with atomic_file(final) as f:
+            pq.write_table(table, f, compression="zstd")
         return PartInfo(final.relative_to(self.out_dir).as_posix(), table.num_rows, dict(usage))
 
     def write_manifest(self) -> None:

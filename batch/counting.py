@@ -10,20 +10,19 @@ once and multiplied.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import anyio
 import anyio.to_thread
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from batch.api_types import TokenCount
-from batch.errors import ApiError, PermanentError, RateLimited
+from batch.errors import ApiError, PermanentError
 from batch.estimate import (
     COUNT_BATCH_CHARS,
     COUNT_BATCH_TEXTS,
@@ -33,6 +32,8 @@ from batch.estimate import (
     approximate_tokens,
 )
 from batch.limiter import AdaptiveLimiter
+from batch.lru import Lru, text_key
+from batch.pipeline import run_pipeline
 from batch.retry import RetryPolicy, call_with_retry
 from jobs.base import Batch, Job, JobKind
 from jobs.embeddings import EmbeddingsKind
@@ -53,8 +54,6 @@ EMBED_DEDUP_WINDOW = 4_096
 READ_CHUNK = 512
 # Prompt-cache sessions remembered (the emulator remembers 10,000).
 SESSIONS = 10_000
-
-V = TypeVar("V")
 
 CountFn = Callable[[Sequence[str], str], Awaitable[list[int]]]
 
@@ -78,30 +77,6 @@ class CountStats:
             f"counting input tokens: {self.jobs:,}{of} jobs, {self.texts:,} texts in "
             f"{self.calls:,} calls ({self.jobs / elapsed:,.0f} jobs/s)"
         )
-
-
-class _Lru(Generic[V]):
-    """A bounded mapping from digests to values; the least recently used goes first."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[bytes, V] = OrderedDict()
-
-    def get(self, key: bytes) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: bytes, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        if len(self._items) > self.size:
-            self._items.popitem(last=False)
-
-
-def _digest(model: str, text: str) -> bytes:
-    return hashlib.blake2b(f"{model}\0{text}".encode(), digest_size=16).digest()
 
 
 @dataclass(slots=True)
@@ -143,9 +118,9 @@ class InputCounter:
         self.sampler = sampler
         self.stats = CountStats()
         self._pending: dict[str, _Pending] = {}
-        self._counted: _Lru[int] = _Lru(COUNTED_CACHE)
-        self._embedded: _Lru[bool] = _Lru(EMBED_DEDUP_WINDOW)
-        self._sessions: _Lru[list[bytes]] = _Lru(SESSIONS)
+        self._counted: Lru[int] = Lru(COUNTED_CACHE)
+        self._embedded: Lru[bool] = Lru(EMBED_DEDUP_WINDOW)
+        self._sessions: Lru[list[bytes]] = Lru(SESSIONS)
 
     def _cached_prefix(self, request: Mapping[str, Any]) -> list[str]:
         """The messages of `request` the prompt cache would serve: those it shares, from the
@@ -183,7 +158,7 @@ class InputCounter:
                 self.sampler.offer((job, billed.model))
         else:
             self.tally.add_row(billed.model)
-            key = _digest(billed.model, billed.texts[0])
+            key = text_key(billed.model, billed.texts[0])
             if self._embedded.get(key) is not None:
                 return []  # the run answers it from its cache: not billed again
             self._embedded.put(key, True)
@@ -199,7 +174,7 @@ class InputCounter:
             if cached is not None and cached[text] > 0:
                 cached[text] -= 1
                 is_cached = 1
-            known = self._counted.get(_digest(billed.model, text))
+            known = self._counted.get(text_key(billed.model, text))
             if known is not None:
                 self._add_counted(billed.model, known, 1, is_cached)
                 continue
@@ -237,7 +212,7 @@ class InputCounter:
         for text, count, times, cached in zip(
             call.texts, tokens, call.times, call.cached, strict=True
         ):
-            self._counted.put(_digest(call.model, text), count)
+            self._counted.put(text_key(call.model, text), count)
             self._add_counted(call.model, count, times, cached)
 
     def _add_counted(self, model: str, count: int, times: int, cached: int) -> None:
@@ -281,42 +256,36 @@ async def count_jobs(
     """The counting pass against the API: `workers` tasks send the count calls. A request
     that fails for good (fatal, or retryable and out of attempts) stops the pass and is
     raised as itself."""
-    send: ObjectSendStream[CountCall]
-    receive: ObjectReceiveStream[CountCall]
-    send, receive = anyio.create_memory_object_stream[CountCall](max_buffer_size=workers * 2)
     failures: list[ApiError] = []
 
     def next_chunk() -> list[Job]:
         return list(itertools.islice(jobs, READ_CHUNK))
 
-    async with anyio.create_task_group() as tg:
+    async def produce(send: MemoryObjectSendStream[CountCall]) -> None:
+        # Reading and parsing the file happen in a thread, a chunk per hop, so the
+        # workers and the progress line keep running on the event loop meanwhile.
+        while chunk := await anyio.to_thread.run_sync(next_chunk):
+            for job in chunk:
+                for call in counter.add(job):
+                    await send.send(call)
+        for call in counter.flush():
+            await send.send(call)
 
-        async def worker(calls: ObjectReceiveStream[CountCall]) -> None:
-            async with calls:
-                async for call in calls:
-                    try:
-                        tokens = await count(call.texts, call.model)
-                    except PermanentError as exc:
-                        counter.uncountable(call, str(exc))
-                        continue
-                    except ApiError as exc:
-                        failures.append(exc)
-                        tg.cancel_scope.cancel()
-                        return
-                    counter.counted(call, tokens)
+    async def handle(call: CountCall) -> bool:
+        try:
+            tokens = await count(call.texts, call.model)
+        except PermanentError as exc:
+            counter.uncountable(call, str(exc))
+            return True
+        except ApiError as exc:
+            failures.append(exc)
+            scope.cancel()
+            return False
+        counter.counted(call, tokens)
+        return True
 
-        for _ in range(workers):
-            tg.start_soon(worker, receive.clone())
-        receive.close()
-        async with send:
-            # Reading and parsing the file happen in a thread, a chunk per hop, so the
-            # workers and the progress line keep running on the event loop meanwhile.
-            while chunk := await anyio.to_thread.run_sync(next_chunk):
-                for job in chunk:
-                    for call in counter.add(job):
-                        await send.send(call)
-            for call in counter.flush():
-                await send.send(call)
+    with anyio.CancelScope() as scope:
+        await run_pipeline(produce, handle, workers=workers)
     if failures:
         raise failures[0]
 
@@ -331,16 +300,8 @@ def limited_counter(
 
     async def count(texts: Sequence[str], model: str) -> list[int]:
         async def attempt() -> list[int]:
-            ticket = await limiter.acquire()
-            try:
+            async with limiter.slot():
                 answer = await tokens_count(texts, model)
-            except RateLimited as exc:
-                limiter.rate_limited_by_server(ticket, exc.retry_after)
-                raise
-            except BaseException:
-                limiter.release(ticket)
-                raise
-            limiter.succeeded(ticket)
             return [item.tokens for item in answer]
 
         return await call_with_retry(attempt, policy)

@@ -2,83 +2,24 @@
 
 `AdaptiveLimiter` finds the server's concurrent-stream limit by itself (AIMD: additive
 increase on success, multiplicative decrease on 429) and holds near the last level that
-worked; `Cooldown` is the run-wide pause a 429 imposes on every worker.
+worked. A request holds a `Slot` (`async with limiter.slot()`), which waits out the run-wide
+`Cooldown` (batch/cooldown.py) a 429 imposes and records how the request ended.
 """
 
 from __future__ import annotations
 
 import bisect
-import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from types import TracebackType
 
 import anyio
 
+from batch.cooldown import Cooldown
+from batch.errors import RateLimited
 
-class Cooldown:
-    """A run-wide pause: while it lasts no worker sends anything.
-
-    A 429 with `Retry-After` pauses until that instant; a 429 without one pauses for a
-    shared exponential backoff with jitter that grows with consecutive 429s and resets on
-    the first success. 429s answering requests sent before the current pause began do not
-    grow the backoff again: a burst of rejections from one overload is one event.
-    """
-
-    def __init__(
-        self,
-        *,
-        base: float = 0.05,
-        cap: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        self.base = base
-        self.cap = cap
-        self._clock = clock
-        self._rng = rng
-        self._until = 0.0
-        self._level = 0
-        self._backoff_started = float("-inf")
-
-    @property
-    def remaining(self) -> float:
-        """Seconds left in the current pause (0 when none)."""
-        return max(0.0, self._until - self._clock())
-
-    def pause_until(self, deadline: float) -> None:
-        """Pause every worker until `deadline` (on this cooldown's clock); never shortens."""
-        self._until = max(self._until, deadline)
-
-    def retry_after(self, seconds: float) -> None:
-        """The server said when to come back."""
-        self.pause_until(self._clock() + seconds)
-
-    def backoff(self, sent_at: float) -> float:
-        """A 429 without `Retry-After` for a request sent at `sent_at`: pause with jittered
-        exponential backoff; returns the pause's remaining seconds."""
-        now = self._clock()
-        if sent_at >= self._backoff_started:
-            delay = min(self.cap, self.base * 2.0**self._level)
-            # Equal jitter: never below half the delay, so the pause still relieves the server.
-            delay = delay / 2 + self._rng() * delay / 2
-            self._level = min(self._level + 1, 30)
-            self._backoff_started = now
-            self.pause_until(now + delay)
-        return self.remaining
-
-    def reset(self) -> None:
-        """A request succeeded: the next 429 without `Retry-After` starts from the base."""
-        self._level = 0
-
-    async def wait(self) -> None:
-        """Return once no pause is in force (the pause may be extended while waiting)."""
-        while True:
-            delta = self._until - self._clock()
-            if delta <= 0:
-                return
-            await anyio.sleep(delta)
+__all__ = ["AdaptiveLimiter", "Cooldown", "Slot"]
 
 
 # A probe waits at least this many times the run-wide pause the previous 429 caused, so
@@ -90,14 +31,51 @@ _PROBE_SPACING = 200.0
 _MAX_PROBE_SPACING = 3200.0
 
 
-@dataclass(frozen=True, slots=True)
-class Ticket:
-    """One request's slot: when it was sent, under which limit epoch, and how many requests
-    (itself included) were in flight as it went."""
+class Slot:
+    """One request's permit, as an async context manager (`async with limiter.slot() as
+    slot:`): entering waits for a free slot and for any run-wide pause, and the request is
+    sent at once; leaving records what the request said about capacity. A `RateLimited`
+    leaving the block is a 429 (its `retry_after` pauses the run); no exception is a
+    success; any other exception frees the slot and says nothing. A caller that handles a
+    429 inside the block says so with `rate_limited()`.
 
-    sent_at: float
-    epoch: int
-    in_flight: int
+    While held: `sent_at` (on the limiter's clock), the limit `epoch` it was taken under,
+    and `in_flight`, the requests in flight (itself included) as it went."""
+
+    __slots__ = ("_limiter", "_refused", "_retry_after", "epoch", "in_flight", "sent_at")
+
+    def __init__(self, limiter: AdaptiveLimiter) -> None:
+        self._limiter = limiter
+        self._refused = False
+        self._retry_after: float | None = None
+        self.sent_at = 0.0
+        self.epoch = 0
+        self.in_flight = 0
+
+    def rate_limited(self, retry_after: float | None) -> None:
+        """The request got a 429 that the block handled itself (`retry_after` in seconds)."""
+        self._refused = True
+        self._retry_after = retry_after
+
+    async def __aenter__(self) -> Slot:
+        await self._limiter._acquire(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        limiter = self._limiter
+        if isinstance(exc, RateLimited):
+            limiter._refused_by_server(self, exc.retry_after)
+        elif self._refused:
+            limiter._refused_by_server(self, self._retry_after)
+        elif exc is None:
+            limiter._succeeded()
+        else:
+            limiter._release()
 
 
 class AdaptiveLimiter:
@@ -189,7 +167,11 @@ class AdaptiveLimiter:
         grew, and the server may take more than it has reached)."""
         return not self._slow_start
 
-    async def acquire(self) -> Ticket:
+    def slot(self) -> Slot:
+        """A permit for one request: `async with limiter.slot() as slot:` (see `Slot`)."""
+        return Slot(self)
+
+    async def _acquire(self, slot: Slot) -> None:
         """Wait for a free slot and for any run-wide pause to end, then take the slot.
         Nothing awaits between the last check and returning, so the caller sends at once.
         Waiters queue in order and each freed slot wakes one of them (not all: with many
@@ -199,10 +181,8 @@ class AdaptiveLimiter:
             if self._in_flight < self._limit and not self._waiters:
                 if self.cooldown.remaining > 0:
                     continue
-                self._in_flight += 1
-                if self._in_flight > self._peak_since_change:
-                    self._peak_since_change = self._in_flight
-                return Ticket(self._clock(), self._epoch, self._in_flight)
+                self._take(slot)
+                return
             turn = anyio.Event()
             self._waiters.append(turn)
             if self._in_flight < self._limit:
@@ -219,11 +199,17 @@ class AdaptiveLimiter:
             # others may be queued behind).
             await self.cooldown.wait()
             if self._in_flight < self._limit and self.cooldown.remaining <= 0:
-                self._in_flight += 1
-                if self._in_flight > self._peak_since_change:
-                    self._peak_since_change = self._in_flight
+                self._take(slot)
                 self._wake_waiters()
-                return Ticket(self._clock(), self._epoch, self._in_flight)
+                return
+
+    def _take(self, slot: Slot) -> None:
+        self._in_flight += 1
+        if self._in_flight > self._peak_since_change:
+            self._peak_since_change = self._in_flight
+        slot.sent_at = self._clock()
+        slot.epoch = self._epoch
+        slot.in_flight = self._in_flight
 
     async def wait_changed(self) -> None:
         """Return at the next release or limit change."""
@@ -246,11 +232,7 @@ class AdaptiveLimiter:
         self._in_flight -= 1
         self._wake()
 
-    def release(self, ticket: Ticket) -> None:
-        """The request ended without telling anything about capacity (another error)."""
-        self._release()
-
-    def succeeded(self, ticket: Ticket) -> None:
+    def _succeeded(self) -> None:
         self._release()
         self.cooldown.reset()
         self._successes += 1
@@ -274,33 +256,39 @@ class AdaptiveLimiter:
         elif self._windows >= self._probe_windows and self._clock() >= self._probe_not_before:
             self._set_limit(level + 1)  # probe the level that last answered 429
 
-    def rate_limited_by_server(self, ticket: Ticket, retry_after: float | None) -> None:
+    def _refused_by_server(self, slot: Slot, retry_after: float | None) -> None:
         """The request got 429: pause the run as the server asked, and maybe decrease."""
         self.rate_limited += 1
         if retry_after is not None:
             self.cooldown.retry_after(retry_after)
         else:
-            self.cooldown.backoff(ticket.sent_at)
+            self.cooldown.backoff(slot.sent_at)
         self._release()
-        if ticket.epoch == self._epoch - 1:
-            # Another request sent into the same overload was refused: one fewer fits.
-            self._overload_refused += 1
-            self._bound_by(ticket)
-            target = max(
-                self._floor,
-                min(self._overload_level - self._overload_refused, self._overload_bound),
-            )
-            if target < self._limit:
-                self._set_limit(target)
-                self._bad = self._limit + 1
-                self._required_windows = self._base_hold
-            if self._overload_level - self._overload_refused < self._floor:
-                # Refusals beyond the floor are not about our level (a storm, a shrink):
-                # regrowth up to where the overload began need not wait for probes.
-                self._bad = self._overload_level
-            return
-        if ticket.epoch < self._epoch:
-            return  # sent before an earlier decrease: says nothing new
+        if slot.epoch == self._epoch - 1:
+            self._refused_again(slot)
+        elif slot.epoch == self._epoch:
+            self._overload(slot)
+        # else: sent before an earlier decrease, it says nothing new
+
+    def _refused_again(self, slot: Slot) -> None:
+        """Another request sent into the same overload was refused: one fewer fits."""
+        self._overload_refused += 1
+        self._bound_by(slot)
+        target = max(
+            self._floor,
+            min(self._overload_level - self._overload_refused, self._overload_bound),
+        )
+        if target < self._limit:
+            self._set_limit(target)
+            self._bad = self._limit + 1
+            self._required_windows = self._base_hold
+        if self._overload_level - self._overload_refused < self._floor:
+            # Refusals beyond the floor are not about our level (a storm, a shrink):
+            # regrowth up to where the overload began need not wait for probes.
+            self._bad = self._overload_level
+
+    def _overload(self, slot: Slot) -> None:
+        """The first 429 of a new overload: decrease, and space the next probe."""
         # The level the server refused is the concurrency it was really offered: right after
         # a slow-start increase the first 429 comes long before the new limit is filled, and
         # counting down from the limit would land above the server's limit by the slots never
@@ -321,7 +309,7 @@ class AdaptiveLimiter:
         self._bounding = self._slow_start
         self._first_refused = (float("inf"), 0)
         self._overload_bound = self.maximum
-        self._bound_by(ticket)
+        self._bound_by(slot)
         # The overload may take the limit down by one per refused request, but not below
         # the last level that worked when leaving slow start (the level before the increase),
         # nor below x`decrease` otherwise.
@@ -345,7 +333,7 @@ class AdaptiveLimiter:
         self._probe_windows = self._base_hold
         self._probe_spacing = _PROBE_SPACING
 
-    def _bound_by(self, refused: Ticket) -> None:
+    def _bound_by(self, refused: Slot) -> None:
         """Leaving slow start: cap the limit by what was in flight before the earliest-sent
         request the server refused."""
         if self._bounding:

@@ -2,7 +2,7 @@
 jitter, up to `max_attempts` failed sends and `max_elapsed` seconds.
 
 429s are special: the run-wide `Cooldown` already makes every worker wait as the server
-asked, so a 429 is retried at once (the next send waits in `AdaptiveLimiter.acquire`) and
+asked, so a 429 is retried at once (the next send waits for its limiter slot) and
 does not use up `max_attempts`, which is for errors that say something about the request or
 the server's health (5xx, resets, timeouts). A request stuck behind 429s still gives up when
 `max_elapsed` has passed since its first send.
@@ -10,7 +10,6 @@ the server's health (5xx, resets, timeouts). A request stuck behind 429s still g
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import TypeVar
 import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
+from batch.backoff import backoff_delay
 from batch.errors import RateLimited, RetryableError
 
 T = TypeVar("T")
@@ -57,9 +57,11 @@ class _Budget:
         if isinstance(exc, RateLimited):
             return 0.0
         p = self.policy
-        backoff = min(p.max_wait, p.initial * 2.0 ** (self.failures - 1))
+        backoff = backoff_delay(
+            self.failures - 1, base=p.initial, cap=p.max_wait, spread=p.jitter
+        )
         left = p.max_elapsed - (self.clock() - self.started)
-        return max(0.0, min(backoff + random.uniform(0, p.jitter), left))
+        return max(0.0, min(backoff, left))
 
     def stop(self, state: RetryCallState) -> bool:
         return self.give_up(state.outcome.exception() if state.outcome else None)

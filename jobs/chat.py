@@ -21,11 +21,12 @@ import pyarrow as pa
 
 from batch.api_types import ChatCompletion, Usage
 from batch.errors import ConfigError
+from batch.wire import DEFAULT_CHAT_MODEL
 from jobs.base import Batch, Job, JobOutcome, JobResult, KindOptions, SourceLocation
 from jobs.tokens import text_token_ceiling
 from jobs.validation import RecordFields, json_text, number_problem, type_name
 
-DEFAULT_MODEL = "GigaChat"
+DEFAULT_MODEL = DEFAULT_CHAT_MODEL  # what the API answers with when a request names none
 ROLES = ("system", "user", "assistant", "function")
 # Keys a message may carry besides role and content (function calling, attachments).
 MESSAGE_KEYS = frozenset(

@@ -10,9 +10,7 @@ that caused it, so the other texts still get their vectors.
 
 from __future__ import annotations
 
-import hashlib
 from array import array
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -21,6 +19,7 @@ import pyarrow as pa
 
 from batch.api_types import Embeddings, TokenCount, Usage
 from batch.errors import ConfigError, FatalError, PayloadTooLarge, ServerError
+from batch.lru import Lru, text_key
 from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult, KindOptions, SourceLocation
 from jobs.tokens import surely_fits, token_ceiling
 from jobs.validation import RecordFields, json_text
@@ -142,36 +141,13 @@ class EmbeddingPacker:
         return Batch(jobs=pending.jobs, payload=payload)
 
 
-class VectorCache:
-    """A least-recently-used map of (model, text) hashes to answered vectors, bounded in bytes."""
+class VectorCache(Lru[_Vector]):
+    """A least-recently-used map of (model, text) keys to answered vectors, bounded in bytes."""
+
+    key = staticmethod(text_key)
 
     def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._entries: OrderedDict[bytes, _Vector] = OrderedDict()
-
-    @staticmethod
-    def key(model: str, text: str) -> bytes:
-        return hashlib.blake2b(f"{model}\0{text}".encode(), digest_size=16).digest()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: bytes) -> _Vector | None:
-        vector = self._entries.get(key)
-        if vector is not None:
-            self._entries.move_to_end(key)
-        return vector
-
-    def put(self, key: bytes, vector: _Vector) -> None:
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return
-        self._entries[key] = vector
-        self.bytes += _size(vector)
-        while self.bytes > self.max_bytes and self._entries:
-            _, evicted = self._entries.popitem(last=False)
-            self.bytes -= _size(evicted)
+        super().__init__(max_bytes, size=_size)
 
 
 def _size(vector: _Vector) -> int:

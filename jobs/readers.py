@@ -18,10 +18,10 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch.errors import JobFileError
+from batch.id_hashes import id_hash, repeated_hashes
 from jobs.base import Job, JobInvalid, JobKind, Problem, SourceLocation
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -246,12 +246,12 @@ def validate_jobs(path: Path, kind: JobKind, *, max_problems: int = 100) -> Vali
     for _location, outcome in iter_outcomes(path, kind):
         records += 1
         if isinstance(outcome, Job):
-            hashes.append(_id_hash(outcome.id))
+            hashes.append(id_hash(outcome.id))
             continue
         problem_count += len(outcome)
         problems.extend(outcome[: max(0, max_problems - len(problems))])
     jobs = len(hashes)
-    colliding = _repeated_values(hashes)
+    colliding = repeated_hashes(hashes)
     del hashes
     duplicates = _duplicate_ids(path, kind, colliding) if colliding else []
     problems.extend(duplicates[: max(0, max_problems - len(problems))])
@@ -266,20 +266,6 @@ def validate_jobs(path: Path, kind: JobKind, *, max_problems: int = 100) -> Vali
     )
 
 
-def _id_hash(job_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(job_id.encode(), digest_size=8).digest(), "little")
-
-
-def _repeated_values(values: array[int]) -> set[int]:
-    """The values that occur more than once, by sorting a copy inside Arrow (8 bytes each)."""
-    if len(values) < 2:
-        return set()
-    ordered = pa.Array.from_buffers(pa.uint64(), len(values), [None, pa.py_buffer(values)]).sort()
-    later = ordered.slice(1)
-    same = pc.equal(later, ordered.slice(0, len(ordered) - 1))
-    return {int(v) for v in pc.filter(later, same).to_pylist()}
-
-
 def _duplicate_ids(path: Path, kind: JobKind, colliding: set[int]) -> list[Problem]:
     """Second pass: only jobs whose id hash collided are looked at; equal ids are problems
     at their later occurrence (hash collisions of different ids are not)."""
@@ -287,7 +273,7 @@ def _duplicate_ids(path: Path, kind: JobKind, colliding: set[int]) -> list[Probl
     duplicates: list[Problem] = []
     id_field = kind.source_fields().get("id", "id")
     for location, outcome in iter_outcomes(path, kind):
-        if not isinstance(outcome, Job) or _id_hash(outcome.id) not in colliding:
+        if not isinstance(outcome, Job) or id_hash(outcome.id) not in colliding:
             continue
         first = first_seen.setdefault(outcome.id, location)
         if first is not location:

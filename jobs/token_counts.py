@@ -35,13 +35,13 @@ from typing import Any
 
 import orjson
 
+from batch.wire import DEFAULT_CHAT_MODEL
 from jobs.chat import session_id
 
 # Tokens a chat message is billed beyond its content's count (role, separators).
 MESSAGE_OVERHEAD = 3
 # Tokens an embedding text is billed beyond its count.
 EMBEDDING_OVERHEAD = 5
-DEFAULT_CHAT_MODEL = "GigaChat"
 DEFAULT_EMBEDDING_MODEL = "Embeddings"
 
 

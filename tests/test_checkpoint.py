@@ -13,8 +13,9 @@ import pyarrow as pa
 import pytest
 
 from batch.api_types import Usage
-from batch.checkpoint import FAILED_SCHEMA, Checkpoint, DoneIds, id_hash, read_status
+from batch.checkpoint import FAILED_SCHEMA, Checkpoint, DoneIds, read_status
 from batch.errors import RunRefused
+from batch.id_hashes import id_hash
 
 SCHEMA = pa.schema([("id", pa.string()), ("answer", pa.string())])
 

@@ -165,7 +165,7 @@ def test_vector_cache_stays_within_its_byte_bound() -> None:
     for n in range(1000):
         cache.put(VectorCache.key("Embeddings", str(n)), _vector(n))
     assert len(cache) == 10
-    assert cache.bytes <= 10 * 4096
+    assert cache.used <= 10 * 4096
     assert cache.get(VectorCache.key("Embeddings", "999")) is not None
     assert cache.get(VectorCache.key("Embeddings", "0")) is None
 

@@ -193,7 +193,7 @@ def test_duplicates_are_found_among_many_rows(tmp_path: Path) -> None:
 def test_hash_collisions_of_different_ids_are_not_duplicates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(readers, "_id_hash", lambda job_id: 42)
+    monkeypatch.setattr(readers, "id_hash", lambda job_id: 42)
     path = _jsonl(tmp_path / "a.jsonl", *({"id": str(i), "text": "t"} for i in range(5)))
     report = validate_jobs(path, EMBED)
     assert report.ok

@@ -1,0 +1,74 @@
+"""The run-wide pause a 429 imposes on every worker (`AdaptiveLimiter` waits it out before
+handing out a slot)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import anyio
+
+from batch.backoff import backoff_delay
+
+
+class Cooldown:
+    """A run-wide pause: while it lasts no worker sends anything.
+
+    A 429 with `Retry-After` pauses until that instant; a 429 without one pauses for a
+    shared exponential backoff with jitter that grows with consecutive 429s and resets on
+    the first success. 429s answering requests sent before the current pause began do not
+    grow the backoff again: a burst of rejections from one overload is one event.
+    """
+
+    def __init__(
+        self,
+        *,
+        base: float = 0.05,
+        cap: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self._clock = clock
+        self._rng = rng
+        self._until = 0.0
+        self._level = 0
+        self._backoff_started = float("-inf")
+
+    @property
+    def remaining(self) -> float:
+        """Seconds left in the current pause (0 when none)."""
+        return max(0.0, self._until - self._clock())
+
+    def pause_until(self, deadline: float) -> None:
+        """Pause every worker until `deadline` (on this cooldown's clock); never shortens."""
+        self._until = max(self._until, deadline)
+
+    def retry_after(self, seconds: float) -> None:
+        """The server said when to come back."""
+        self.pause_until(self._clock() + seconds)
+
+    def backoff(self, sent_at: float) -> float:
+        """A 429 without `Retry-After` for a request sent at `sent_at`: pause with jittered
+        exponential backoff; returns the pause's remaining seconds."""
+        now = self._clock()
+        if sent_at >= self._backoff_started:
+            delay = backoff_delay(self._level, base=self.base, cap=self.cap, rng=self._rng)
+            self._level = min(self._level + 1, 30)
+            self._backoff_started = now
+            self.pause_until(now + delay)
+        return self.remaining
+
+    def reset(self) -> None:
+        """A request succeeded: the next 429 without `Retry-After` starts from the base."""
+        self._level = 0
+
+    async def wait(self) -> None:
+        """Return once no pause is in force (the pause may be extended while waiting)."""
+        while True:
+            delta = self._until - self._clock()
+            if delta <= 0:
+                return
+            await anyio.sleep(delta)

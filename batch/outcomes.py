@@ -1,0 +1,78 @@
+"""What a sent batch turns into for the writer: result rows, failed rows (built here and
+only here, with the columns of `checkpoint.FAILED_SCHEMA`), and the usage billed by model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from batch.api_types import Usage
+from batch.errors import ApiError
+from batch.writer import Outcomes
+from jobs.base import Batch, Job, JobFailure, JobOutcome
+
+
+def failure_row(
+    job: Job,
+    *,
+    error_class: str,
+    status: int | None,
+    message: str,
+    attempts: int,
+    request_id: str | None,
+) -> dict[str, Any]:
+    """One row of `failed/`."""
+    return {
+        "id": job.id,
+        "error_class": error_class,
+        "status": status,
+        "message": message,
+        "attempts": attempts,
+        "request_id": request_id,
+        "source": str(job.location),
+    }
+
+
+def failed_batch(batch: Batch, exc: ApiError, attempts: int) -> Outcomes:
+    """Every job of a batch the API refused for good (or that ran out of attempts)."""
+    out = Outcomes()
+    for job in batch.jobs:
+        out.failures.append(
+            failure_row(
+                job,
+                error_class=type(exc).__name__,
+                status=exc.status,
+                message=exc.message,
+                attempts=attempts,
+                request_id=exc.request_id,
+            )
+        )
+    return out
+
+
+def answered_batch(answers: Sequence[JobOutcome], attempts: int, latency: float) -> Outcomes:
+    """The rows of an answered batch: a result per answered job, a failed row per job the
+    kind failed on its own (e.g. a text over the input limit), usage by answering model."""
+    out = Outcomes()
+    latency_ms = round(latency * 1000.0, 3)
+    for outcome in answers:
+        if isinstance(outcome, JobFailure):
+            out.failures.append(
+                failure_row(
+                    outcome.job,
+                    error_class=outcome.error_class,
+                    status=outcome.status,
+                    message=outcome.message,
+                    attempts=attempts,
+                    request_id=outcome.request_id,
+                )
+            )
+            continue
+        row = dict(outcome.row)
+        row["id"] = outcome.job.id
+        row["attempts"] = attempts
+        row["latency_ms"] = latency_ms
+        out.results.append(row)
+        out.usage[outcome.model] = out.usage.get(outcome.model, Usage()) + outcome.usage
+    return out

@@ -1,0 +1,199 @@
+"""A worker's send loop for one batch: reserve its worst-case cost (with a budget), take a
+limiter slot (which waits out any run-wide pause and records the answer: success, 429 or
+neither), send through the job kind, and retry per the run's policy.
+
+    BudgetGate    reservations that wait while requests in flight may still settle lower
+    BatchSender   one batch -> its Outcomes, or None when the run stops before it is sent
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import anyio
+
+from batch.api_types import Usage
+from batch.budget import Budget, Reservation
+from batch.errors import (
+    ApiError,
+    BudgetExhausted,
+    ConnectionFailed,
+    FatalError,
+    RateLimited,
+    RequestTimedOut,
+)
+from batch.limiter import AdaptiveLimiter
+from batch.outcomes import answered_batch, failed_batch
+from batch.retry import RetryPolicy, call_with_retry
+from batch.stopping import RunStop
+from batch.summary import RunStats
+from batch.writer import Outcomes
+from jobs.base import Batch, JobFailure, JobKind, JobOutcome
+
+if TYPE_CHECKING:
+    from batch.client import GigaChatClient
+
+
+class _Stopped(Exception):
+    """The run is stopping: this batch is not sent (it stays pending for a resume)."""
+
+
+class BudgetGate:
+    """The run's `Budget` as workers meet it: a reservation that does not fit yet waits for
+    one in flight to settle or be released; one that can never fit stops the run."""
+
+    def __init__(self, budget: Budget, stop: RunStop) -> None:
+        self.budget = budget
+        self._stop = stop
+        self._changed = anyio.Event()
+
+    async def reserve(self, ceiling: Usage, model: str) -> Reservation:
+        """Hold `ceiling`, waiting while requests in flight might still settle below their
+        reservations. Raises _Stopped when the run stops (or this makes it stop)."""
+        budget = self.budget
+        while True:
+            try:
+                return budget.reserve(ceiling, model)
+            except BudgetExhausted as exc:
+                if budget.crossing(ceiling, model, with_reserved=False) is not None:
+                    self._stop.stop("budget", f"budget reached; {budget.describe()}", exc)
+                    raise _Stopped from None
+            changed = self._changed
+            await changed.wait()
+            if self._stop.stopping:
+                raise _Stopped
+
+    def settle(self, reservation: Reservation, actual: Usage, model: str) -> None:
+        self.budget.settle(reservation, actual, model)
+        self._moved()
+
+    def charge_unseen(self, reservation: Reservation) -> None:
+        """A request that timed out or lost its connection may still have been answered
+        and billed: it counts as spent at its ceiling, and a retry reserves anew."""
+        self.settle(reservation, Usage(prompt_tokens=reservation.tokens), reservation.model)
+
+    def release(self, reservation: Reservation | None) -> None:
+        if reservation is not None:
+            self.budget.release(reservation)
+            self._moved()
+
+    def _moved(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+
+class BatchSender:
+    """Sends batches for every worker of a run, and keeps the run's request counts."""
+
+    def __init__(
+        self,
+        *,
+        kind: JobKind,
+        limiter: AdaptiveLimiter,
+        retry: RetryPolicy,
+        stats: RunStats,
+        stop: RunStop,
+        budget: BudgetGate | None,
+    ) -> None:
+        self.kind = kind
+        self.limiter = limiter
+        self.retry = retry
+        self.stats = stats
+        self.stop = stop
+        self.budget = budget
+        self._default_model = str(kind.answer_settings().get("model") or "")
+
+    async def send(self, client: GigaChatClient, batch: Batch) -> Outcomes | None:
+        """Send one batch with retries; its outcomes, or None when the run stops first."""
+        attempt = _Attempt(self, client, batch)
+        try:
+            await attempt.reserve()
+            answers = await call_with_retry(attempt, self.retry)
+        except _Stopped:
+            attempt.release()
+            return None
+        except FatalError as exc:
+            attempt.release()
+            self.stop.stop("fatal", str(exc), exc)
+            return None
+        except ApiError as exc:  # permanent, or retryable and out of attempts
+            attempt.release()
+            self.stats.retries += max(0, attempt.count - 1)
+            self.stats.failed += len(batch.jobs)
+            return failed_batch(batch, exc, attempt.count)
+        except BaseException:
+            attempt.release()
+            raise
+        self.stats.retries += attempt.count - 1
+        return self._answered(answers, attempt)
+
+    def _answered(self, answers: Sequence[JobOutcome], attempt: _Attempt) -> Outcomes:
+        out = answered_batch(answers, attempt.count, attempt.latency)
+        for model, usage in out.usage.items():
+            self.stats.add_usage(model, usage)
+        self.stats.succeeded += len(out.results)
+        self.stats.failed += len(out.failures)
+        reservation = attempt.reservation
+        if reservation is not None and self.budget is not None:
+            total = sum(out.usage.values(), Usage())
+            answered_by = next(
+                (o.model for o in reversed(answers) if not isinstance(o, JobFailure)), ""
+            )
+            self.budget.settle(reservation, total, answered_by or reservation.model)
+        return out
+
+    def model(self, batch: Batch) -> str:
+        """The model a batch is priced at before it is answered."""
+        model = batch.jobs[0].request.get("model") if batch.jobs else None
+        return str(model) if model else self._default_model
+
+
+class _Attempt:
+    """The tries of one batch: each holds a reservation (with a budget) and a limiter slot."""
+
+    def __init__(self, sender: BatchSender, client: GigaChatClient, batch: Batch) -> None:
+        self.sender = sender
+        self.client = client
+        self.batch = batch
+        self.count = 0
+        self.latency = 0.0
+        self.reservation: Reservation | None = None
+
+    async def reserve(self) -> None:
+        gate = self.sender.budget
+        if self.reservation is None and gate is not None:
+            ceiling = self.sender.kind.reserve(self.batch)
+            self.reservation = await gate.reserve(ceiling, self.sender.model(self.batch))
+
+    def release(self) -> None:
+        if self.sender.budget is not None:
+            self.sender.budget.release(self.reservation)
+        self.reservation = None
+
+    async def __call__(self) -> Sequence[JobOutcome]:
+        sender = self.sender
+        await self.reserve()  # the last try's was charged
+        try:
+            async with sender.limiter.slot() as slot:
+                if sender.stop.stopping:
+                    raise _Stopped
+                self.count += 1
+                sender.stats.requests += 1
+                sender.stats.concurrency = sender.limiter.limit
+                answers = await sender.kind.send(self.client, self.batch)
+                self.latency = time.monotonic() - slot.sent_at
+        except ApiError as exc:
+            self._failed_try(exc)
+            raise
+        return answers
+
+    def _failed_try(self, exc: ApiError) -> None:
+        sender = self.sender
+        if isinstance(exc, RateLimited):
+            sender.stats.rate_limited += 1
+        elif isinstance(exc, RequestTimedOut | ConnectionFailed):
+            if self.reservation is not None and sender.budget is not None:
+                sender.budget.charge_unseen(self.reservation)
+            self.reservation = None

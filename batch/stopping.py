@@ -1,0 +1,62 @@
+"""How a run stops: the first reason wins (a fatal API error, the budget, a read error, a
+signal), the producer stops at once, and requests in flight get the grace period before the
+workers are cancelled. Whatever was answered is still committed by the writer.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import anyio
+
+from batch.errors import GigabatchError
+from batch.limiter import AdaptiveLimiter
+
+
+class RunStop:
+    """The run's stop state, and the two side tasks that act on it (`grace`, `watch_signals`)."""
+
+    def __init__(self, limiter: AdaptiveLimiter, grace_period: float) -> None:
+        self.limiter = limiter
+        self.grace_period = grace_period
+        self.status = "completed"
+        self.message = ""
+        self.stopping = False
+        self.error: GigabatchError | None = None
+        self.producer_scope = anyio.CancelScope()
+        self.workers_scope = anyio.CancelScope()
+        self._stopped = anyio.Event()
+
+    def stop(self, status: str, message: str, error: GigabatchError | None = None) -> None:
+        """Stop taking jobs; requests in flight get the grace period. The first reason wins
+        (and an `error` is kept with it, even when a reason came first)."""
+        if error is not None:
+            self.error = error
+        if self.stopping:
+            return
+        self.stopping = True
+        self._stopped.set()
+        self.status = status
+        self.message = message
+        self.producer_scope.cancel()
+
+    async def grace(self) -> None:
+        """Once stopping: cancel the workers when nothing is in flight any more (the rest
+        only wait for a slot, a pause or a backoff) or when the grace period is over."""
+        await self._stopped.wait()
+        with anyio.move_on_after(self.grace_period):
+            while self.limiter.in_flight > 0:
+                await self.limiter.wait_changed()
+        self.workers_scope.cancel()
+
+    async def watch_signals(self) -> None:
+        """Ctrl-C or SIGTERM stops the run; a second one stops waiting for requests in flight."""
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self.stopping:
+                    self.workers_scope.cancel()
+                    continue
+                if signum == signal.SIGINT:
+                    self.stop("interrupted", "interrupted (Ctrl-C); answered jobs are committed")
+                else:
+                    self.stop("terminated", "terminated (SIGTERM); answered jobs are committed")
