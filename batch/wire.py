@@ -136,8 +136,12 @@ def _usage(data: Any) -> Usage:
     )
 
 
-def parse_chat(response: httpx.Response) -> ChatCompletion:
-    data = _payload(response, ("choices",))
+def _malformed_body(what: str, request_id: str | None) -> ServerError:
+    return ServerError(f"malformed answer: {what}", request_id=request_id)
+
+
+def chat_from_json(data: Any, request_id: str | None = None) -> ChatCompletion:
+    """A chat answer from its decoded JSON body (a batch API result line has the same)."""
     try:
         choice = data["choices"][0]
         message = choice["message"]
@@ -148,14 +152,24 @@ def parse_chat(response: httpx.Response) -> ChatCompletion:
             usage=_usage(data.get("usage")),
             function_call=message.get("function_call"),
             functions_state_id=message.get("functions_state_id"),
-            request_id=_request_id(response),
+            request_id=request_id,
         )
     except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-        raise _malformed(response, "no choices[0].message in a chat answer") from None
+        raise _malformed_body("no choices[0].message in a chat answer", request_id) from None
 
 
-def parse_embeddings(response: httpx.Response) -> Embeddings:
-    data = _payload(response, ("data",))
+def parse_chat(response: httpx.Response) -> ChatCompletion:
+    data = _payload(response, ("choices",))
+    try:
+        return chat_from_json(data, _request_id(response))
+    except ServerError as exc:
+        raise ServerError(
+            exc.message, status=response.status_code, request_id=exc.request_id
+        ) from None
+
+
+def embeddings_from_json(data: Any, request_id: str | None = None) -> Embeddings:
+    """Embeddings from their decoded JSON body, items in index order."""
     try:
         items = [
             EmbeddingItem(
@@ -166,11 +180,19 @@ def parse_embeddings(response: httpx.Response) -> Embeddings:
             for item in data["data"]
         ]
     except (KeyError, TypeError, AttributeError, ValueError):
-        raise _malformed(response, "embedding items need index and embedding") from None
+        raise _malformed_body("embedding items need index and embedding", request_id) from None
     items.sort(key=lambda item: item.index)
-    return Embeddings(
-        model=str(data.get("model") or ""), items=items, request_id=_request_id(response)
-    )
+    return Embeddings(model=str(data.get("model") or ""), items=items, request_id=request_id)
+
+
+def parse_embeddings(response: httpx.Response) -> Embeddings:
+    data = _payload(response, ("data",))
+    try:
+        return embeddings_from_json(data, _request_id(response))
+    except ServerError as exc:
+        raise ServerError(
+            exc.message, status=response.status_code, request_id=exc.request_id
+        ) from None
 
 
 def parse_tokens_count(response: httpx.Response) -> list[TokenCount]:

@@ -30,12 +30,11 @@ import orjson
 import pyarrow.dataset as ds
 
 from batch.api_types import Usage
-from batch.cli.estimate import EstimateRequest, estimate_jobs
+from batch.estimator import EstimateRequest, estimate_jobs
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.pricing import PriceTable
 from batch.runner import RunConfig, run_jobs
 from bench.jobgen import write_chat_jobs
-from jobs.base import KindOptions
 from jobs.registry import kind_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,8 +102,9 @@ def estimate(
 ) -> Any:
     request = EstimateRequest(
         jobs_path=path,
-        make_kind=lambda: kind_for(kind, KindOptions()),
+        make_kind=lambda: kind_for(kind),
         prices=prices,
+        client_settings=emu.client_settings(),
         sample=sample,
         seed=seed,
         confidence=0.95,
@@ -114,7 +114,7 @@ def estimate(
         skip_invalid=False,
         quiet=True,
     )
-    return estimate_jobs(request, emu.client_settings())
+    return estimate_jobs(request)
 
 
 def run(
@@ -129,7 +129,7 @@ def run(
     config = RunConfig(
         jobs_path=path,
         out_dir=out,
-        kind=kind_for(kind, KindOptions()),
+        kind=kind_for(kind),
         client_settings=emu.client_settings(),
         max_concurrency=CONCURRENCY,
         prices=prices,

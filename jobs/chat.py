@@ -13,15 +13,27 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol
 
 import orjson
 import pyarrow as pa
 
+from batch import wire
 from batch.api_types import ChatCompletion, Usage
 from batch.errors import ConfigError
-from jobs.base import Batch, Job, JobOutcome, JobResult, KindOptions, SourceLocation
+from jobs.base import (
+    Batch,
+    BilledInput,
+    Job,
+    JobKind,
+    JobOutcome,
+    JobResult,
+    KindOption,
+    KindOptions,
+    SourceLocation,
+)
+from jobs.registry import register
 from jobs.tokens import text_token_ceiling
 from jobs.validation import RecordFields, json_text, number_problem, type_name
 
@@ -38,6 +50,13 @@ DEFAULT_COMPLETION_RESERVE = 1024
 # Tokens a message costs beyond its content (role, separators): a ceiling, well over what
 # the API and the emulator charge.
 MESSAGE_OVERHEAD_CEILING = 8
+# Tokens a chat message is billed beyond its content's /tokens/count (role, separators).
+# Measured, not guessed: tests/test_token_counts.py re-measures it on every run through
+# gigabatch's client and the official SDK. The real API (the SDK's recorded answers,
+# GigaChat:2.0.28.2) adds about 8-9 to a one-message request, more than the emulator's 3:
+# under 1% of a 1,000-token prompt, so `estimate --sample N` measures it on the sampled
+# answers and corrects the estimate, and `--message-overhead N` sets it by hand.
+MESSAGE_OVERHEAD = 3
 
 _FIELDS = (
     "id",
@@ -55,6 +74,37 @@ _FIELDS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class ChatOptions(KindOptions):
+    """The run's chat defaults (a line's own values win) and its prompt column."""
+
+    system: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    repetition_penalty: float | None = None
+    prompt_column: str | None = None
+
+
+CLI_OPTIONS = (
+    KindOption("--system", "system", "Chat: a system message for every job."),
+    KindOption("--temperature", "temperature", "Chat: default temperature.", float),
+    KindOption("--top-p", "top_p", "Chat: default top_p.", float),
+    KindOption(
+        "--max-completion-tokens",
+        "max_tokens",
+        "Chat: default max_tokens of an answer (a job's own max_tokens wins); "
+        f"with a budget, {DEFAULT_COMPLETION_RESERVE} unless given.",
+        int,
+        minimum=1,
+    ),
+    KindOption(
+        "--repetition-penalty", "repetition_penalty", "Chat: default repetition_penalty.", float
+    ),
+    KindOption("--prompt-column", "prompt_column", "Chat: column holding the prompt."),
+)
+
+
 class ChatClient(Protocol):
     """The part of GigaChatClient chat jobs use."""
 
@@ -63,7 +113,7 @@ class ChatClient(Protocol):
     ) -> ChatCompletion: ...
 
 
-def _check_options(options: KindOptions) -> None:
+def _check_options(options: ChatOptions) -> None:
     checks = (
         ("--temperature", options.temperature, {"above": 0.0}),
         ("--top-p", options.top_p, {"at_least": 0.0, "at_most": 1.0}),
@@ -78,12 +128,19 @@ def _check_options(options: KindOptions) -> None:
         raise ConfigError("give --prompt-column or --text-column for chat jobs, not both")
 
 
-class ChatKind:
+@register
+class ChatKind(JobKind):
     """Chat completions, one request per job."""
 
     name: ClassVar[str] = "chat"
+    options_type: ClassVar[type[KindOptions]] = ChatOptions
+    cli_options: ClassVar[tuple[KindOption, ...]] = CLI_OPTIONS
+    batch_api_method: ClassVar[str] = "chat_completions"
+    summary: ClassVar[str] = "a chat completion"
+    options: ChatOptions
 
-    def __init__(self, options: KindOptions) -> None:
+    def __init__(self, options: ChatOptions | None = None) -> None:
+        options = options if options is not None else ChatOptions()
         _check_options(options)
         self.options = options
         self.model = options.model or DEFAULT_MODEL
@@ -107,6 +164,15 @@ class ChatKind:
             "max_tokens": o.max_tokens,
             "repetition_penalty": o.repetition_penalty,
             "columns": dict(self._sources),
+        }
+
+    def setting_hints(self) -> Mapping[str, str]:
+        return {
+            "max_tokens": (
+                "the cap on answers of jobs without their own max_tokens: "
+                f"--max-completion-tokens, or {DEFAULT_COMPLETION_RESERVE} when a budget "
+                "(--max-cost/--max-tokens) is given; resume with the cap the output was made with"
+            ),
         }
 
     def job_from_record(self, record: Mapping[str, Any], location: SourceLocation) -> Job:
@@ -171,23 +237,55 @@ class ChatKind:
             completion += job.request.get("max_tokens") or DEFAULT_COMPLETION_RESERVE
         return Usage(prompt_tokens=prompt, completion_tokens=completion)
 
+    def request_body(self, batch: Batch) -> dict[str, Any]:
+        (job,) = batch.jobs
+        return dict(job.request)
+
+    def outcomes(self, batch: Batch, body: Mapping[str, Any]) -> Sequence[JobOutcome]:
+        (job,) = batch.jobs
+        return [_result(job, wire.chat_from_json(body))]
+
     async def send(self, client: ChatClient, batch: Batch) -> Sequence[JobOutcome]:
-        outcomes: list[JobOutcome] = []
-        for job in batch.jobs:
-            answer = await client.chat(job.request, session_id=session_id(job.request))
-            row = {
-                "content": answer.content,
-                "finish_reason": answer.finish_reason,
-                "model": answer.model,
-                "prompt_tokens": answer.usage.prompt_tokens,
-                "completion_tokens": answer.usage.completion_tokens,
-                "precached_prompt_tokens": answer.usage.precached_prompt_tokens,
-                "total_tokens": answer.usage.total_tokens,
-                "metadata": json_text(job.metadata),
-                "function_call": json_text(answer.function_call),
-            }
-            outcomes.append(JobResult(job=job, row=row, usage=answer.usage, model=answer.model))
-        return outcomes
+        (job,) = batch.jobs
+        body = self.request_body(batch)
+        return [_result(job, await client.chat(body, session_id=session_id(body)))]
+
+    def billed_input(self, job: Job, *, message_overhead: int | None = None) -> BilledInput:
+        """Each message's content, then the functions as one JSON text (the list as the
+        request carries it, so its brackets and commas count too), plus the per-message
+        overhead; the answer is bounded by max_tokens."""
+        request = job.request
+        messages = request.get("messages") or ()
+        texts = [str(m.get("content") or "") for m in messages]
+        functions = request.get("functions")
+        if functions:
+            texts.append(orjson.dumps(functions).decode())
+        per_message = MESSAGE_OVERHEAD if message_overhead is None else message_overhead
+        return BilledInput(
+            model=str(request.get("model") or self.model),
+            texts=tuple(t for t in texts if t),
+            overhead=per_message * len(messages),
+            messages=len(messages),
+            session=session_id(request),
+            message_keys=tuple(message_keys(request)),
+            message_texts=tuple(str(m.get("content") or "") for m in messages),
+            output_bound=request.get("max_tokens") or DEFAULT_COMPLETION_RESERVE,
+            default_bound=request.get("max_tokens") is None,
+        )
+
+    def input_note(self, message_overhead: int | None = None) -> str:
+        per_message = MESSAGE_OVERHEAD if message_overhead is None else message_overhead
+        return (
+            f"chat input includes {per_message} tokens per message that the API "
+            "bills beyond /tokens/count (role and separators; --message-overhead)"
+        )
+
+    def output_bound_note(self, rows_defaulted: int) -> str:
+        return (
+            f"{rows_defaulted:,} rows without max_tokens counted at "
+            f"{DEFAULT_COMPLETION_RESERVE}, the cap a budgeted run sends (a run without a "
+            "budget does not cap them)"
+        )
 
     def result_schema(self) -> pa.Schema:
         return pa.schema(
@@ -208,6 +306,21 @@ class ChatKind:
         )
 
 
+def _result(job: Job, answer: ChatCompletion) -> JobResult:
+    row = {
+        "content": answer.content,
+        "finish_reason": answer.finish_reason,
+        "model": answer.model,
+        "prompt_tokens": answer.usage.prompt_tokens,
+        "completion_tokens": answer.usage.completion_tokens,
+        "precached_prompt_tokens": answer.usage.precached_prompt_tokens,
+        "total_tokens": answer.usage.total_tokens,
+        "metadata": json_text(job.metadata),
+        "function_call": json_text(answer.function_call),
+    }
+    return JobResult(job=job, row=row, usage=answer.usage, model=answer.model)
+
+
 class SinglePacker:
     """One job per request: chat has no batching in its API."""
 
@@ -226,6 +339,16 @@ def session_id(body: Mapping[str, Any]) -> str | None:
         return None
     key = orjson.dumps([body.get("model"), messages[0].get("content"), body.get("functions")])
     return str(uuid.UUID(bytes=hashlib.blake2b(key, digest_size=16).digest()))
+
+
+def message_keys(request: Mapping[str, Any]) -> list[bytes]:
+    """One digest per message (role and content), to find the prefix two requests share."""
+    return [
+        hashlib.blake2b(
+            f"{m.get('role')}\0{m.get('content') or ''}".encode(), digest_size=12
+        ).digest()
+        for m in request.get("messages") or ()
+    ]
 
 
 def prompt_ceiling(body: Mapping[str, Any]) -> int:

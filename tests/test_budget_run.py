@@ -21,7 +21,6 @@ from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.pricing import PriceTable
 from batch.runner import RunConfig, run_jobs
 from batch.summary import RunSummary
-from jobs.base import KindOptions
 from jobs.registry import kind_for
 
 PRICES = PriceTable.load()
@@ -55,7 +54,7 @@ def run(
     config = RunConfig(
         jobs_path=jobs,
         out_dir=out,
-        kind=kind_for("chat", KindOptions()),
+        kind=kind_for("chat"),
         client_settings=emu.client_settings(),
         max_concurrency=16,
         prices=PRICES,

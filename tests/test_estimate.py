@@ -20,12 +20,15 @@ from batch.estimate import (
     approximate_tokens,
     build_estimate,
     check_balance,
-    estimate_to_json,
     project_total,
-    render_table,
     t_quantile,
 )
+from batch.estimate_report import estimate_to_json, render_table
 from batch.pricing import PriceTable
+from jobs.registry import kind_for
+
+CHAT_USAGE = kind_for("chat").balance_usage
+EMBED_USAGE = kind_for("embed").balance_usage
 
 PRICES = PriceTable(
     chat={"GigaChat": 200.0, "GigaChat-Max": 1950.0},
@@ -151,7 +154,7 @@ def test_estimate_prices_each_model_at_its_own_rate() -> None:
 
 
 def test_embedding_estimate_has_no_output_tokens() -> None:
-    tally = Tally("embed")
+    tally = Tally("embed", has_output=False)
     tally.add_row("Embeddings")
     tally.add_input("Embeddings", 2_000_000)
     estimate = build_estimate(tally, PRICES, source="f", exact_input=True, output_method="none")
@@ -198,7 +201,7 @@ def test_balance_warning_when_the_expected_tokens_exceed_it() -> None:
         output_method="sample",
         samples={"GigaChat": [100, 100, 100]},
     )
-    report = check_balance(estimate, [BalanceEntry("GigaChat", 15_000)])
+    report = check_balance(estimate, [BalanceEntry("GigaChat", 15_000)], CHAT_USAGE)
     assert report.warnings == [
         "the estimate for GigaChat (20,000 tokens expected) exceeds the balance (15,000 tokens)"
     ]
@@ -206,21 +209,21 @@ def test_balance_warning_when_the_expected_tokens_exceed_it() -> None:
 
 def test_balance_warning_at_the_bound_when_there_is_no_expected_value() -> None:
     estimate = build_estimate(chat_tally(), PRICES, source="f", exact_input=True, output_method="b")
-    report = check_balance(estimate, [BalanceEntry("GigaChat", 15_000)])
+    report = check_balance(estimate, [BalanceEntry("GigaChat", 15_000)], CHAT_USAGE)
     assert "at the max_tokens bound" in report.warnings[0]
 
 
 def test_no_balance_warning_when_the_balance_covers_the_high_end() -> None:
     estimate = build_estimate(chat_tally(), PRICES, source="f", exact_input=True, output_method="b")
-    assert check_balance(estimate, [BalanceEntry("GigaChat", 10**7)]).warnings == []
+    assert check_balance(estimate, [BalanceEntry("GigaChat", 10**7)], CHAT_USAGE).warnings == []
 
 
 def test_embeddings_are_checked_against_the_embeddings_balance() -> None:
-    tally = Tally("embed")
+    tally = Tally("embed", has_output=False)
     tally.add_row("EmbeddingsGigaR")
     tally.add_input("EmbeddingsGigaR", 500)
     estimate = build_estimate(tally, PRICES, source="f", exact_input=True, output_method="n")
-    report = check_balance(estimate, [BalanceEntry("embeddings", 100)])
+    report = check_balance(estimate, [BalanceEntry("embeddings", 100)], EMBED_USAGE)
     assert "embeddings" in report.warnings[0]
 
 
