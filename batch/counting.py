@@ -28,11 +28,11 @@ from batch.estimate import (
     COUNT_BATCH_CHARS,
     COUNT_BATCH_TEXTS,
     Calibration,
-    Reservoir,
     Tally,
     approximate_tokens,
 )
 from batch.limiter import AdaptiveLimiter
+from batch.projection import Reservoir
 from batch.retry import RetryPolicy, call_with_retry
 from jobs.base import BilledInput, Job, JobKind
 

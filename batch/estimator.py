@@ -36,7 +36,6 @@ from batch.estimate import (
     BalanceReport,
     Calibration,
     Estimate,
-    Reservoir,
     SampleReport,
     Tally,
     build_estimate,
@@ -44,6 +43,7 @@ from batch.estimate import (
 )
 from batch.limiter import AdaptiveLimiter
 from batch.pricing import PriceTable
+from batch.projection import Reservoir
 from batch.retry import RetryPolicy
 from batch.runner import RunConfig, run_jobs
 from batch.settings import ClientSettings

@@ -30,8 +30,8 @@ import orjson
 import pyarrow.dataset as ds
 
 from batch.api_types import Usage
-from batch.estimator import EstimateRequest, estimate_jobs
 from batch.emulator import RunningEmulator, profile, serve_emulator
+from batch.estimator import EstimateRequest, estimate_jobs
 from batch.pricing import PriceTable
 from batch.runner import RunConfig, run_jobs
 from bench.jobgen import write_chat_jobs

@@ -11,8 +11,9 @@ import pytest
 from batch.api_types import TokenCount
 from batch.counting import InputCounter, count_jobs, count_offline, limited_counter
 from batch.errors import BadRequest, RateLimited, ServerError
-from batch.estimate import Reservoir, Tally, approximate_tokens
+from batch.estimate import Tally, approximate_tokens
 from batch.limiter import AdaptiveLimiter
+from batch.projection import Reservoir
 from batch.retry import RetryPolicy
 from jobs.base import Job, SourceLocation
 from jobs.chat import DEFAULT_COMPLETION_RESERVE

@@ -13,18 +13,15 @@ from batch.api_types import BalanceEntry
 from batch.estimate import (
     BalanceReport,
     Calibration,
-    Reservoir,
     SampleReport,
-    Span,
     Tally,
     approximate_tokens,
     build_estimate,
     check_balance,
-    project_total,
-    t_quantile,
 )
 from batch.estimate_report import estimate_to_json, render_table
 from batch.pricing import PriceTable
+from batch.projection import Reservoir, Span, project_total, t_quantile
 from jobs.registry import kind_for
 
 CHAT_USAGE = kind_for("chat").balance_usage
