@@ -7,6 +7,7 @@ import random
 import statistics
 from dataclasses import replace
 
+import orjson
 import pytest
 
 from batch.api_types import BalanceEntry
@@ -334,3 +335,17 @@ def test_calibration_that_matches_says_so() -> None:
     assert calibration.describe() == (
         "the 5 sampled jobs were billed 3.00 tokens per message beyond /tokens/count, as assumed"
     )
+
+
+def test_json_rounds_costs_to_millionths_and_tokens_to_whole_numbers() -> None:
+    # 313,128 tokens at 200 RUB per 1M is 62.6256, which float arithmetic makes
+    # 62.625600000000006 (issue 12).
+    tally = Tally("chat")
+    tally.add_row("GigaChat", output_bound=0)
+    tally.add_input("GigaChat", 313_128)
+    estimate = build_estimate(tally, PRICES, source="f", exact_input=True, output_method="b")
+    assert estimate.cost.high == pytest.approx(62.6256) and estimate.cost.high != 62.6256
+    data = estimate_to_json(estimate)
+    assert data["total"]["cost"] == {"low": 62.6256, "expected": None, "high": 62.6256}
+    assert data["total"]["output_tokens"] == {"low": 0, "expected": None, "high": 0}
+    assert "62.6256," in orjson.dumps(data).decode()
