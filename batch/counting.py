@@ -60,7 +60,7 @@ class CountStats:
     calls: int = 0
     uncounted_texts: int = 0
     uncounted_reason: str | None = None
-    over_limit: int = 0  # embedding texts over the model's input limit
+    over_limit: int = 0  # texts over the input limit of their kind and model
     started: float = field(default_factory=time.monotonic)
 
     def line(self, total: int | None) -> str:

@@ -182,7 +182,8 @@ class JobKind(abc.ABC):
     # The method name of this kind's requests in GigaChat's batch API (a batch-file line).
     batch_api_method: ClassVar[str]
     # Whether answers bill output tokens (chat) or not (embeddings): the estimate samples
-    # answers only for kinds that have them.
+    # answers only for kinds that have them, and reads the sampled rows' `model`,
+    # `prompt_tokens`, `completion_tokens` and `precached_prompt_tokens` columns.
     has_output: ClassVar[bool] = True
     # What a line of this kind is, for `--kind`'s help.
     summary: ClassVar[str] = ""

@@ -261,14 +261,16 @@ class ChatKind(JobKind):
         if functions:
             texts.append(orjson.dumps(functions).decode())
         per_message = MESSAGE_OVERHEAD if message_overhead is None else message_overhead
+        session = session_id(request)
         return BilledInput(
             model=str(request.get("model") or self.model),
             texts=tuple(t for t in texts if t),
             overhead=per_message * len(messages),
             messages=len(messages),
-            session=session_id(request),
-            message_keys=tuple(message_keys(request)),
-            message_texts=tuple(str(m.get("content") or "") for m in messages),
+            session=session,
+            # The prompt cache works per session: without one there is no prefix to find.
+            message_keys=tuple(message_keys(request)) if session else (),
+            message_texts=tuple(texts[: len(messages)]) if session else (),
             output_bound=request.get("max_tokens") or DEFAULT_COMPLETION_RESERVE,
             default_bound=request.get("max_tokens") is None,
         )
