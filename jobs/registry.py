@@ -82,9 +82,16 @@ def cli_options() -> list[KindOption]:
 
 
 def kind_for(name: str, options: KindOptions | None = None) -> JobKind:
-    """A fresh job kind for one run; ConfigError for an unknown name or bad options."""
+    """A fresh job kind for one run; ConfigError for an unknown name or bad options.
+    Plain `KindOptions` (the settings every kind reads) are taken as the kind's own
+    options with their defaults for the rest."""
     kind = kind_class(name)
-    return kind(options if options is not None else kind.options_type())
+    if options is None:
+        options = kind.options_type()
+    elif not isinstance(options, kind.options_type):
+        common = {f.name: getattr(options, f.name) for f in dataclasses.fields(KindOptions)}
+        options = kind.options_type(**common)
+    return kind(options)
 
 
 def kind_from_values(name: str, values: Mapping[str, Any]) -> JobKind:

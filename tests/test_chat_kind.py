@@ -11,7 +11,7 @@ import pytest
 
 from batch.api_types import ChatCompletion, Usage
 from batch.errors import ConfigError
-from jobs.base import Batch, Job, JobResult, SourceLocation
+from jobs.base import Batch, Job, JobResult, KindOptions, SourceLocation
 from jobs.chat import DEFAULT_COMPLETION_RESERVE, ChatKind, ChatOptions, session_id
 from jobs.embeddings import EmbeddingsKind
 from jobs.registry import kind_for
@@ -209,3 +209,10 @@ def test_registry_builds_kinds_by_name() -> None:
     assert isinstance(kind_for("embed"), EmbeddingsKind)
     with pytest.raises(ConfigError, match="unknown job kind 'rerank'"):
         kind_for("rerank")
+
+
+def test_plain_kind_options_build_any_kind_with_its_defaults() -> None:
+    chat = kind_for("chat", KindOptions(model="GigaChat-Pro"))
+    embed = kind_for("embed", KindOptions(text_column="body"))
+    assert chat.answer_settings()["model"] == "GigaChat-Pro"
+    assert embed.source_fields()["text"] == "body"
