@@ -29,6 +29,21 @@ from batch.errors import ConfigError
 from batch.estimate_report import estimate_to_json, render_table
 from batch.estimator import EstimateRequest, estimate_jobs
 from batch.pricing import PriceTable
+from batch.settings import ClientSettings
+
+
+def _online_settings(
+    stack: contextlib.ExitStack, api: dict[str, Any], emulator: bool
+) -> ClientSettings:
+    """The client settings (of an emulator kept running in `stack` with --emulator);
+    ConfigError without credentials."""
+    settings = stack.enter_context(api_settings(api, emulator, "b2b", ()))
+    if not settings.has_auth:
+        raise ConfigError(
+            "no credentials: set GIGACHAT_CREDENTIALS (or GIGACHAT_ACCESS_TOKEN, "
+            "GIGACHAT_USER and GIGACHAT_PASSWORD, or GIGACHAT_CERT_FILE), or use --offline"
+        )
+    return settings
 
 
 @main.command()
@@ -117,14 +132,7 @@ def estimate(
     api = {name: options.pop(name) for name in API_OPTION_NAMES}
     prices = PriceTable.load(prices_path)
     with contextlib.ExitStack() as stack:
-        settings = None
-        if not offline:
-            settings = stack.enter_context(api_settings(api, emulator, "b2b", ()))
-            if not settings.has_auth:
-                raise ConfigError(
-                    "no credentials: set GIGACHAT_CREDENTIALS (or GIGACHAT_ACCESS_TOKEN, "
-                    "GIGACHAT_USER and GIGACHAT_PASSWORD, or GIGACHAT_CERT_FILE), or use --offline"
-                )
+        settings = None if offline else _online_settings(stack, api, emulator)
         # Offline there are no settings to read, but GIGACHAT_MODEL still names the model.
         model_default = (
             settings.model if settings is not None else os.environ.get("GIGACHAT_MODEL") or None
