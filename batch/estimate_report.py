@@ -146,19 +146,11 @@ def _rounded(value: float | None, digits: int | None) -> float | int | None:
     return round(value) if digits is None else round(value, digits)
 
 
-def _tokens_json(span: Span) -> dict[str, float | int | None]:
+def _span_json(span: Span, digits: int | None) -> dict[str, float | int | None]:
     return {
-        "low": _rounded(span.low, None),
-        "expected": _rounded(span.expected, None),
-        "high": _rounded(span.high, None),
-    }
-
-
-def _cost_json(span: Span) -> dict[str, float | int | None]:
-    return {
-        "low": _rounded(span.low, COST_DIGITS),
-        "expected": _rounded(span.expected, COST_DIGITS),
-        "high": _rounded(span.high, COST_DIGITS),
+        "low": _rounded(span.low, digits),
+        "expected": _rounded(span.expected, digits),
+        "high": _rounded(span.high, digits),
     }
 
 
@@ -169,8 +161,8 @@ def _model_json(m: ModelEstimate) -> dict[str, Any]:
         "rows": m.rows,
         "input_tokens": m.input_tokens,
         "cacheable_input_tokens": m.cacheable_tokens,
-        "output_tokens": _tokens_json(m.output_tokens),
-        "cost": _cost_json(m.cost),
+        "output_tokens": _span_json(m.output_tokens, None),
+        "cost": _span_json(m.cost, COST_DIGITS),
         "price_per_million": _rounded(m.price_per_million, COST_DIGITS),
     }
 
@@ -227,8 +219,8 @@ def estimate_to_json(estimate: Estimate) -> dict[str, Any]:
             "rows": e.rows,
             "input_tokens": e.input_tokens,
             "cacheable_input_tokens": e.cacheable_tokens,
-            "output_tokens": _tokens_json(e.output_tokens),
-            "cost": _cost_json(e.cost),
+            "output_tokens": _span_json(e.output_tokens, None),
+            "cost": _span_json(e.cost, COST_DIGITS),
         },
         "currency": p.currency,
         "prices": {"taken": p.taken, "source": p.source},

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
@@ -38,6 +38,7 @@ from batch.errors import (
 
 DEFAULT_CHAT_MODEL = "GigaChat"
 JSON = "application/json"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,14 +159,23 @@ def chat_from_json(data: Any, request_id: str | None = None) -> ChatCompletion:
         raise _malformed_body("no choices[0].message in a chat answer", request_id) from None
 
 
-def parse_chat(response: httpx.Response) -> ChatCompletion:
-    data = _payload(response, ("choices",))
+def _parsed(
+    response: httpx.Response,
+    payload_keys: tuple[str, ...],
+    from_json: Callable[[Any, str | None], T],
+) -> T:
+    """The answer `from_json` reads in a success body; a malformed one carries the status."""
+    data = _payload(response, payload_keys)
     try:
-        return chat_from_json(data, _request_id(response))
+        return from_json(data, _request_id(response))
     except ServerError as exc:
         raise ServerError(
             exc.message, status=response.status_code, request_id=exc.request_id
         ) from None
+
+
+def parse_chat(response: httpx.Response) -> ChatCompletion:
+    return _parsed(response, ("choices",), chat_from_json)
 
 
 def embeddings_from_json(data: Any, request_id: str | None = None) -> Embeddings:
@@ -186,13 +196,7 @@ def embeddings_from_json(data: Any, request_id: str | None = None) -> Embeddings
 
 
 def parse_embeddings(response: httpx.Response) -> Embeddings:
-    data = _payload(response, ("data",))
-    try:
-        return embeddings_from_json(data, _request_id(response))
-    except ServerError as exc:
-        raise ServerError(
-            exc.message, status=response.status_code, request_id=exc.request_id
-        ) from None
+    return _parsed(response, ("data",), embeddings_from_json)
 
 
 def parse_tokens_count(response: httpx.Response) -> list[TokenCount]:
