@@ -33,16 +33,12 @@ from jobs.base import (
     KindOptions,
     SourceLocation,
 )
+from jobs.chat_fields import function_call_setting, function_list, message_list
 from jobs.registry import register
 from jobs.tokens import text_token_ceiling
-from jobs.validation import RecordFields, json_text, number_problem, type_name
+from jobs.validation import RecordFields, json_text, number_problem
 
 DEFAULT_MODEL = "GigaChat"
-ROLES = ("system", "user", "assistant", "function")
-# Keys a message may carry besides role and content (function calling, attachments).
-MESSAGE_KEYS = frozenset(
-    {"role", "content", "name", "function_call", "functions_state_id", "attachments"}
-)
 # The cap a budgeted run sends as max_tokens for jobs that set none (without --max-completion-
 # tokens), so a reservation is a bound: the API itself does not cap answers below the context
 # window. Unbudgeted runs send no cap, and reserve/estimate count such answers at this size.
@@ -192,10 +188,10 @@ class ChatKind(JobKind):
             ),
         }
         body.update({key: value for key, value in settings.items() if value is not None})
-        functions = _functions(fields)
+        functions = function_list(fields)
         if functions is not None:
             body["functions"] = functions
-        function_call = _function_call(fields)
+        function_call = function_call_setting(fields)
         if function_call is not None:
             body["function_call"] = function_call
         fields.check()
@@ -209,7 +205,7 @@ class ChatKind(JobKind):
                 fields.add_problem(
                     "system", "goes with the 'prompt' shorthand; put a system message in 'messages'"
                 )
-            return _message_list(fields)
+            return message_list(fields)
         prompt = fields.string("prompt")
         system = fields.string("system") if fields.has("system") else self.options.system
         if prompt is None:
@@ -371,71 +367,3 @@ def prompt_ceiling(body: Mapping[str, Any]) -> int:
 
 def _first(line_value: float | int | None, default: float | int | None) -> float | int | None:
     return line_value if line_value is not None else default
-
-
-def _message_list(fields: RecordFields) -> list[dict[str, Any]] | None:
-    raw = fields.value("messages")
-    where = fields.source("messages")
-    if not isinstance(raw, (list, tuple)) or not raw:
-        fields.add_problem("messages", f"must be a non-empty array, got {_describe(raw)}")
-        return None
-    messages: list[dict[str, Any]] = []
-    for n, item in enumerate(raw):
-        at = f"{where}[{n}]"
-        if not isinstance(item, Mapping):
-            fields.add_problem_at(at, f"must be an object, got {type_name(item)}")
-            continue
-        # Parquet structs give every key of the column's type; null means absent.
-        message = {str(k): v for k, v in item.items() if v is not None}
-        for key in message.keys() - MESSAGE_KEYS:
-            fields.add_problem_at(f"{at}.{key}", "unknown message field")
-        role = message.get("role")
-        if role not in ROLES:
-            fields.add_problem_at(f"{at}.role", f"must be one of {', '.join(ROLES)}, got {role!r}")
-        content = message.get("content")
-        if content is None and role == "assistant" and "function_call" in message:
-            message["content"] = ""
-        elif not isinstance(content, str):
-            fields.add_problem_at(f"{at}.content", f"must be a string, got {type_name(content)}")
-        messages.append(message)
-    return messages
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "an empty array"
-    return type_name(value)
-
-
-def _functions(fields: RecordFields) -> list[dict[str, Any]] | None:
-    raw = fields.value("functions")
-    if raw is None:
-        return None
-    where = fields.source("functions")
-    if not isinstance(raw, (list, tuple)):
-        fields.add_problem("functions", f"must be an array of objects, got {type_name(raw)}")
-        return None
-    functions: list[dict[str, Any]] = []
-    for n, item in enumerate(raw):
-        if not isinstance(item, Mapping):
-            fields.add_problem_at(f"{where}[{n}]", f"must be an object, got {type_name(item)}")
-            continue
-        function = {str(k): v for k, v in item.items() if v is not None}
-        if not isinstance(function.get("name"), str) or not function["name"]:
-            fields.add_problem_at(f"{where}[{n}].name", "must be a non-empty string")
-        if not isinstance(function.get("parameters", {}), Mapping):
-            fields.add_problem_at(f"{where}[{n}].parameters", "must be an object")
-        functions.append(function)
-    return functions
-
-
-def _function_call(fields: RecordFields) -> str | dict[str, Any] | None:
-    raw = fields.value("function_call")
-    if raw is None:
-        return None
-    if raw in ("auto", "none"):
-        return str(raw)
-    if isinstance(raw, Mapping) and isinstance(raw.get("name"), str) and raw["name"]:
-        return dict(raw)
-    fields.add_problem("function_call", f'must be "auto", "none" or {{"name": ...}}, got {raw!r}')
-    return None
