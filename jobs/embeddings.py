@@ -1,7 +1,7 @@
 """Embedding jobs: texts packed many to a request, each answered as a fixed-size float32 vector.
 
-The packer groups up to `batch_size` jobs and `max_batch_chars` characters of distinct text per
-request; a text repeated inside a pending batch is sent once, and a bounded LRU of recent
+The packer (jobs/embedding_packing.py) groups up to `batch_size` jobs and `max_batch_chars`
+characters of distinct text per request; a text repeated inside a pending batch is sent once, and a bounded LRU of recent
 vectors answers repeats across batches without a request. A text over the model's input
 limit fails its row (or is truncated with `on_long_text="truncate"`): long texts are counted
 exactly with `/tokens/count`, and a 413 on a many-text request is bisected down to the text
@@ -14,7 +14,7 @@ import hashlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
 import pyarrow as pa
@@ -35,6 +35,7 @@ from jobs.base import (
     KindOptions,
     SourceLocation,
 )
+from jobs.embedding_packing import EmbeddingPacker, EmbeddingPayload
 from jobs.registry import register
 from jobs.tokens import surely_fits, token_ceiling
 from jobs.validation import RecordFields, json_text
@@ -67,9 +68,6 @@ CACHE_BYTES = 16 * 1024 * 1024
 # Truncation aims this many tokens under the limit, and gives up after this many rounds.
 TRUNCATE_MARGIN = 16
 TRUNCATE_ROUNDS = 4
-# Jobs of at most this many models are pending at once; the oldest batch is sent early.
-MAX_PENDING_MODELS = 8
-
 _FIELDS = ("id", "text", "model", "metadata")
 
 
@@ -110,15 +108,6 @@ class EmbeddingsClient(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class EmbeddingPayload:
-    """One request: distinct `texts` in `input` order; `slots[i]` is the text of job i."""
-
-    model: str
-    texts: list[str]
-    slots: list[int]
-
-
-@dataclass(frozen=True, slots=True)
 class _Vector:
     values: array[float]
     tokens: int
@@ -133,57 +122,6 @@ class _Rejected:
 
 
 _Answer = _Vector | _Rejected
-
-
-@dataclass(slots=True)
-class _Pending:
-    jobs: list[Job] = field(default_factory=list)
-    slots: list[int] = field(default_factory=list)
-    texts: dict[str, int] = field(default_factory=dict)
-    chars: int = 0
-
-
-class EmbeddingPacker:
-    """Packs jobs into requests per model: at most `batch_size` jobs and `max_chars`
-    characters of distinct text each (a longer text goes alone)."""
-
-    def __init__(self, batch_size: int, max_chars: int) -> None:
-        self.batch_size = batch_size
-        self.max_chars = max_chars
-        self._pending: dict[str, _Pending] = {}
-
-    def add(self, job: Job) -> list[Batch]:
-        model: str = job.request["model"]
-        text: str = job.request["text"]
-        full: list[Batch] = []
-        pending = self._pending.get(model)
-        if (
-            pending is not None
-            and text not in pending.texts
-            and pending.chars + len(text) > self.max_chars
-        ):
-            full.append(self._close(model))
-            pending = None
-        if pending is None:
-            pending = self._pending[model] = _Pending()
-            if len(self._pending) > MAX_PENDING_MODELS:
-                full.append(self._close(next(iter(self._pending))))
-        if text not in pending.texts:
-            pending.texts[text] = len(pending.texts)
-            pending.chars += len(text)
-        pending.jobs.append(job)
-        pending.slots.append(pending.texts[text])
-        if len(pending.jobs) >= self.batch_size:
-            full.append(self._close(model))
-        return full
-
-    def flush(self) -> list[Batch]:
-        return [self._close(model) for model in list(self._pending)]
-
-    def _close(self, model: str) -> Batch:
-        pending = self._pending.pop(model)
-        payload = EmbeddingPayload(model=model, texts=list(pending.texts), slots=pending.slots)
-        return Batch(jobs=pending.jobs, payload=payload)
 
 
 class VectorCache:

@@ -16,14 +16,8 @@ from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.emulator.tokens import count_tokens
 from batch.errors import FatalError, PayloadTooLarge, RateLimited, ServerError
 from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult, SourceLocation
-from jobs.embeddings import (
-    MAX_PENDING_MODELS,
-    EmbeddingOptions,
-    EmbeddingPayload,
-    EmbeddingsKind,
-    VectorCache,
-    _Vector,
-)
+from jobs.embedding_packing import MAX_PENDING_MODELS, EmbeddingPayload
+from jobs.embeddings import EmbeddingOptions, EmbeddingsKind, VectorCache, _Vector
 
 
 class FakeEmbeddingsClient:
