@@ -2,10 +2,11 @@
 
 The packer (jobs/embedding_packing.py) groups up to `batch_size` jobs and `max_batch_chars`
 characters of distinct text per request; a text repeated inside a pending batch is sent
-once, and a bounded LRU of recent vectors answers repeats across batches without a request. A text over the model's input
-limit fails its row (or is truncated with `on_long_text="truncate"`): long texts are counted
-exactly with `/tokens/count`, and a 413 on a many-text request is bisected down to the text
-that caused it, so the other texts still get their vectors.
+once, and a bounded LRU of recent vectors answers repeats across batches without a request.
+A text over the model's input limit fails its row (or is truncated with
+`on_long_text="truncate"`): long texts are counted exactly with `/tokens/count`, and a 413
+on a many-text request is bisected down to the text that caused it, so the other texts
+still get their vectors.
 """
 
 from __future__ import annotations
