@@ -3,7 +3,8 @@
 Input tokens are tallied per model (exactly, from `/tokens/count`, or approximately from
 characters offline); output tokens are bounded by `max_tokens`, or projected from a random
 sample of jobs answered for real, with a confidence interval; both are priced by the
-`PriceTable`. No I/O here: the command in `batch/cli/estimate.py` feeds these functions.
+`PriceTable`. No I/O here: batch/estimator.py feeds these functions and
+batch/estimate_report.py renders what they return.
 """
 
 from __future__ import annotations
