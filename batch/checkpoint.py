@@ -32,7 +32,6 @@ from batch.api_types import Usage
 from batch.errors import RunRefused
 from batch.id_hashes import IdHashSet, id_hash
 from batch.pricing import PriceTable
-from jobs.chat import DEFAULT_COMPLETION_RESERVE
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
@@ -156,22 +155,15 @@ class Totals:
         return sum(self.usage.values(), Usage())
 
 
-# What to do about a changed setting that users change without meaning to.
-_SETTING_HINTS = {
-    "max_tokens": (
-        "the cap on answers of jobs without their own max_tokens: --max-completion-tokens, "
-        f"or {DEFAULT_COMPLETION_RESERVE} when a budget (--max-cost/--max-tokens) is given; "
-        "resume with the cap the output was made with"
-    ),
-}
-
-
-def settings_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """What differs between two settings fingerprints, one phrase per setting."""
+def settings_changes(
+    old: Mapping[str, Any], new: Mapping[str, Any], hints: Mapping[str, str] | None = None
+) -> list[str]:
+    """What differs between two settings fingerprints, one phrase per setting; `hints`
+    (the kind's `setting_hints`) say what to do about a setting."""
     changes = []
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
-            hint = _SETTING_HINTS.get(key)
+            hint = (hints or {}).get(key)
             change = f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
             changes.append(f"{change} ({hint})" if hint else change)
     return changes
@@ -209,11 +201,12 @@ class Checkpoint:
         total_jobs: int,
         restart: bool = False,
         retry_failed: bool = False,
+        setting_hints: Mapping[str, str] | None = None,
     ) -> Checkpoint:
         """Open (or create) `out_dir` for a run. Refuses, with what changed, to resume an
         output made from another input or other answer-affecting settings unless `restart`
-        (which deletes the previous output). `retry_failed` moves failed/ aside so its ids
-        are pending again."""
+        (which deletes the previous output); `setting_hints` say what to do about a changed
+        setting. `retry_failed` moves failed/ aside so its ids are pending again."""
         settings_now = _normalised({"kind": kind, **settings})
         manifest_path = out_dir / MANIFEST
         if restart:
@@ -221,7 +214,7 @@ class Checkpoint:
         previous: dict[str, Any] | None = None
         if manifest_path.exists():
             previous = orjson.loads(manifest_path.read_bytes())
-            _check_resumable(previous, input_fingerprint, settings_now)
+            _check_resumable(previous, input_fingerprint, settings_now, setting_hints)
         out_dir.mkdir(parents=True, exist_ok=True)
         for sub in (RESULTS, FAILED):
             (out_dir / sub).mkdir(exist_ok=True)
@@ -313,7 +306,10 @@ class Checkpoint:
 
 
 def _check_resumable(
-    previous: Mapping[str, Any], input_fingerprint: str, settings: Mapping[str, Any]
+    previous: Mapping[str, Any],
+    input_fingerprint: str,
+    settings: Mapping[str, Any],
+    hints: Mapping[str, str] | None,
 ) -> None:
     changes = []
     old_input = previous.get("input", {}).get("fingerprint")
@@ -322,7 +318,7 @@ def _check_resumable(
             "the input file changed "
             f"(fingerprint {str(old_input)[:12]} -> {input_fingerprint[:12]})"
         )
-    changes.extend(settings_changes(previous.get("settings", {}), settings))
+    changes.extend(settings_changes(previous.get("settings", {}), settings, hints))
     if changes:
         raise RunRefused(
             "this output directory was made with a different input or settings: "

@@ -1,6 +1,6 @@
 """The counting pass of `gigabatch estimate`: stream jobs, count their billed input exactly.
 
-Jobs are read once, in order; each job's billed input (jobs/token_counts.py) is split into
+Jobs are read once, in order; each job's billed input (the kind's `billed_input`) is split into
 texts that are packed, per model, into `/tokens/count` calls of many texts each. A fixed
 set of workers sends the calls through the run engine's `AdaptiveLimiter` (so a 429 with
 `Retry-After` pauses every worker) and `call_with_retry`, fed by a bounded stream: memory
@@ -13,9 +13,8 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -27,23 +26,15 @@ from batch.estimate import (
     COUNT_BATCH_CHARS,
     COUNT_BATCH_TEXTS,
     Calibration,
-    Reservoir,
     Tally,
     approximate_tokens,
 )
 from batch.limiter import AdaptiveLimiter
 from batch.lru import Lru, text_key
 from batch.pipeline import run_pipeline
+from batch.projection import Reservoir
 from batch.retry import RetryPolicy, call_with_retry
-from jobs.base import Batch, Job, JobKind
-from jobs.embeddings import EmbeddingsKind
-from jobs.token_counts import (
-    EMBEDDING_OVERHEAD,
-    MESSAGE_OVERHEAD,
-    billed_input,
-    message_keys,
-    session_key,
-)
+from jobs.base import BilledInput, Job, JobKind
 
 # Counted texts remembered (by digest) so a text repeated across the file is counted once.
 COUNTED_CACHE = 65_536
@@ -67,7 +58,7 @@ class CountStats:
     calls: int = 0
     uncounted_texts: int = 0
     uncounted_reason: str | None = None
-    over_limit: int = 0  # embedding texts over the model's input limit
+    over_limit: int = 0  # texts over the input limit of their kind and model
     started: float = field(default_factory=time.monotonic)
 
     def line(self, total: int | None) -> str:
@@ -105,7 +96,7 @@ class InputCounter:
         kind: JobKind,
         tally: Tally,
         *,
-        message_overhead: int = MESSAGE_OVERHEAD,
+        message_overhead: int | None = None,
         max_texts: int = COUNT_BATCH_TEXTS,
         max_chars: int = COUNT_BATCH_CHARS,
         sampler: Reservoir[tuple[Job, str]] | None = None,
@@ -122,15 +113,14 @@ class InputCounter:
         self._embedded: Lru[bool] = Lru(EMBED_DEDUP_WINDOW)
         self._sessions: Lru[list[bytes]] = Lru(SESSIONS)
 
-    def _cached_prefix(self, request: Mapping[str, Any]) -> list[str]:
-        """The messages of `request` the prompt cache would serve: those it shares, from the
-        start, with the previous request of its session (never the last message)."""
-        session = session_key(request)
-        if session is None:
+    def _cached_prefix(self, billed: BilledInput) -> list[str]:
+        """The messages of a request the prompt cache would serve: those it shares, from
+        the start, with the previous request of its session (never the last message)."""
+        if billed.session is None:
             return []
-        keys = message_keys(request)
-        previous = self._sessions.get(session.encode())
-        self._sessions.put(session.encode(), keys)
+        keys = list(billed.message_keys)
+        previous = self._sessions.get(billed.session.encode())
+        self._sessions.put(billed.session.encode(), keys)
         if previous is None:
             return []
         shared = 0
@@ -138,34 +128,29 @@ class InputCounter:
             if old != new:
                 break
             shared += 1
-        messages = request.get("messages") or ()
-        return [str(m.get("content") or "") for m in messages[:shared]]
+        return list(billed.message_texts[:shared])
 
     def add(self, job: Job) -> list[CountCall]:
         """Tally one job; returns the count calls that became full."""
         self.stats.jobs += 1
-        billed = billed_input(self.kind.name, job.request, message_overhead=self.message_overhead)
-        if self.kind.name == "chat":
-            prefix = self._cached_prefix(job.request)
-            self.tally.add_row(
-                billed.model,
-                output_bound=self.kind.reserve(Batch(jobs=[job])).completion_tokens,
-                default_bound=job.request.get("max_tokens") is None,
-                messages=len(job.request.get("messages") or ()),
-                cached_messages=len(prefix),
-            )
-            if self.sampler is not None:
-                self.sampler.offer((job, billed.model))
-        else:
-            self.tally.add_row(billed.model)
-            key = text_key(billed.model, billed.texts[0])
+        billed = self.kind.billed_input(job, message_overhead=self.message_overhead)
+        prefix = self._cached_prefix(billed)
+        self.tally.add_row(
+            billed.model,
+            output_bound=billed.output_bound,
+            default_bound=billed.default_bound,
+            messages=billed.messages,
+            cached_messages=len(prefix),
+        )
+        if self.sampler is not None:
+            self.sampler.offer((job, billed.model))
+        if billed.deduplicated:
+            key = text_key(billed.model, "\0".join(billed.texts))
             if self._embedded.get(key) is not None:
                 return []  # the run answers it from its cache: not billed again
             self._embedded.put(key, True)
-            prefix = []
-        self.tally.add_input(
-            billed.model, billed.overhead, cacheable=len(prefix) * self.message_overhead
-        )
+        per_message = billed.overhead // billed.messages if billed.messages else 0
+        self.tally.add_input(billed.model, billed.overhead, cacheable=len(prefix) * per_message)
         cached = Counter(text for text in prefix if text) if prefix else None
         full: list[CountCall] = []
         for text in billed.texts:
@@ -217,15 +202,11 @@ class InputCounter:
 
     def _add_counted(self, model: str, count: int, times: int, cached: int) -> None:
         """Bill a counted text `times` times (`cached` of them from the prompt cache)."""
-        if isinstance(self.kind, EmbeddingsKind) and count > self.kind.max_input_tokens(model):
-            # The embeddings kind fails a text over the limit without sending it (so neither
-            # it nor its overhead is billed), or truncates it to under the limit.
+        admitted = self.kind.admit_input(model, count)
+        if admitted.over_limit:
             self.stats.over_limit += times
-            if self.kind.options.on_long_text != "truncate":
-                self.tally.add_input(model, -EMBEDDING_OVERHEAD * times)
-                return
-            count = self.kind.max_input_tokens(model)
-        self.tally.add_input(model, count * times, cacheable=count * cached)
+        cacheable = max(admitted.tokens, 0) * cached
+        self.tally.add_input(model, admitted.tokens * times, cacheable=cacheable)
 
     def uncountable(self, call: CountCall, reason: str) -> None:
         """The API refused to count these texts (a permanent error): approximate them."""
@@ -310,17 +291,17 @@ def limited_counter(
 
 
 async def measure_overhead(
-    answered: Sequence[tuple[Job, int]], count: CountFn, *, assumed: int
+    kind: JobKind, answered: Sequence[tuple[Job, int]], count: CountFn, *, assumed: int
 ) -> Calibration:
-    """The per-message overhead the API really billed for sampled chat jobs: `answered`
+    """The per-message overhead the API really billed for sampled jobs: `answered`
     pairs each job with the prompt tokens it was billed (cached ones included), and its
     texts are counted again here, without any assumed overhead."""
     counted = messages = billed = 0
     texts_by_model: dict[str, list[str]] = {}
     for job, prompt_tokens in answered:
-        job_input = billed_input("chat", job.request, message_overhead=0)
+        job_input = kind.billed_input(job, message_overhead=0)
         texts_by_model.setdefault(job_input.model, []).extend(job_input.texts)
-        messages += len(job.request.get("messages") or ())
+        messages += job_input.messages
         billed += prompt_tokens
     for model, texts in texts_by_model.items():
         for start in range(0, len(texts), COUNT_BATCH_TEXTS):

@@ -3,23 +3,20 @@
 Input tokens are tallied per model (exactly, from `/tokens/count`, or approximately from
 characters offline); output tokens are bounded by `max_tokens`, or projected from a random
 sample of jobs answered for real, with a confidence interval; both are priced by the
-`PriceTable`. No I/O here: the command in `batch/cli/estimate.py` feeds these functions.
+`PriceTable`. No I/O here: batch/estimator.py feeds these functions and
+batch/estimate_report.py renders what they return.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
 
 from batch.api_types import BalanceEntry
 from batch.pricing import PriceTable
-
-Kind = Literal["chat", "embed"]
-T = TypeVar("T")
+from batch.projection import Span, project_total
 
 # Russian and English text run at 3-4 characters per token (Sber's documentation); offline
 # estimates use the middle of that range and say so.
@@ -35,35 +32,13 @@ def approximate_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-class Reservoir(Generic[T]):
-    """A uniform random sample of `size` items from a stream of unknown length, in memory
-    for `size` items only (Vitter's algorithm R); seeded, so a seeded estimate samples the
-    same jobs every time."""
-
-    def __init__(self, size: int, seed: int | None = None) -> None:
-        if size < 1:
-            raise ValueError("a sample needs at least one job")
-        self.size = size
-        self.seen = 0
-        self.items: list[T] = []
-        self._rng = random.Random(seed)
-
-    def offer(self, item: T) -> None:
-        self.seen += 1
-        if len(self.items) < self.size:
-            self.items.append(item)
-            return
-        slot = self._rng.randrange(self.seen)
-        if slot < self.size:
-            self.items[slot] = item
-
-
 @dataclass(slots=True)
 class ModelTally:
     """Running totals for the jobs of one model."""
 
     model: str
-    kind: Kind
+    kind: str
+    has_output: bool = True
     rows: int = 0
     input_tokens: int = 0
     # Input tokens that repeat the prefix of the previous request in the same session (a
@@ -81,15 +56,17 @@ class ModelTally:
 
 @dataclass(slots=True)
 class Tally:
-    """Per-model totals for one job file; chat rows add an output bound, embeddings none."""
+    """Per-model totals for one job file of one kind; rows of a kind with output (chat) add
+    an output bound, those of a kind without (embeddings) none."""
 
-    kind: Kind
+    kind: str
+    has_output: bool = True
     models: dict[str, ModelTally] = field(default_factory=dict)
 
     def model(self, name: str) -> ModelTally:
         tally = self.models.get(name)
         if tally is None:
-            tally = self.models[name] = ModelTally(name, self.kind)
+            tally = self.models[name] = ModelTally(name, self.kind, self.has_output)
         return tally
 
     def add_row(
@@ -156,109 +133,9 @@ class Calibration:
 
 
 @dataclass(frozen=True, slots=True)
-class Span:
-    """Low, expected and high of one quantity; `expected` is None when nothing supports a
-    point value (output tokens without a sample)."""
-
-    low: float
-    expected: float | None
-    high: float
-
-    def __add__(self, other: Span) -> Span:
-        expected = (
-            None
-            if self.expected is None or other.expected is None
-            else self.expected + other.expected
-        )
-        return Span(self.low + other.low, expected, self.high + other.high)
-
-    def scaled(self, factor: float) -> Span:
-        expected = None if self.expected is None else self.expected * factor
-        return Span(self.low * factor, expected, self.high * factor)
-
-
-def _t_density(t: float, df: int) -> float:
-    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    return math.exp(log_norm - (df + 1) / 2 * math.log1p(t * t / df))
-
-
-def _t_cdf(t: float, df: int, steps: int = 400) -> float:
-    """P(T <= t) for t >= 0, by Simpson's rule on the density (smooth, so 400 steps suffice)."""
-    h = t / steps
-    inner = sum((4 if i % 2 else 2) * _t_density(i * h, df) for i in range(1, steps))
-    return 0.5 + h / 3 * (_t_density(0.0, df) + inner + _t_density(t, df))
-
-
-def t_quantile(p: float, df: int) -> float:
-    """The p-quantile of Student's t with `df` degrees of freedom (p > 0.5).
-
-    Exact for df 1 and 2; above that the Cornish-Fisher expansion (Abramowitz & Stegun
-    26.7.5) polished by Newton steps on the CDF (no scipy dependency for one number).
-    """
-    if not 0.5 < p < 1:
-        raise ValueError("p must be in (0.5, 1)")
-    if df < 1:
-        raise ValueError("df must be at least 1")
-    if df == 1:
-        return math.tan(math.pi * (p - 0.5))
-    if df == 2:
-        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
-    z = statistics.NormalDist().inv_cdf(p)
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
-    t = z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
-    for _ in range(3):
-        t -= (_t_cdf(t, df) - p) / _t_density(t, df)
-    return t
-
-
-def project_total(
-    sample: Sequence[int],
-    population: int,
-    *,
-    confidence: float = 0.95,
-    bound: float | None = None,
-) -> Span:
-    """Total of a quantity over `population` rows from a simple random sample of them
-    (without replacement): expected N * mean, with a Student-t interval whose standard
-    error carries the finite-population correction, sqrt(1 - n/N).
-
-    Why t and not a bootstrap: answer lengths are bounded (by max_tokens), so the sample
-    mean is close to normal for the sample sizes people use (tens to hundreds), t widens the
-    interval honestly for small ones, and it costs nothing. The interval is clipped to what
-    is certain: no less than the sample's own total (the other rows cannot be negative),
-    no more than `bound` (the sum of the rows' max_tokens) when there is one.
-    """
-    n = len(sample)
-    if n == 0:
-        raise ValueError("an empty sample projects nothing")
-    if n > population:
-        raise ValueError("the sample is larger than the population")
-    seen = float(sum(sample))
-    mean = seen / n
-    expected = mean * population
-    if n == population:
-        return Span(seen, seen, seen)
-    if n == 1:
-        low, high = seen, math.inf
-    else:
-        stdev = statistics.stdev(sample)
-        fpc = math.sqrt(1 - n / population)
-        margin = t_quantile(0.5 + confidence / 2, n - 1) * population * stdev / math.sqrt(n) * fpc
-        low, high = expected - margin, expected + margin
-    low = max(low, seen)
-    if bound is not None:
-        high = min(high, bound)
-        expected = min(expected, bound)
-    return Span(low, expected, high)
-
-
-@dataclass(frozen=True, slots=True)
 class ModelEstimate:
     model: str
-    kind: Kind
+    kind: str
     rows: int
     input_tokens: int
     output_tokens: Span
@@ -307,7 +184,7 @@ class BalanceReport:
 @dataclass(frozen=True, slots=True)
 class Estimate:
     source: str
-    kind: Kind
+    kind: str
     exact_input: bool
     models: list[ModelEstimate]
     output_method: str
@@ -344,9 +221,9 @@ def output_span(
     *,
     confidence: float,
 ) -> Span:
-    """Output tokens of one model's rows: 0 for embeddings; without a sample, between 0
+    """Output tokens of one model's rows: 0 for a kind without output; without a sample, between 0
     and the max_tokens bound with no expected value; with one, the projection."""
-    if tally.kind == "embed":
+    if not tally.has_output:
         return Span(0, 0, 0)
     if not sample:
         return Span(0, None, tally.output_bound)
@@ -380,7 +257,7 @@ def build_estimate(
         sample = (samples or {}).get(name)
         output = output_span(model, sample, confidence=confidence)
         pooled = [tokens for values in (samples or {}).values() for tokens in values]
-        if samples is not None and not sample and model.kind == "chat" and pooled:
+        if samples is not None and not sample and model.has_output and pooled:
             # A model the sample missed (a rare one): its expected length is taken from the
             # other models' answers, its interval stays the honest 0..bound.
             guess = min(statistics.fmean(pooled) * model.rows, float(model.output_bound))
@@ -416,19 +293,16 @@ def build_estimate(
     )
 
 
-def balance_usage(model: str, kind: Kind) -> str:
-    """The `usage` a model draws on in /balance: embeddings share one, chat models their
-    own name (without the version suffix)."""
-    return "embeddings" if kind == "embed" else model.split(":", 1)[0]
-
-
-def check_balance(estimate: Estimate, entries: Sequence[BalanceEntry]) -> BalanceReport:
+def check_balance(
+    estimate: Estimate, entries: Sequence[BalanceEntry], usage_of: Callable[[str], str]
+) -> BalanceReport:
     """Compare the estimate's billed tokens with the prepaid balance (counted in tokens, per
-    usage): warn when the expected tokens, or failing that the high end, exceed what is left."""
+    usage; `usage_of` names the usage a model draws on, the kind's `balance_usage`): warn
+    when the expected tokens, or failing that the high end, exceed what is left."""
     left = {e.usage.lower(): e.value for e in entries}
     needed: dict[str, Span] = {}
     for m in estimate.models:
-        usage = balance_usage(m.model, m.kind)
+        usage = usage_of(m.model)
         needed[usage] = needed.get(usage, Span(0, 0, 0)) + m.billed_tokens
     warnings: list[str] = []
     unchecked: list[str] = []
@@ -438,216 +312,18 @@ def check_balance(estimate: Estimate, entries: Sequence[BalanceEntry]) -> Balanc
             unchecked.append(usage)
         elif tokens.expected is not None and tokens.expected > available:
             warnings.append(
-                f"the estimate for {usage} ({_int(tokens.expected)} tokens expected) exceeds "
-                f"the balance ({_int(available)} tokens)"
+                f"the estimate for {usage} ({whole_tokens(tokens.expected)} tokens expected) "
+                f"exceeds the balance ({whole_tokens(available)} tokens)"
             )
         elif tokens.high > available:
             what = "at the high end" if tokens.expected is not None else "at the max_tokens bound"
             warnings.append(
-                f"the estimate for {usage} {what} ({_int(tokens.high)} tokens) exceeds the "
-                f"balance ({_int(available)} tokens)"
+                f"the estimate for {usage} {what} ({whole_tokens(tokens.high)} tokens) exceeds the "
+                f"balance ({whole_tokens(available)} tokens)"
             )
     return BalanceReport(list(entries), warnings, unchecked=unchecked)
 
 
-def _int(value: float) -> str:
+def whole_tokens(value: float) -> str:
+    """A token count for people: whole, with thousands separators, `inf` when unbounded."""
     return "inf" if math.isinf(value) else f"{round(value):,}"
-
-
-def _rub(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if math.isinf(value):
-        return "inf"
-    return f"{value:,.4f}" if value < 1 else f"{value:,.2f}"
-
-
-def _tokens(value: float | None) -> str:
-    return "-" if value is None else _int(value)
-
-
-def render_table(estimate: Estimate) -> str:
-    """The estimate as a plain-text table with the method, prices, sample and balance."""
-    input_label = "input tokens" if estimate.exact_input else "input tokens ~"
-    header = [
-        "model",
-        "rows",
-        input_label,
-        "output low",
-        "expected",
-        "high",
-        f"cost low {estimate.prices.currency}",
-        "expected",
-        "high",
-    ]
-    rows: list[list[str]] = [header]
-
-    def line(name: str, n: int, inp: int, out: Span, cost: Span) -> list[str]:
-        return [
-            name,
-            f"{n:,}",
-            f"{inp:,}",
-            _tokens(out.low),
-            _tokens(out.expected),
-            _tokens(out.high),
-            _rub(cost.low),
-            _rub(cost.expected),
-            _rub(cost.high),
-        ]
-
-    for m in estimate.models:
-        rows.append(line(m.model, m.rows, m.input_tokens, m.output_tokens, m.cost))
-    if len(estimate.models) > 1:
-        rows.append(
-            line(
-                "total",
-                estimate.rows,
-                estimate.input_tokens,
-                estimate.output_tokens,
-                estimate.cost,
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    table = [
-        "  ".join(
-            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(r)
-        ).rstrip()
-        for r in rows
-    ]
-    out: list[str] = []
-    if not estimate.exact_input:
-        out.append(
-            "OFFLINE APPROXIMATION: no requests were made; input tokens are characters / "
-            f"{CHARS_PER_TOKEN} and may be off by 30% or more."
-        )
-    out.append(f"Estimate for {estimate.source} ({estimate.kind}, {estimate.rows:,} rows)")
-    out.extend(table)
-    input_how = (
-        "exact, from /tokens/count plus the overhead the API bills per message or text"
-        if estimate.exact_input
-        else f"approximate, characters / {CHARS_PER_TOKEN}"
-    )
-    out.append(f"input: {input_how}")
-    out.append(f"output: {estimate.output_method}")
-    p = estimate.prices
-    out.append(f"prices: {p.currency} per 1M tokens, taken {p.taken} ({p.source})")
-    if estimate.sample is not None:
-        s = estimate.sample
-        out.append(
-            f"sample: {s.answered} of {s.requested} jobs answered ({s.failed} failed), "
-            f"{s.completion_tokens:,} completion tokens, cost {_rub(s.cost)} {p.currency} "
-            "(part of the estimate)"
-        )
-        expected = estimate.cost.expected
-        if s.out is not None and expected is not None:
-            out.append(
-                f"`gigabatch run` with --out {s.out} and the same settings skips the sampled "
-                f"jobs: it pays the rest, about {_rub(max(0.0, expected - s.cost))} {p.currency}"
-            )
-    if estimate.calibration is not None:
-        out.append(f"calibration: {estimate.calibration.describe()}")
-    if estimate.cacheable_tokens:
-        out.append(
-            f"prompt cache: {estimate.cacheable_tokens:,} input tokens repeat the previous "
-            "request's prefix in the same session (a shared system prompt); low and expected "
-            "costs assume the API serves them from its cache for free, the high cost does not"
-        )
-    for note in estimate.notes:
-        out.append(f"note: {note}")
-    if estimate.balance is not None:
-        b = estimate.balance
-        if b.entries is None:
-            out.append(f"balance: unavailable ({b.note})")
-        else:
-            shown = ", ".join(f"{e.usage} {_int(e.value)} tokens" for e in b.entries)
-            unchecked = (
-                f" (no entry for {', '.join(b.unchecked)}: not checked)" if b.unchecked else ""
-            )
-            out.append(f"balance: {shown or 'empty'}{unchecked}")
-        for warning in b.warnings:
-            out.append(f"WARNING: {warning}")
-    return "\n".join(out)
-
-
-def _span_json(span: Span) -> dict[str, float | None]:
-    def num(v: float | None) -> float | None:
-        return None if v is None or math.isinf(v) else v
-
-    return {"low": num(span.low), "expected": num(span.expected), "high": num(span.high)}
-
-
-def estimate_to_json(estimate: Estimate) -> dict[str, Any]:
-    """The estimate for machines (`--json`). Infinite or unknown values are null."""
-    p = estimate.prices
-    data: dict[str, Any] = {
-        "source": estimate.source,
-        "kind": estimate.kind,
-        "mode": "exact" if estimate.exact_input else "offline-approximation",
-        "input_method": (
-            "tokens/count" if estimate.exact_input else f"characters/{CHARS_PER_TOKEN}"
-        ),
-        "output_method": estimate.output_method,
-        "rows": estimate.rows,
-        "models": [
-            {
-                "model": m.model,
-                "kind": m.kind,
-                "rows": m.rows,
-                "input_tokens": m.input_tokens,
-                "cacheable_input_tokens": m.cacheable_tokens,
-                "output_tokens": _span_json(m.output_tokens),
-                "cost": _span_json(m.cost),
-                "price_per_million": m.price_per_million,
-            }
-            for m in estimate.models
-        ],
-        "total": {
-            "rows": estimate.rows,
-            "input_tokens": estimate.input_tokens,
-            "cacheable_input_tokens": estimate.cacheable_tokens,
-            "output_tokens": _span_json(estimate.output_tokens),
-            "cost": _span_json(estimate.cost),
-        },
-        "currency": p.currency,
-        "prices": {"taken": p.taken, "source": p.source},
-        "notes": estimate.notes,
-        "sample": None,
-        "balance": None,
-        "calibration": None,
-    }
-    if estimate.sample is not None:
-        s = estimate.sample
-        data["sample"] = {
-            "requested": s.requested,
-            "answered": s.answered,
-            "failed": s.failed,
-            "completion_tokens": s.completion_tokens,
-            "prompt_tokens": s.prompt_tokens,
-            "cost": s.cost,
-            "out": s.out,
-            "confidence": s.confidence,
-        }
-    if estimate.calibration is not None:
-        c = estimate.calibration
-        data["calibration"] = {
-            "jobs": c.jobs,
-            "messages": c.messages,
-            "counted_tokens": c.counted,
-            "billed_prompt_tokens": c.billed,
-            "assumed_overhead": c.assumed,
-            "measured_overhead": c.measured,
-        }
-    if estimate.balance is not None:
-        b = estimate.balance
-        data["balance"] = {
-            "available": b.entries is not None,
-            "entries": (
-                None
-                if b.entries is None
-                else [{"usage": e.usage, "value": e.value} for e in b.entries]
-            ),
-            "warnings": b.warnings,
-            "unchecked": b.unchecked,
-            "note": b.note,
-        }
-    return data

@@ -106,6 +106,7 @@ async def run_jobs(config: RunConfig) -> RunSummary:
             total_jobs=report.jobs,
             restart=config.restart,
             retry_failed=config.retry_failed,
+            setting_hints=kind.setting_hints(),
         )
     )
     stats = RunStats(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
@@ -38,6 +38,7 @@ from batch.errors import (
 
 DEFAULT_CHAT_MODEL = "GigaChat"
 JSON = "application/json"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +137,12 @@ def _usage(data: Any) -> Usage:
     )
 
 
-def parse_chat(response: httpx.Response) -> ChatCompletion:
-    data = _payload(response, ("choices",))
+def _malformed_body(what: str, request_id: str | None) -> ServerError:
+    return ServerError(f"malformed answer: {what}", request_id=request_id)
+
+
+def chat_from_json(data: Any, request_id: str | None = None) -> ChatCompletion:
+    """A chat answer from its decoded JSON body (a batch API result line has the same)."""
     try:
         choice = data["choices"][0]
         message = choice["message"]
@@ -148,14 +153,33 @@ def parse_chat(response: httpx.Response) -> ChatCompletion:
             usage=_usage(data.get("usage")),
             function_call=message.get("function_call"),
             functions_state_id=message.get("functions_state_id"),
-            request_id=_request_id(response),
+            request_id=request_id,
         )
     except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-        raise _malformed(response, "no choices[0].message in a chat answer") from None
+        raise _malformed_body("no choices[0].message in a chat answer", request_id) from None
 
 
-def parse_embeddings(response: httpx.Response) -> Embeddings:
-    data = _payload(response, ("data",))
+def _parsed(
+    response: httpx.Response,
+    payload_keys: tuple[str, ...],
+    from_json: Callable[[Any, str | None], T],
+) -> T:
+    """The answer `from_json` reads in a success body; a malformed one carries the status."""
+    data = _payload(response, payload_keys)
+    try:
+        return from_json(data, _request_id(response))
+    except ServerError as exc:
+        raise ServerError(
+            exc.message, status=response.status_code, request_id=exc.request_id
+        ) from None
+
+
+def parse_chat(response: httpx.Response) -> ChatCompletion:
+    return _parsed(response, ("choices",), chat_from_json)
+
+
+def embeddings_from_json(data: Any, request_id: str | None = None) -> Embeddings:
+    """Embeddings from their decoded JSON body, items in index order."""
     try:
         items = [
             EmbeddingItem(
@@ -166,11 +190,13 @@ def parse_embeddings(response: httpx.Response) -> Embeddings:
             for item in data["data"]
         ]
     except (KeyError, TypeError, AttributeError, ValueError):
-        raise _malformed(response, "embedding items need index and embedding") from None
+        raise _malformed_body("embedding items need index and embedding", request_id) from None
     items.sort(key=lambda item: item.index)
-    return Embeddings(
-        model=str(data.get("model") or ""), items=items, request_id=_request_id(response)
-    )
+    return Embeddings(model=str(data.get("model") or ""), items=items, request_id=request_id)
+
+
+def parse_embeddings(response: httpx.Response) -> Embeddings:
+    return _parsed(response, ("data",), embeddings_from_json)
 
 
 def parse_tokens_count(response: httpx.Response) -> list[TokenCount]:

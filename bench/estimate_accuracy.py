@@ -30,13 +30,12 @@ import orjson
 import pyarrow.dataset as ds
 
 from batch.api_types import Usage
-from batch.cli.estimate import EstimateRequest, estimate_jobs
 from batch.emulator import RunningEmulator, profile, serve_emulator
+from batch.estimator import EstimateRequest, estimate_jobs
 from batch.pricing import PriceTable
 from batch.runner import RunConfig, run_jobs
 from batch.settings import ClientSettings
 from bench.jobgen import write_chat_jobs
-from jobs.base import KindOptions
 from jobs.registry import kind_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,8 +103,9 @@ def estimate(
 ) -> Any:
     request = EstimateRequest(
         jobs_path=path,
-        make_kind=lambda: kind_for(kind, KindOptions()),
+        make_kind=lambda: kind_for(kind),
         prices=prices,
+        client_settings=ClientSettings.from_env(emu.client_env()),
         sample=sample,
         seed=seed,
         confidence=0.95,
@@ -115,7 +115,7 @@ def estimate(
         skip_invalid=False,
         quiet=True,
     )
-    return estimate_jobs(request, ClientSettings.from_env(emu.client_env()))
+    return estimate_jobs(request)
 
 
 def run(
@@ -130,7 +130,7 @@ def run(
     config = RunConfig(
         jobs_path=path,
         out_dir=out,
-        kind=kind_for(kind, KindOptions()),
+        kind=kind_for(kind),
         client_settings=ClientSettings.from_env(emu.client_env()),
         max_concurrency=CONCURRENCY,
         prices=prices,

@@ -7,6 +7,7 @@ the kind, and writes the rows the kind returns. Adding a job kind touches `jobs/
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -111,63 +112,160 @@ class Packer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class KindOptions:
-    """The command-line settings a kind reads (defaults that job lines may override)."""
+    """The settings every kind reads; a kind with more declares a subclass as its
+    `options_type` (defaults that job lines may override, column names)."""
 
     model: str | None = None
-    system: str | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    repetition_penalty: float | None = None
-    batch_size: int = 64
-    max_batch_chars: int = 200_000
-    on_long_text: Literal["fail", "truncate"] = "fail"
     id_column: str | None = None
     text_column: str | None = None
-    prompt_column: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-class JobKind(Protocol):
-    """A kind of job (chat, embeddings, ...), as the engine sees it."""
+@dataclass(frozen=True, slots=True)
+class KindOption:
+    """A command-line option a kind adds, described without Click: `--flag` sets the
+    options' `field`. `choices` makes it a choice, `minimum` an integer range."""
+
+    flag: str
+    field: str
+    help: str
+    type: type[str] | type[int] | type[float] = str
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BilledInput:
+    """One job's input as the API bills it, in terms `/tokens/count` can answer exactly:
+    `model` counts `texts`, the bill adds `overhead`.
+
+    `messages` is how many units were charged the per-message overhead (the estimate
+    calibrates it on sampled answers). `session`, `message_keys` (one digest per message) and
+    `message_texts` (their contents) let the estimate predict the prompt cache; `output_bound`
+    is the most the answer can be billed (`default_bound` when a default, not the job, set
+    it). `deduplicated`: the run answers a repeat of this text from its cache, unbilled."""
+
+    model: str
+    texts: tuple[str, ...]
+    overhead: int
+    messages: int = 0
+    session: str | None = None
+    message_keys: tuple[bytes, ...] = ()
+    message_texts: tuple[str, ...] = ()
+    output_bound: int = 0
+    default_bound: bool = False
+    deduplicated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AdmittedInput:
+    """What a counted text is billed once the kind's input limit is applied: `tokens` to
+    add (negative to take back an overhead already added for a text failed unsent), and
+    whether the text was over the limit."""
+
+    tokens: int
+    over_limit: bool = False
+
+
+class JobKind(abc.ABC):
+    """A kind of job (chat, embeddings, ...), as the engine sees it. The engine never asks
+    which kind it holds: whatever differs per kind is a method or attribute here."""
 
     name: ClassVar[str]
+    # Other names `--kind` accepts for this kind.
+    aliases: ClassVar[tuple[str, ...]] = ()
+    # The kind's options dataclass, and the command-line options it adds beyond
+    # KindOptions' own (--model, --id-column, --text-column).
+    options_type: ClassVar[type[KindOptions]] = KindOptions
+    cli_options: ClassVar[tuple[KindOption, ...]] = ()
+    # The method name of this kind's requests in GigaChat's batch API (a batch-file line).
+    batch_api_method: ClassVar[str]
+    # Whether answers bill output tokens (chat) or not (embeddings): the estimate samples
+    # answers only for kinds that have them, and reads the sampled rows' `model`,
+    # `prompt_tokens`, `completion_tokens` and `precached_prompt_tokens` columns.
+    has_output: ClassVar[bool] = True
+    # What a line of this kind is, for `--kind`'s help.
+    summary: ClassVar[str] = ""
 
+    def __init__(self, options: KindOptions) -> None:
+        self.options = options
+
+    @abc.abstractmethod
     def job_from_record(self, record: Mapping[str, Any], location: SourceLocation) -> Job:
         """Validate and normalise one record; the id defaults to the location's number.
         Raises JobInvalid listing every problem."""
-        ...
 
+    @abc.abstractmethod
     def source_fields(self) -> Mapping[str, str]:
         """The fields a record may carry: canonical name (`id`, `text`, ...) -> the key or
         column it is read from (column mapping applied). Readers project Parquet onto these."""
-        ...
 
+    @abc.abstractmethod
     def answer_settings(self) -> Mapping[str, Any]:
         """The settings that change answers (model, defaults...), for the run's fingerprint."""
-        ...
 
+    def setting_hints(self) -> Mapping[str, str]:
+        """For answer settings users change without meaning to: what to do when a resume
+        is refused over one (`max_tokens` -> how the cap was set)."""
+        return {}
+
+    @abc.abstractmethod
     def packer(self) -> Packer:
         """A fresh packer for one run."""
-        ...
 
+    @abc.abstractmethod
     def reserve(self, batch: Batch) -> Usage:
         """A conservative upper bound on what sending `batch` can be billed (for budgets)."""
-        ...
 
     def bounded(self) -> JobKind:
         """This kind with every request's billing bounded, so that `reserve` is a true
         ceiling; the engine runs a budgeted run with it. Chat caps answers by sending
         max_tokens (which changes answers, so it shows in `answer_settings`); a kind whose
         requests are bounded already returns itself."""
-        ...
+        return self
 
+    @abc.abstractmethod
+    def request_body(self, batch: Batch) -> dict[str, Any]:
+        """The JSON body of the online request this kind sends for `batch`."""
+
+    @abc.abstractmethod
+    def outcomes(self, batch: Batch, body: Mapping[str, Any]) -> Sequence[JobOutcome]:
+        """One outcome per job of `batch`, from a successful response body to
+        `request_body(batch)`."""
+
+    @abc.abstractmethod
     async def send(self, client: GigaChatClient, batch: Batch) -> Sequence[JobOutcome]:
         """Send one request for `batch`; one outcome per job. Raises ApiError when the request
         as a whole fails (the engine retries or fails every job in the batch)."""
-        ...
 
+    @abc.abstractmethod
     def result_schema(self) -> pa.Schema:
         """The Arrow schema of results/ rows, including `id` (and `attempts`, `latency_ms`
         where the kind reports them)."""
-        ...
+
+    @abc.abstractmethod
+    def billed_input(self, job: Job, *, message_overhead: int | None = None) -> BilledInput:
+        """What `job` is billed as input; `message_overhead` replaces the kind's assumed
+        per-message overhead (calibration), for kinds that charge one."""
+
+    def admit_input(self, model: str, tokens: int) -> AdmittedInput:
+        """What a text counted at `tokens` is billed after the kind's input-limit check
+        (a kind without a limit bills the count)."""
+        return AdmittedInput(tokens)
+
+    def balance_usage(self, model: str) -> str:
+        """The `usage` entry of /balance that `model`'s tokens draw on."""
+        return model.split(":", 1)[0]
+
+    def input_note(self, message_overhead: int | None = None) -> str | None:
+        """What the estimate's input includes beyond /tokens/count, for its notes."""
+        return None
+
+    def over_limit_note(self, texts: int) -> str:
+        """The estimate's note on `texts` counted over the input limit."""
+        return f"{texts} texts exceed the model's input limit"
+
+    def output_bound_note(self, rows_defaulted: int) -> str:
+        """How rows without their own output bound were counted, for the estimate."""
+        return ""

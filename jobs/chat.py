@@ -13,25 +13,32 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol
 
 import orjson
 import pyarrow as pa
 
+from batch import wire
 from batch.api_types import ChatCompletion, Usage
 from batch.errors import ConfigError
-from batch.wire import DEFAULT_CHAT_MODEL
-from jobs.base import Batch, Job, JobOutcome, JobResult, KindOptions, SourceLocation
-from jobs.tokens import text_token_ceiling
-from jobs.validation import RecordFields, json_text, number_problem, type_name
-
-DEFAULT_MODEL = DEFAULT_CHAT_MODEL  # what the API answers with when a request names none
-ROLES = ("system", "user", "assistant", "function")
-# Keys a message may carry besides role and content (function calling, attachments).
-MESSAGE_KEYS = frozenset(
-    {"role", "content", "name", "function_call", "functions_state_id", "attachments"}
+from jobs.base import (
+    Batch,
+    BilledInput,
+    Job,
+    JobKind,
+    JobOutcome,
+    JobResult,
+    KindOption,
+    KindOptions,
+    SourceLocation,
 )
+from jobs.chat_fields import function_call_setting, function_list, message_list
+from jobs.registry import register
+from jobs.tokens import text_token_ceiling
+from jobs.validation import RecordFields, json_text, number_problem
+
+DEFAULT_MODEL = wire.DEFAULT_CHAT_MODEL  # what the API answers with when a request names none
 # The cap a budgeted run sends as max_tokens for jobs that set none (without --max-completion-
 # tokens), so a reservation is a bound: the API itself does not cap answers below the context
 # window. Unbudgeted runs send no cap, and reserve/estimate count such answers at this size.
@@ -39,6 +46,13 @@ DEFAULT_COMPLETION_RESERVE = 1024
 # Tokens a message costs beyond its content (role, separators): a ceiling, well over what
 # the API and the emulator charge.
 MESSAGE_OVERHEAD_CEILING = 8
+# Tokens a chat message is billed beyond its content's /tokens/count (role, separators).
+# Measured, not guessed: tests/test_token_counts.py re-measures it on every run through
+# gigabatch's client and the official SDK. The real API (the SDK's recorded answers,
+# GigaChat:2.0.28.2) adds about 8-9 to a one-message request, more than the emulator's 3:
+# under 1% of a 1,000-token prompt, so `estimate --sample N` measures it on the sampled
+# answers and corrects the estimate, and `--message-overhead N` sets it by hand.
+MESSAGE_OVERHEAD = 3
 
 _FIELDS = (
     "id",
@@ -56,6 +70,37 @@ _FIELDS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class ChatOptions(KindOptions):
+    """The run's chat defaults (a line's own values win) and its prompt column."""
+
+    system: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    repetition_penalty: float | None = None
+    prompt_column: str | None = None
+
+
+CLI_OPTIONS = (
+    KindOption("--system", "system", "Chat: a system message for every job."),
+    KindOption("--temperature", "temperature", "Chat: default temperature.", float),
+    KindOption("--top-p", "top_p", "Chat: default top_p.", float),
+    KindOption(
+        "--max-completion-tokens",
+        "max_tokens",
+        "Chat: default max_tokens of an answer (a job's own max_tokens wins); "
+        f"with a budget, {DEFAULT_COMPLETION_RESERVE} unless given.",
+        int,
+        minimum=1,
+    ),
+    KindOption(
+        "--repetition-penalty", "repetition_penalty", "Chat: default repetition_penalty.", float
+    ),
+    KindOption("--prompt-column", "prompt_column", "Chat: column holding the prompt."),
+)
+
+
 class ChatClient(Protocol):
     """The part of GigaChatClient chat jobs use."""
 
@@ -64,7 +109,7 @@ class ChatClient(Protocol):
     ) -> ChatCompletion: ...
 
 
-def _check_options(options: KindOptions) -> None:
+def _check_options(options: ChatOptions) -> None:
     checks = (
         ("--temperature", options.temperature, {"above": 0.0}),
         ("--top-p", options.top_p, {"at_least": 0.0, "at_most": 1.0}),
@@ -79,12 +124,19 @@ def _check_options(options: KindOptions) -> None:
         raise ConfigError("give --prompt-column or --text-column for chat jobs, not both")
 
 
-class ChatKind:
+@register
+class ChatKind(JobKind):
     """Chat completions, one request per job."""
 
     name: ClassVar[str] = "chat"
+    options_type: ClassVar[type[KindOptions]] = ChatOptions
+    cli_options: ClassVar[tuple[KindOption, ...]] = CLI_OPTIONS
+    batch_api_method: ClassVar[str] = "chat_completions"
+    summary: ClassVar[str] = "a chat completion"
+    options: ChatOptions
 
-    def __init__(self, options: KindOptions) -> None:
+    def __init__(self, options: ChatOptions | None = None) -> None:
+        options = options if options is not None else ChatOptions()
         _check_options(options)
         self.options = options
         self.model = options.model or DEFAULT_MODEL
@@ -110,6 +162,15 @@ class ChatKind:
             "columns": dict(self._sources),
         }
 
+    def setting_hints(self) -> Mapping[str, str]:
+        return {
+            "max_tokens": (
+                "the cap on answers of jobs without their own max_tokens: "
+                f"--max-completion-tokens, or {DEFAULT_COMPLETION_RESERVE} when a budget "
+                "(--max-cost/--max-tokens) is given; resume with the cap the output was made with"
+            ),
+        }
+
     def job_from_record(self, record: Mapping[str, Any], location: SourceLocation) -> Job:
         fields = RecordFields(record, location, self._sources)
         job_id = fields.job_id()
@@ -127,10 +188,10 @@ class ChatKind:
             ),
         }
         body.update({key: value for key, value in settings.items() if value is not None})
-        functions = _functions(fields)
+        functions = function_list(fields)
         if functions is not None:
             body["functions"] = functions
-        function_call = _function_call(fields)
+        function_call = function_call_setting(fields)
         if function_call is not None:
             body["function_call"] = function_call
         fields.check()
@@ -144,7 +205,7 @@ class ChatKind:
                 fields.add_problem(
                     "system", "goes with the 'prompt' shorthand; put a system message in 'messages'"
                 )
-            return _message_list(fields)
+            return message_list(fields)
         prompt = fields.string("prompt")
         system = fields.string("system") if fields.has("system") else self.options.system
         if prompt is None:
@@ -172,23 +233,57 @@ class ChatKind:
             completion += job.request.get("max_tokens") or DEFAULT_COMPLETION_RESERVE
         return Usage(prompt_tokens=prompt, completion_tokens=completion)
 
+    def request_body(self, batch: Batch) -> dict[str, Any]:
+        (job,) = batch.jobs
+        return dict(job.request)
+
+    def outcomes(self, batch: Batch, body: Mapping[str, Any]) -> Sequence[JobOutcome]:
+        (job,) = batch.jobs
+        return [_result(job, wire.chat_from_json(body))]
+
     async def send(self, client: ChatClient, batch: Batch) -> Sequence[JobOutcome]:
-        outcomes: list[JobOutcome] = []
-        for job in batch.jobs:
-            answer = await client.chat(job.request, session_id=session_id(job.request))
-            row = {
-                "content": answer.content,
-                "finish_reason": answer.finish_reason,
-                "model": answer.model,
-                "prompt_tokens": answer.usage.prompt_tokens,
-                "completion_tokens": answer.usage.completion_tokens,
-                "precached_prompt_tokens": answer.usage.precached_prompt_tokens,
-                "total_tokens": answer.usage.total_tokens,
-                "metadata": json_text(job.metadata),
-                "function_call": json_text(answer.function_call),
-            }
-            outcomes.append(JobResult(job=job, row=row, usage=answer.usage, model=answer.model))
-        return outcomes
+        (job,) = batch.jobs
+        body = self.request_body(batch)
+        return [_result(job, await client.chat(body, session_id=session_id(body)))]
+
+    def billed_input(self, job: Job, *, message_overhead: int | None = None) -> BilledInput:
+        """Each message's content, then the functions as one JSON text (the list as the
+        request carries it, so its brackets and commas count too), plus the per-message
+        overhead; the answer is bounded by max_tokens."""
+        request = job.request
+        messages = request.get("messages") or ()
+        texts = [str(m.get("content") or "") for m in messages]
+        functions = request.get("functions")
+        if functions:
+            texts.append(orjson.dumps(functions).decode())
+        per_message = MESSAGE_OVERHEAD if message_overhead is None else message_overhead
+        session = session_id(request)
+        return BilledInput(
+            model=str(request.get("model") or self.model),
+            texts=tuple(t for t in texts if t),
+            overhead=per_message * len(messages),
+            messages=len(messages),
+            session=session,
+            # The prompt cache works per session: without one there is no prefix to find.
+            message_keys=tuple(message_keys(request)) if session else (),
+            message_texts=tuple(texts[: len(messages)]) if session else (),
+            output_bound=request.get("max_tokens") or DEFAULT_COMPLETION_RESERVE,
+            default_bound=request.get("max_tokens") is None,
+        )
+
+    def input_note(self, message_overhead: int | None = None) -> str:
+        per_message = MESSAGE_OVERHEAD if message_overhead is None else message_overhead
+        return (
+            f"chat input includes {per_message} tokens per message that the API "
+            "bills beyond /tokens/count (role and separators; --message-overhead)"
+        )
+
+    def output_bound_note(self, rows_defaulted: int) -> str:
+        return (
+            f"{rows_defaulted:,} rows without max_tokens counted at "
+            f"{DEFAULT_COMPLETION_RESERVE}, the cap a budgeted run sends (a run without a "
+            "budget does not cap them)"
+        )
 
     def result_schema(self) -> pa.Schema:
         return pa.schema(
@@ -207,6 +302,21 @@ class ChatKind:
                 pa.field("function_call", pa.string()),
             ]
         )
+
+
+def _result(job: Job, answer: ChatCompletion) -> JobResult:
+    row = {
+        "content": answer.content,
+        "finish_reason": answer.finish_reason,
+        "model": answer.model,
+        "prompt_tokens": answer.usage.prompt_tokens,
+        "completion_tokens": answer.usage.completion_tokens,
+        "precached_prompt_tokens": answer.usage.precached_prompt_tokens,
+        "total_tokens": answer.usage.total_tokens,
+        "metadata": json_text(job.metadata),
+        "function_call": json_text(answer.function_call),
+    }
+    return JobResult(job=job, row=row, usage=answer.usage, model=answer.model)
 
 
 class SinglePacker:
@@ -229,6 +339,16 @@ def session_id(body: Mapping[str, Any]) -> str | None:
     return str(uuid.UUID(bytes=hashlib.blake2b(key, digest_size=16).digest()))
 
 
+def message_keys(request: Mapping[str, Any]) -> list[bytes]:
+    """One digest per message (role and content), to find the prefix two requests share."""
+    return [
+        hashlib.blake2b(
+            f"{m.get('role')}\0{m.get('content') or ''}".encode(), digest_size=12
+        ).digest()
+        for m in request.get("messages") or ()
+    ]
+
+
 def prompt_ceiling(body: Mapping[str, Any]) -> int:
     """The most `body`'s prompt can be billed: every message's content at a token per
     character, its other fields (name, function_call...) as JSON likewise, plus a per-message
@@ -247,71 +367,3 @@ def prompt_ceiling(body: Mapping[str, Any]) -> int:
 
 def _first(line_value: float | int | None, default: float | int | None) -> float | int | None:
     return line_value if line_value is not None else default
-
-
-def _message_list(fields: RecordFields) -> list[dict[str, Any]] | None:
-    raw = fields.value("messages")
-    where = fields.source("messages")
-    if not isinstance(raw, (list, tuple)) or not raw:
-        fields.add_problem("messages", f"must be a non-empty array, got {_describe(raw)}")
-        return None
-    messages: list[dict[str, Any]] = []
-    for n, item in enumerate(raw):
-        at = f"{where}[{n}]"
-        if not isinstance(item, Mapping):
-            fields.add_problem_at(at, f"must be an object, got {type_name(item)}")
-            continue
-        # Parquet structs give every key of the column's type; null means absent.
-        message = {str(k): v for k, v in item.items() if v is not None}
-        for key in message.keys() - MESSAGE_KEYS:
-            fields.add_problem_at(f"{at}.{key}", "unknown message field")
-        role = message.get("role")
-        if role not in ROLES:
-            fields.add_problem_at(f"{at}.role", f"must be one of {', '.join(ROLES)}, got {role!r}")
-        content = message.get("content")
-        if content is None and role == "assistant" and "function_call" in message:
-            message["content"] = ""
-        elif not isinstance(content, str):
-            fields.add_problem_at(f"{at}.content", f"must be a string, got {type_name(content)}")
-        messages.append(message)
-    return messages
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "an empty array"
-    return type_name(value)
-
-
-def _functions(fields: RecordFields) -> list[dict[str, Any]] | None:
-    raw = fields.value("functions")
-    if raw is None:
-        return None
-    where = fields.source("functions")
-    if not isinstance(raw, (list, tuple)):
-        fields.add_problem("functions", f"must be an array of objects, got {type_name(raw)}")
-        return None
-    functions: list[dict[str, Any]] = []
-    for n, item in enumerate(raw):
-        if not isinstance(item, Mapping):
-            fields.add_problem_at(f"{where}[{n}]", f"must be an object, got {type_name(item)}")
-            continue
-        function = {str(k): v for k, v in item.items() if v is not None}
-        if not isinstance(function.get("name"), str) or not function["name"]:
-            fields.add_problem_at(f"{where}[{n}].name", "must be a non-empty string")
-        if not isinstance(function.get("parameters", {}), Mapping):
-            fields.add_problem_at(f"{where}[{n}].parameters", "must be an object")
-        functions.append(function)
-    return functions
-
-
-def _function_call(fields: RecordFields) -> str | dict[str, Any] | None:
-    raw = fields.value("function_call")
-    if raw is None:
-        return None
-    if raw in ("auto", "none"):
-        return str(raw)
-    if isinstance(raw, Mapping) and isinstance(raw.get("name"), str) and raw["name"]:
-        return dict(raw)
-    fields.add_problem("function_call", f'must be "auto", "none" or {{"name": ...}}, got {raw!r}')
-    return None

@@ -1,26 +1,42 @@
 """Embedding jobs: texts packed many to a request, each answered as a fixed-size float32 vector.
 
-The packer groups up to `batch_size` jobs and `max_batch_chars` characters of distinct text per
-request; a text repeated inside a pending batch is sent once, and a bounded LRU of recent
-vectors answers repeats across batches without a request. A text over the model's input
-limit fails its row (or is truncated with `on_long_text="truncate"`): long texts are counted
-exactly with `/tokens/count`, and a 413 on a many-text request is bisected down to the text
-that caused it, so the other texts still get their vectors.
+The packer (jobs/embedding_packing.py) groups up to `batch_size` jobs and `max_batch_chars`
+characters of distinct text per request; a text repeated inside a pending batch is sent
+once, and a bounded LRU of recent vectors answers repeats across batches without a request.
+A text over the model's input limit fails its row (or is truncated with
+`on_long_text="truncate"`): long texts are counted exactly with `/tokens/count`, and a 413
+on a many-text request is bisected down to the text that caused it, so the other texts
+still get their vectors.
 """
 
 from __future__ import annotations
 
 from array import array
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol
 
 import pyarrow as pa
 
+from batch import wire
 from batch.api_types import Embeddings, TokenCount, Usage
 from batch.errors import ConfigError, FatalError, PayloadTooLarge, ServerError
 from batch.lru import Lru, text_key
-from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult, KindOptions, SourceLocation
+from jobs.base import (
+    AdmittedInput,
+    Batch,
+    BilledInput,
+    Job,
+    JobFailure,
+    JobKind,
+    JobOutcome,
+    JobResult,
+    KindOption,
+    KindOptions,
+    SourceLocation,
+)
+from jobs.embedding_packing import EmbeddingPacker, EmbeddingPayload
+from jobs.registry import register
 from jobs.tokens import surely_fits, token_ceiling
 from jobs.validation import RecordFields, json_text
 
@@ -44,16 +60,43 @@ DEFAULT_MODEL = "Embeddings"
 DEFAULT_MAX_INPUT_TOKENS = 512
 # Billed usage per text is its count plus about 5; a ceiling for budget reservations.
 EMBEDDING_OVERHEAD_CEILING = 8
+# Tokens a text is billed beyond its /tokens/count, measured (tests/test_token_counts.py).
+EMBEDDING_OVERHEAD = 5
 # The LRU of recent vectors holds at most this many bytes of float32 (4,096 vectors of 1024
 # floats, 1,638 of 2560), so memory stays flat however long the run.
 CACHE_BYTES = 16 * 1024 * 1024
 # Truncation aims this many tokens under the limit, and gives up after this many rounds.
 TRUNCATE_MARGIN = 16
 TRUNCATE_ROUNDS = 4
-# Jobs of at most this many models are pending at once; the oldest batch is sent early.
-MAX_PENDING_MODELS = 8
-
 _FIELDS = ("id", "text", "model", "metadata")
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingOptions(KindOptions):
+    """How texts are packed into requests, and what happens to one over the input limit."""
+
+    batch_size: int = 64
+    max_batch_chars: int = 200_000
+    on_long_text: Literal["fail", "truncate"] = "fail"
+
+
+CLI_OPTIONS = (
+    KindOption(
+        "--batch-size",
+        "batch_size",
+        "Embeddings: most texts per request.",
+        int,
+        default=64,
+        minimum=1,
+    ),
+    KindOption(
+        "--on-long-text",
+        "on_long_text",
+        "Embeddings: a text over the model's input limit fails its row, or is truncated.",
+        default="fail",
+        choices=("fail", "truncate"),
+    ),
+)
 
 
 class EmbeddingsClient(Protocol):
@@ -62,15 +105,6 @@ class EmbeddingsClient(Protocol):
     async def embeddings(self, inputs: Sequence[str], model: str) -> Embeddings: ...
 
     async def tokens_count(self, inputs: Sequence[str], model: str) -> list[TokenCount]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class EmbeddingPayload:
-    """One request: distinct `texts` in `input` order; `slots[i]` is the text of job i."""
-
-    model: str
-    texts: list[str]
-    slots: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,57 +124,6 @@ class _Rejected:
 _Answer = _Vector | _Rejected
 
 
-@dataclass(slots=True)
-class _Pending:
-    jobs: list[Job] = field(default_factory=list)
-    slots: list[int] = field(default_factory=list)
-    texts: dict[str, int] = field(default_factory=dict)
-    chars: int = 0
-
-
-class EmbeddingPacker:
-    """Packs jobs into requests per model: at most `batch_size` jobs and `max_chars`
-    characters of distinct text each (a longer text goes alone)."""
-
-    def __init__(self, batch_size: int, max_chars: int) -> None:
-        self.batch_size = batch_size
-        self.max_chars = max_chars
-        self._pending: dict[str, _Pending] = {}
-
-    def add(self, job: Job) -> list[Batch]:
-        model: str = job.request["model"]
-        text: str = job.request["text"]
-        full: list[Batch] = []
-        pending = self._pending.get(model)
-        if (
-            pending is not None
-            and text not in pending.texts
-            and pending.chars + len(text) > self.max_chars
-        ):
-            full.append(self._close(model))
-            pending = None
-        if pending is None:
-            pending = self._pending[model] = _Pending()
-            if len(self._pending) > MAX_PENDING_MODELS:
-                full.append(self._close(next(iter(self._pending))))
-        if text not in pending.texts:
-            pending.texts[text] = len(pending.texts)
-            pending.chars += len(text)
-        pending.jobs.append(job)
-        pending.slots.append(pending.texts[text])
-        if len(pending.jobs) >= self.batch_size:
-            full.append(self._close(model))
-        return full
-
-    def flush(self) -> list[Batch]:
-        return [self._close(model) for model in list(self._pending)]
-
-    def _close(self, model: str) -> Batch:
-        pending = self._pending.pop(model)
-        payload = EmbeddingPayload(model=model, texts=list(pending.texts), slots=pending.slots)
-        return Batch(jobs=pending.jobs, payload=payload)
-
-
 class VectorCache(Lru[_Vector]):
     """A least-recently-used map of (model, text) keys to answered vectors, bounded in bytes."""
 
@@ -154,14 +137,21 @@ def _size(vector: _Vector) -> int:
     return vector.values.itemsize * len(vector.values)
 
 
-class EmbeddingsKind:
+@register
+class EmbeddingsKind(JobKind):
     """Embeddings, many texts per request."""
 
     name: ClassVar[str] = "embed"
+    aliases: ClassVar[tuple[str, ...]] = ("embeddings",)
+    options_type: ClassVar[type[KindOptions]] = EmbeddingOptions
+    cli_options: ClassVar[tuple[KindOption, ...]] = CLI_OPTIONS
+    batch_api_method: ClassVar[str] = "embedder"
+    has_output: ClassVar[bool] = False
+    summary: ClassVar[str] = "a text to embed"
+    options: EmbeddingOptions
 
-    def __init__(self, options: KindOptions) -> None:
-        if options.prompt_column:
-            raise ConfigError("--prompt-column is for chat jobs; use --text-column for embeddings")
+    def __init__(self, options: EmbeddingOptions | None = None) -> None:
+        options = options if options is not None else EmbeddingOptions()
         if options.batch_size < 1 or options.max_batch_chars < 1:
             raise ConfigError("--batch-size and the batch character budget must be at least 1")
         self.options = options
@@ -236,10 +226,6 @@ class EmbeddingsKind:
     def packer(self) -> EmbeddingPacker:
         return EmbeddingPacker(self.options.batch_size, self.options.max_batch_chars)
 
-    def bounded(self) -> EmbeddingsKind:
-        """Embeddings have no answer to cap: each text's billing is bounded by its length."""
-        return self
-
     def reserve(self, batch: Batch) -> Usage:
         payload: EmbeddingPayload = batch.payload
         limit = self.max_input_tokens(payload.model)
@@ -269,6 +255,46 @@ class EmbeddingsKind:
                         self.cache.put(VectorCache.key(payload.model, todo[slot]), answer)
                 answers.update(embedded)
         return self._outcomes(batch, answers, billable=set(todo))
+
+    def request_body(self, batch: Batch) -> dict[str, Any]:
+        payload: EmbeddingPayload = batch.payload
+        return {"model": payload.model, "input": list(payload.texts)}
+
+    def outcomes(self, batch: Batch, body: Mapping[str, Any]) -> Sequence[JobOutcome]:
+        payload: EmbeddingPayload = batch.payload
+        items = list(enumerate(payload.texts))
+        answers = self._vectors(wire.embeddings_from_json(body), items)
+        return self._outcomes(batch, answers, billable=set(answers))
+
+    def billed_input(self, job: Job, *, message_overhead: int | None = None) -> BilledInput:
+        """Its text, plus the per-text overhead; a repeat is answered from the run's cache."""
+        model = str(job.request.get("model") or self.model)
+        return BilledInput(
+            model, (str(job.request["text"]),), EMBEDDING_OVERHEAD, deduplicated=True
+        )
+
+    def admit_input(self, model: str, tokens: int) -> AdmittedInput:
+        """A text over the limit fails without being sent (so neither it nor its overhead
+        is billed), or is truncated to the limit."""
+        limit = self.max_input_tokens(model)
+        if tokens <= limit:
+            return AdmittedInput(tokens)
+        if self.options.on_long_text == "truncate":
+            return AdmittedInput(limit, over_limit=True)
+        return AdmittedInput(-EMBEDDING_OVERHEAD, over_limit=True)
+
+    def balance_usage(self, model: str) -> str:
+        return "embeddings"  # every embeddings model draws on one usage in /balance
+
+    def input_note(self, message_overhead: int | None = None) -> str:
+        return f"embedding input includes {EMBEDDING_OVERHEAD} tokens per text beyond /tokens/count"
+
+    def over_limit_note(self, texts: int) -> str:
+        return f"{texts} texts exceed the model's input limit: the run " + (
+            "truncates them (counted at the limit)"
+            if self.options.on_long_text == "truncate"
+            else "fails them without sending (not counted; --on-long-text truncate cuts them)"
+        )
 
     def _outcomes(
         self, batch: Batch, answers: Mapping[int, _Answer], billable: set[int]

@@ -18,7 +18,17 @@ import pyarrow as pa
 
 from batch.api_types import Usage
 from batch.errors import AuthenticationFailed, BadRequest, RateLimited, ServerError
-from jobs.base import Batch, Job, JobInvalid, JobOutcome, JobResult, Problem, SourceLocation
+from jobs.base import (
+    Batch,
+    BilledInput,
+    Job,
+    JobInvalid,
+    JobKind,
+    JobOutcome,
+    JobResult,
+    Problem,
+    SourceLocation,
+)
 
 
 class FakePacker:
@@ -39,8 +49,9 @@ class FakePacker:
         return [batch]
 
 
-class FakeKind:
+class FakeKind(JobKind):
     name: ClassVar[str] = "fake"
+    batch_api_method: ClassVar[str] = "fake"
 
     def __init__(self, batch_size: int = 1, model: str = "Fake") -> None:
         self.batch_size = batch_size
@@ -65,16 +76,21 @@ class FakeKind:
     def reserve(self, batch: Batch) -> Usage:
         return Usage(prompt_tokens=10 * len(batch.jobs), completion_tokens=10 * len(batch.jobs))
 
-    def bounded(self) -> FakeKind:
-        return self
+    def request_body(self, batch: Batch) -> dict[str, Any]:
+        return {"input": [job.request["text"] for job in batch.jobs]}
 
-    async def send(self, client: FakeClient, batch: Batch) -> Sequence[JobOutcome]:
-        texts = [job.request["text"] for job in batch.jobs]
-        answers = await client.answer(texts)
+    def outcomes(self, batch: Batch, body: Mapping[str, Any]) -> Sequence[JobOutcome]:
         return [
             JobResult(job, {"answer": answer}, Usage(3, 2), self.model + ":1.0")
-            for job, answer in zip(batch.jobs, answers, strict=True)
+            for job, answer in zip(batch.jobs, body["answers"], strict=True)
         ]
+
+    async def send(self, client: FakeClient, batch: Batch) -> Sequence[JobOutcome]:
+        answers = await client.answer(self.request_body(batch)["input"])
+        return self.outcomes(batch, {"answers": answers})
+
+    def billed_input(self, job: Job, *, message_overhead: int | None = None) -> BilledInput:
+        return BilledInput(self.model, (job.request["text"],), 0)
 
     def result_schema(self) -> pa.Schema:
         return pa.schema(

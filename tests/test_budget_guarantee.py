@@ -23,8 +23,8 @@ from batch.retry import RetryPolicy
 from batch.runner import RunConfig, run_jobs
 from batch.settings import ClientSettings
 from batch.summary import RunSummary
-from jobs.base import Batch, JobKind, KindOptions, SourceLocation
-from jobs.chat import DEFAULT_COMPLETION_RESERVE, ChatKind, prompt_ceiling
+from jobs.base import Batch, JobKind, SourceLocation
+from jobs.chat import DEFAULT_COMPLETION_RESERVE, ChatKind, ChatOptions, prompt_ceiling
 from jobs.tokens import text_token_ceiling
 
 PRICES = PriceTable.load()
@@ -55,12 +55,12 @@ def run(
     *,
     max_cost: float | None = None,
     max_tokens: int | None = None,
-    options: KindOptions | None = None,
+    options: ChatOptions | None = None,
 ) -> RunSummary:
     config = RunConfig(
         jobs_path=jobs,
         out_dir=out,
-        kind=ChatKind(options or KindOptions()),
+        kind=ChatKind(options or ChatOptions()),
         client_settings=ClientSettings.from_env(emu.client_env()),
         max_concurrency=8,
         prices=PRICES,
@@ -126,7 +126,7 @@ def test_budgeted_run_sends_max_completion_tokens_and_a_jobs_own_max_tokens(
         + b"\n"
     )
     summary = run(
-        emulator, jobs, tmp_path / "out", max_cost=100.0, options=KindOptions(max_tokens=70)
+        emulator, jobs, tmp_path / "out", max_cost=100.0, options=ChatOptions(max_tokens=70)
     )
     by_id = {r["id"]: r for r in results(tmp_path / "out")}
     assert summary.status == "completed"
@@ -167,21 +167,21 @@ def test_resuming_a_budgeted_run_with_the_same_cap_and_no_budget_continues(
     out = tmp_path / "out"
     run(emulator, jobs_file, out, max_tokens=3 * DEFAULT_COMPLETION_RESERVE)
     summary = run(
-        emulator, jobs_file, out, options=KindOptions(max_tokens=DEFAULT_COMPLETION_RESERVE)
+        emulator, jobs_file, out, options=ChatOptions(max_tokens=DEFAULT_COMPLETION_RESERVE)
     )
     assert summary.status == "completed"
     assert len(results(out)) == JOBS
 
 
 def test_bounded_chat_kind_fingerprints_like_an_explicit_default_cap() -> None:
-    bounded = ChatKind(KindOptions()).bounded()
-    explicit = ChatKind(KindOptions(max_tokens=DEFAULT_COMPLETION_RESERVE))
+    bounded = ChatKind(ChatOptions()).bounded()
+    explicit = ChatKind(ChatOptions(max_tokens=DEFAULT_COMPLETION_RESERVE))
     assert bounded.answer_settings() == explicit.answer_settings()
-    assert ChatKind(KindOptions()).answer_settings()["max_tokens"] is None
+    assert ChatKind(ChatOptions()).answer_settings()["max_tokens"] is None
 
 
 def test_bounded_chat_kind_keeps_the_commands_cap() -> None:
-    kind = ChatKind(KindOptions(max_tokens=200))
+    kind = ChatKind(ChatOptions(max_tokens=200))
     assert kind.bounded().answer_settings()["max_tokens"] == 200
 
 
@@ -201,7 +201,7 @@ def test_prompt_ceiling_covers_the_emulators_billed_prompt_with_functions_and_ca
     billed = sum(count_tokens(m["content"]) + MESSAGE_OVERHEAD for m in body["messages"])
     billed += count_tokens(orjson.dumps(functions).decode())
     assert prompt_ceiling(body) >= billed
-    kind = ChatKind(KindOptions())
+    kind = ChatKind(ChatOptions())
     job = kind.job_from_record(body, SourceLocation("x.jsonl", 1))
     assert kind.reserve(Batch(jobs=[job])).prompt_tokens == prompt_ceiling(job.request)
 

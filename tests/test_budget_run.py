@@ -22,7 +22,6 @@ from batch.pricing import PriceTable
 from batch.runner import RunConfig, run_jobs
 from batch.settings import ClientSettings
 from batch.summary import RunSummary
-from jobs.base import KindOptions
 from jobs.registry import kind_for
 
 PRICES = PriceTable.load()
@@ -56,7 +55,7 @@ def run(
     config = RunConfig(
         jobs_path=jobs,
         out_dir=out,
-        kind=kind_for("chat", KindOptions()),
+        kind=kind_for("chat"),
         client_settings=ClientSettings.from_env(emu.client_env()),
         max_concurrency=16,
         prices=PRICES,

@@ -12,7 +12,7 @@ import pytest
 from batch.api_types import ChatCompletion, Usage
 from batch.errors import ConfigError
 from jobs.base import Batch, Job, JobResult, KindOptions, SourceLocation
-from jobs.chat import DEFAULT_COMPLETION_RESERVE, ChatKind, session_id
+from jobs.chat import DEFAULT_COMPLETION_RESERVE, ChatKind, ChatOptions, session_id
 from jobs.embeddings import EmbeddingsKind
 from jobs.registry import kind_for
 
@@ -41,7 +41,7 @@ class FakeChatClient:
 
 
 def _job(record: dict[str, Any], **options: Any) -> Job:
-    return ChatKind(KindOptions(**options)).job_from_record(record, HERE)
+    return ChatKind(ChatOptions(**options)).job_from_record(record, HERE)
 
 
 def _send(kind: ChatKind, client: FakeChatClient, job: Job) -> JobResult:
@@ -114,7 +114,7 @@ def test_metadata_is_carried_untouched() -> None:
 
 
 def test_every_job_is_its_own_batch() -> None:
-    kind = ChatKind(KindOptions())
+    kind = ChatKind(ChatOptions())
     packer = kind.packer()
     jobs = [kind.job_from_record({"prompt": str(i)}, HERE) for i in range(3)]
     assert [[b.jobs for b in packer.add(job)] for job in jobs] == [[[job]] for job in jobs]
@@ -122,7 +122,7 @@ def test_every_job_is_its_own_batch() -> None:
 
 
 def test_reservation_uses_max_tokens_and_overestimates_prompt() -> None:
-    kind = ChatKind(KindOptions())
+    kind = ChatKind(ChatOptions())
     job = kind.job_from_record({"prompt": "слово " * 100, "max_tokens": 64}, HERE)
     usage = kind.reserve(Batch(jobs=[job]))
     assert usage.completion_tokens == 64
@@ -131,13 +131,13 @@ def test_reservation_uses_max_tokens_and_overestimates_prompt() -> None:
 
 
 def test_reservation_without_max_tokens_uses_the_documented_default() -> None:
-    kind = ChatKind(KindOptions())
+    kind = ChatKind(ChatOptions())
     job = kind.job_from_record({"prompt": "x"}, HERE)
     assert kind.reserve(Batch(jobs=[job])).completion_tokens == DEFAULT_COMPLETION_RESERVE
 
 
 def test_send_builds_the_result_row() -> None:
-    kind = ChatKind(KindOptions(system="S"))
+    kind = ChatKind(ChatOptions(system="S"))
     job = kind.job_from_record({"id": "q1", "prompt": "x", "metadata": {"k": "в"}}, HERE)
     client = FakeChatClient()
     result = _send(kind, client, job)
@@ -158,7 +158,7 @@ def test_send_builds_the_result_row() -> None:
 
 
 def test_blacklisted_answer_is_a_success_row() -> None:
-    kind = ChatKind(KindOptions())
+    kind = ChatKind(ChatOptions())
     result = _send(kind, FakeChatClient(finish_reason="blacklist"), _job({"prompt": "x"}))
     assert result.row["finish_reason"] == "blacklist"
 
@@ -166,12 +166,12 @@ def test_blacklisted_answer_is_a_success_row() -> None:
 def test_function_call_answer_is_stored_as_json() -> None:
     call = {"name": "weather", "arguments": {"city": "Москва"}}
     client = FakeChatClient(function_call=call)
-    result = _send(ChatKind(KindOptions()), client, _job({"prompt": "x"}))
+    result = _send(ChatKind(ChatOptions()), client, _job({"prompt": "x"}))
     assert result.row["function_call"] == '{"name":"weather","arguments":{"city":"Москва"}}'
 
 
 def test_rows_fit_the_result_schema() -> None:
-    kind = ChatKind(KindOptions())
+    kind = ChatKind(ChatOptions())
     result = _send(kind, FakeChatClient(), _job({"prompt": "x", "metadata": [1, 2]}))
     row = {"id": result.job.id, **result.row, "attempts": 1, "latency_ms": 12.5}
     table = pa.Table.from_pylist([row], schema=kind.result_schema())
@@ -198,14 +198,21 @@ def test_no_system_prompt_means_no_session() -> None:
 
 
 def test_answer_settings_name_what_changes_answers() -> None:
-    settings = ChatKind(KindOptions(model="GigaChat-Pro", system="S", temperature=0.3))
+    settings = ChatKind(ChatOptions(model="GigaChat-Pro", system="S", temperature=0.3))
     assert settings.answer_settings()["model"] == "GigaChat-Pro"
     assert settings.answer_settings()["system"] == "S"
     assert settings.answer_settings()["temperature"] == 0.3
 
 
 def test_registry_builds_kinds_by_name() -> None:
-    assert isinstance(kind_for("chat", KindOptions()), ChatKind)
-    assert isinstance(kind_for("embed", KindOptions()), EmbeddingsKind)
+    assert isinstance(kind_for("chat"), ChatKind)
+    assert isinstance(kind_for("embed"), EmbeddingsKind)
     with pytest.raises(ConfigError, match="unknown job kind 'rerank'"):
-        kind_for("rerank", KindOptions())
+        kind_for("rerank")
+
+
+def test_plain_kind_options_build_any_kind_with_its_defaults() -> None:
+    chat = kind_for("chat", KindOptions(model="GigaChat-Pro"))
+    embed = kind_for("embed", KindOptions(text_column="body"))
+    assert chat.answer_settings()["model"] == "GigaChat-Pro"
+    assert embed.source_fields()["text"] == "body"

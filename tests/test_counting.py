@@ -11,11 +11,13 @@ import pytest
 from batch.api_types import TokenCount
 from batch.counting import InputCounter, count_jobs, count_offline, limited_counter
 from batch.errors import BadRequest, RateLimited, ServerError
-from batch.estimate import Reservoir, Tally, approximate_tokens
+from batch.estimate import Tally, approximate_tokens
 from batch.limiter import AdaptiveLimiter
+from batch.projection import Reservoir
 from batch.retry import RetryPolicy
-from jobs.base import Job, KindOptions, SourceLocation
+from jobs.base import Job, SourceLocation
 from jobs.chat import DEFAULT_COMPLETION_RESERVE
+from jobs.embeddings import EmbeddingOptions
 from jobs.registry import kind_for
 
 HERE = SourceLocation("jobs.jsonl", 1)
@@ -61,7 +63,7 @@ def run_count(counter: InputCounter, jobs: list[Job], fake: FakeCounter) -> None
 
 def test_chat_input_is_the_counted_texts_plus_the_message_overhead() -> None:
     tally = Tally("chat")
-    counter = InputCounter(kind_for("chat", KindOptions()), tally)
+    counter = InputCounter(kind_for("chat"), tally)
     run_count(counter, [chat_job(1, "one two three", system="be brief")], FakeCounter())
     assert tally.models["GigaChat"].input_tokens == 3 + 2 + 2 * 3
 
@@ -69,7 +71,7 @@ def test_chat_input_is_the_counted_texts_plus_the_message_overhead() -> None:
 def test_a_repeated_system_prompt_is_counted_once_and_billed_every_time() -> None:
     tally = Tally("chat")
     fake = FakeCounter()
-    counter = InputCounter(kind_for("chat", KindOptions()), tally, max_texts=4)
+    counter = InputCounter(kind_for("chat"), tally, max_texts=4)
     jobs = [chat_job(n, f"question {n}", system="a long shared system prompt") for n in range(50)]
     run_count(counter, jobs, fake)
     sent = [text for texts, _ in fake.calls for text in texts]
@@ -80,7 +82,7 @@ def test_a_repeated_system_prompt_is_counted_once_and_billed_every_time() -> Non
 def test_texts_are_packed_into_calls_per_model() -> None:
     tally = Tally("chat")
     fake = FakeCounter()
-    counter = InputCounter(kind_for("chat", KindOptions()), tally, max_texts=10)
+    counter = InputCounter(kind_for("chat"), tally, max_texts=10)
     jobs = [
         chat_job(n, f"prompt {n}", model="GigaChat" if n % 2 else "GigaChat-Pro") for n in range(40)
     ]
@@ -93,7 +95,7 @@ def test_texts_are_packed_into_calls_per_model() -> None:
 
 def test_output_bound_is_max_tokens_or_the_kinds_default_reserve() -> None:
     tally = Tally("chat")
-    counter = InputCounter(kind_for("chat", KindOptions()), tally)
+    counter = InputCounter(kind_for("chat"), tally)
     run_count(counter, [chat_job(1, "a", max_tokens=100), chat_job(2, "b")], FakeCounter())
     model = tally.models["GigaChat"]
     assert model.output_bound == 100 + DEFAULT_COMPLETION_RESERVE
@@ -101,8 +103,8 @@ def test_output_bound_is_max_tokens_or_the_kinds_default_reserve() -> None:
 
 
 def test_embedding_input_adds_five_per_text_and_skips_repeats_the_run_sends_once() -> None:
-    tally = Tally("embed")
-    counter = InputCounter(kind_for("embed", KindOptions()), tally)
+    tally = Tally("embed", has_output=False)
+    counter = InputCounter(kind_for("embed"), tally)
     jobs = [embed_job(1, "alpha beta"), embed_job(2, "gamma"), embed_job(3, "alpha beta")]
     run_count(counter, jobs, FakeCounter())
     model = tally.models["Embeddings"]
@@ -112,7 +114,7 @@ def test_embedding_input_adds_five_per_text_and_skips_repeats_the_run_sends_once
 
 def test_chat_jobs_are_offered_to_the_sampler() -> None:
     sampler: Reservoir[tuple[Job, str]] = Reservoir(100, seed=1)
-    counter = InputCounter(kind_for("chat", KindOptions()), Tally("chat"), sampler=sampler)
+    counter = InputCounter(kind_for("chat"), Tally("chat"), sampler=sampler)
     run_count(counter, [chat_job(n, "x") for n in range(5)], FakeCounter())
     assert sorted((job.id, model) for job, model in sampler.items) == [
         (str(n), "GigaChat") for n in range(5)
@@ -124,7 +126,7 @@ def test_texts_the_api_refuses_to_count_are_approximated_and_reported() -> None:
         raise BadRequest("bad input", status=400)
 
     tally = Tally("chat")
-    counter = InputCounter(kind_for("chat", KindOptions()), tally)
+    counter = InputCounter(kind_for("chat"), tally)
     anyio.run(lambda: count_jobs(iter([chat_job(1, "x" * 35)]), counter, refuse, workers=1))
     assert tally.models["GigaChat"].input_tokens == approximate_tokens("x" * 35) + 3
     assert counter.stats.uncounted_texts == 1
@@ -133,7 +135,7 @@ def test_texts_the_api_refuses_to_count_are_approximated_and_reported() -> None:
 
 def test_offline_counting_approximates_every_text_without_requests() -> None:
     tally = Tally("chat")
-    counter = InputCounter(kind_for("chat", KindOptions()), tally)
+    counter = InputCounter(kind_for("chat"), tally)
     count_offline([chat_job(1, "y" * 70)], counter)
     assert tally.models["GigaChat"].input_tokens == 20 + 3
     assert counter.stats.uncounted_reason is None
@@ -176,7 +178,7 @@ def test_limited_counter_gives_up_after_the_policy_on_server_errors() -> None:
 
 def test_a_shared_system_prompt_after_the_first_request_of_its_session_is_cacheable() -> None:
     tally = Tally("chat")
-    counter = InputCounter(kind_for("chat", KindOptions()), tally)
+    counter = InputCounter(kind_for("chat"), tally)
     jobs = [chat_job(n, f"question {n}", system="shared rules here") for n in range(10)]
     run_count(counter, jobs, FakeCounter())
     # Nine requests find the system message (3 words + 3 overhead) in their session's cache.
@@ -185,7 +187,7 @@ def test_a_shared_system_prompt_after_the_first_request_of_its_session_is_cachea
 
 def test_the_last_message_is_never_cacheable() -> None:
     tally = Tally("chat")
-    counter = InputCounter(kind_for("chat", KindOptions()), tally)
+    counter = InputCounter(kind_for("chat"), tally)
     jobs = [chat_job(n, "same question", system="rules") for n in range(3)]
     run_count(counter, jobs, FakeCounter())
     assert tally.models["GigaChat"].cacheable_tokens == 2 * (1 + 3)
@@ -193,7 +195,7 @@ def test_the_last_message_is_never_cacheable() -> None:
 
 def test_requests_without_a_system_prompt_have_no_session_and_nothing_cacheable() -> None:
     tally = Tally("chat")
-    counter = InputCounter(kind_for("chat", KindOptions()), tally)
+    counter = InputCounter(kind_for("chat"), tally)
     run_count(counter, [chat_job(n, "same question") for n in range(3)], FakeCounter())
     assert tally.models["GigaChat"].cacheable_tokens == 0
 
@@ -201,8 +203,8 @@ def test_requests_without_a_system_prompt_have_no_session_and_nothing_cacheable(
 def test_embedding_texts_over_the_limit_are_not_billed_unless_truncated() -> None:
     long_text = " ".join(["w"] * 600)  # 600 tokens to the stand-in tokenizer
     for mode, expected in (("fail", 1 + 5), ("truncate", (1 + 5) + (512 + 5))):
-        tally = Tally("embed")
-        kind = kind_for("embed", KindOptions(on_long_text=mode))  # type: ignore[arg-type]
+        tally = Tally("embed", has_output=False)
+        kind = kind_for("embed", EmbeddingOptions(on_long_text=mode))  # type: ignore[arg-type]
         counter = InputCounter(kind, tally)
         run_count(counter, [embed_job(1, "short"), embed_job(2, long_text)], FakeCounter())
         assert tally.models["Embeddings"].input_tokens == expected
@@ -211,7 +213,7 @@ def test_embedding_texts_over_the_limit_are_not_billed_unless_truncated() -> Non
 
 def test_calls_carry_a_bounded_number_of_characters_and_a_long_text_goes_alone() -> None:
     fake = FakeCounter()
-    counter = InputCounter(kind_for("chat", KindOptions()), Tally("chat"), max_chars=100)
+    counter = InputCounter(kind_for("chat"), Tally("chat"), max_chars=100)
     texts = ["a " * 20, "b " * 20, "c " * 250, "d"]
     run_count(counter, [chat_job(n, text) for n, text in enumerate(texts)], fake)
     calls = sorted((texts for texts, _ in fake.calls), key=lambda t: (len(t), t))
@@ -222,7 +224,7 @@ def test_a_request_that_fails_for_good_stops_the_pass_and_is_raised_as_itself() 
     async def down(texts: Sequence[str], model: str) -> list[int]:
         raise ServerError("down", status=503)
 
-    counter = InputCounter(kind_for("chat", KindOptions()), Tally("chat"), max_texts=1)
+    counter = InputCounter(kind_for("chat"), Tally("chat"), max_texts=1)
     jobs = iter([chat_job(n, f"prompt {n}") for n in range(50)])
     with pytest.raises(ServerError, match="down"):
         anyio.run(lambda: count_jobs(jobs, counter, down, workers=4))

@@ -16,14 +16,9 @@ from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.emulator.tokens import count_tokens
 from batch.errors import FatalError, PayloadTooLarge, RateLimited, ServerError
 from batch.settings import ClientSettings
-from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult, KindOptions, SourceLocation
-from jobs.embeddings import (
-    MAX_PENDING_MODELS,
-    EmbeddingPayload,
-    EmbeddingsKind,
-    VectorCache,
-    _Vector,
-)
+from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult, SourceLocation
+from jobs.embedding_packing import MAX_PENDING_MODELS, EmbeddingPayload
+from jobs.embeddings import EmbeddingOptions, EmbeddingsKind, VectorCache, _Vector
 
 
 class FakeEmbeddingsClient:
@@ -87,19 +82,19 @@ def _results(outcomes: list[JobOutcome]) -> list[JobResult]:
 
 
 def test_packer_closes_a_batch_at_batch_size_jobs() -> None:
-    kind = EmbeddingsKind(KindOptions(batch_size=3))
+    kind = EmbeddingsKind(EmbeddingOptions(batch_size=3))
     batches = _pack(kind, _jobs(kind, *"abcdefg"))
     assert [len(b.jobs) for b in batches] == [3, 3, 1]
 
 
 def test_packer_keeps_a_batch_under_the_character_budget() -> None:
-    kind = EmbeddingsKind(KindOptions(max_batch_chars=10))
+    kind = EmbeddingsKind(EmbeddingOptions(max_batch_chars=10))
     batches = _pack(kind, _jobs(kind, "aaaa", "bbbb", "cccc", "x" * 25, "dd"))
     assert [b.payload.texts for b in batches] == [["aaaa", "bbbb"], ["cccc"], ["x" * 25], ["dd"]]
 
 
 def test_packer_sends_identical_texts_once_per_batch() -> None:
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     (batch,) = _pack(kind, _jobs(kind, "кот", "dog", "кот", "кот"))
     payload: EmbeddingPayload = batch.payload
     assert payload.texts == ["кот", "dog"]
@@ -107,7 +102,7 @@ def test_packer_sends_identical_texts_once_per_batch() -> None:
 
 
 def test_packer_keeps_models_apart() -> None:
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     jobs = _jobs(kind, "a", "b") + _jobs(kind, "c", model="Embeddings-2")
     batches = _pack(kind, jobs)
     assert {b.payload.model: b.payload.texts for b in batches} == {
@@ -117,7 +112,7 @@ def test_packer_keeps_models_apart() -> None:
 
 
 def test_packer_sends_the_oldest_models_batch_when_too_many_are_pending() -> None:
-    kind = EmbeddingsKind(KindOptions(extra={"embedding_dim": 1024}))
+    kind = EmbeddingsKind(EmbeddingOptions(extra={"embedding_dim": 1024}))
     jobs = [job for n in range(MAX_PENDING_MODELS + 1) for job in _jobs(kind, "t", model=f"m{n}")]
     packer = kind.packer()
     early = [batch for job in jobs for batch in packer.add(job)]
@@ -126,7 +121,7 @@ def test_packer_sends_the_oldest_models_batch_when_too_many_are_pending() -> Non
 
 
 def test_vectors_are_mapped_back_by_index() -> None:
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     (batch,) = _pack(kind, _jobs(kind, "a", "bb", "ccc"))
     results = _results(_send(kind, FakeEmbeddingsClient(), batch))
     assert [(r.job.id, r.row["embedding"][0]) for r in results] == [
@@ -138,7 +133,7 @@ def test_vectors_are_mapped_back_by_index() -> None:
 
 
 def test_a_repeated_text_is_billed_once_and_answers_every_job() -> None:
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     client = FakeEmbeddingsClient()
     (batch,) = _pack(kind, _jobs(kind, "same", "other", "same"))
     results = _results(_send(kind, client, batch))
@@ -149,7 +144,7 @@ def test_a_repeated_text_is_billed_once_and_answers_every_job() -> None:
 
 
 def test_texts_seen_in_earlier_batches_are_answered_from_the_cache() -> None:
-    kind = EmbeddingsKind(KindOptions(batch_size=2))
+    kind = EmbeddingsKind(EmbeddingOptions(batch_size=2))
     client = FakeEmbeddingsClient()
     first, second = _pack(kind, _jobs(kind, "alpha", "beta", "beta", "alpha"))
     _send(kind, client, first)
@@ -188,7 +183,7 @@ def _vector(n: int) -> _Vector:
 
 
 def test_text_over_the_limit_fails_its_row_with_the_reason() -> None:
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     client = FakeEmbeddingsClient()
     long_text = "я" * 1500
     (batch,) = _pack(kind, _jobs(kind, "short", long_text, "tiny"))
@@ -204,7 +199,7 @@ def test_text_over_the_limit_fails_its_row_with_the_reason() -> None:
 
 
 def test_truncate_mode_cuts_a_long_text_under_the_limit() -> None:
-    kind = EmbeddingsKind(KindOptions(on_long_text="truncate"))
+    kind = EmbeddingsKind(EmbeddingOptions(on_long_text="truncate"))
     client = FakeEmbeddingsClient()
     (batch,) = _pack(kind, _jobs(kind, "w" * 3000, "short"))
     results = _results(_send(kind, client, batch))
@@ -215,7 +210,7 @@ def test_truncate_mode_cuts_a_long_text_under_the_limit() -> None:
 
 
 def test_413_on_a_many_text_request_is_bisected_to_the_offending_text() -> None:
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     client = FakeEmbeddingsClient(limit=100)  # the server is stricter than the table says
     texts = [f"text {n}" for n in range(7)] + ["z" * 300]
     (batch,) = _pack(kind, _jobs(kind, *texts))
@@ -228,7 +223,7 @@ def test_413_on_a_many_text_request_is_bisected_to_the_offending_text() -> None:
 
 
 def test_a_lone_text_refused_with_413_fails_its_jobs() -> None:
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     (batch,) = _pack(kind, _jobs(kind, "z" * 300, "z" * 300))
     outcomes = _send(kind, FakeEmbeddingsClient(limit=100), batch)
     assert [type(o).__name__ for o in outcomes] == ["JobFailure", "JobFailure"]
@@ -239,14 +234,14 @@ def test_other_api_errors_propagate_for_the_engine() -> None:
         async def embeddings(self, inputs: Sequence[str], model: str) -> Embeddings:
             raise RateLimited(retry_after=1.0)
 
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     (batch,) = _pack(kind, _jobs(kind, "a"))
     with pytest.raises(RateLimited):
         _send(kind, Limited(), batch)
 
 
 def test_vector_size_mismatch_stops_the_run() -> None:
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     (batch,) = _pack(kind, _jobs(kind, "a"))
     with pytest.raises(FatalError, match="768-dimensional"):
         _send(kind, FakeEmbeddingsClient(dim=768), batch)
@@ -258,7 +253,7 @@ def test_answer_missing_a_vector_is_a_server_error() -> None:
             answer = await super().embeddings(inputs, model)
             return Embeddings(answer.model, answer.items[1:], answer.request_id)
 
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     (batch,) = _pack(kind, _jobs(kind, "a", "b"))
     with pytest.raises(ServerError, match="1 vectors for 2 texts"):
         _send(kind, Short(), batch)
@@ -266,7 +261,7 @@ def test_answer_missing_a_vector_is_a_server_error() -> None:
 
 @pytest.mark.parametrize(("model", "dim"), [("Embeddings", 1024), ("EmbeddingsGigaR", 2560)])
 def test_rows_fit_the_fixed_size_list_schema(model: str, dim: int) -> None:
-    kind = EmbeddingsKind(KindOptions(model=model))
+    kind = EmbeddingsKind(EmbeddingOptions(model=model))
     (batch,) = _pack(kind, _jobs(kind, "a", "bb"))
     results = _results(_send(kind, FakeEmbeddingsClient(dim=dim, model=model), batch))
     rows = [{"id": r.job.id, **r.row, "attempts": 1, "latency_ms": 3.0} for r in results]
@@ -278,7 +273,7 @@ def test_rows_fit_the_fixed_size_list_schema(model: str, dim: int) -> None:
 
 def test_reservation_covers_the_billed_usage() -> None:
     """Against the emulator's tokenizer (a word piece per 4 characters, 1 per mark)."""
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     (batch,) = _pack(
         kind, _jobs(kind, "short text", "другой текст подлиннее", "x" * 5000, "!?" * 300)
     )
@@ -311,7 +306,7 @@ DENSE = "!?" * 350
 
 
 def test_long_texts_fail_alone_against_the_emulator(emulator: RunningEmulator) -> None:
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     (batch,) = _pack(kind, _jobs(kind, "первый", LONG, "second", DENSE, "third"))
     outcomes = _send_for_real(emulator, kind, batch)
     assert [type(o).__name__ for o in outcomes] == [
@@ -328,7 +323,7 @@ def test_long_texts_fail_alone_against_the_emulator(emulator: RunningEmulator) -
 
 
 def test_truncate_mode_embeds_long_texts_against_the_emulator(emulator: RunningEmulator) -> None:
-    kind = EmbeddingsKind(KindOptions(on_long_text="truncate"))
+    kind = EmbeddingsKind(EmbeddingOptions(on_long_text="truncate"))
     (batch,) = _pack(kind, _jobs(kind, LONG, "short"))
     results = _results(_send_for_real(emulator, kind, batch))
     assert 500 <= results[0].row["prompt_tokens"] <= 512 + 5

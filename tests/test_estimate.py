@@ -7,25 +7,26 @@ import random
 import statistics
 from dataclasses import replace
 
+import orjson
 import pytest
 
 from batch.api_types import BalanceEntry
 from batch.estimate import (
     BalanceReport,
     Calibration,
-    Reservoir,
     SampleReport,
-    Span,
     Tally,
     approximate_tokens,
     build_estimate,
     check_balance,
-    estimate_to_json,
-    project_total,
-    render_table,
-    t_quantile,
 )
+from batch.estimate_report import estimate_to_json, render_table
 from batch.pricing import PriceTable
+from batch.projection import Reservoir, Span, project_total, t_quantile
+from jobs.registry import kind_for
+
+CHAT_USAGE = kind_for("chat").balance_usage
+EMBED_USAGE = kind_for("embed").balance_usage
 
 PRICES = PriceTable(
     chat={"GigaChat": 200.0, "GigaChat-Max": 1950.0},
@@ -151,7 +152,7 @@ def test_estimate_prices_each_model_at_its_own_rate() -> None:
 
 
 def test_embedding_estimate_has_no_output_tokens() -> None:
-    tally = Tally("embed")
+    tally = Tally("embed", has_output=False)
     tally.add_row("Embeddings")
     tally.add_input("Embeddings", 2_000_000)
     estimate = build_estimate(tally, PRICES, source="f", exact_input=True, output_method="none")
@@ -198,7 +199,7 @@ def test_balance_warning_when_the_expected_tokens_exceed_it() -> None:
         output_method="sample",
         samples={"GigaChat": [100, 100, 100]},
     )
-    report = check_balance(estimate, [BalanceEntry("GigaChat", 15_000)])
+    report = check_balance(estimate, [BalanceEntry("GigaChat", 15_000)], CHAT_USAGE)
     assert report.warnings == [
         "the estimate for GigaChat (20,000 tokens expected) exceeds the balance (15,000 tokens)"
     ]
@@ -206,21 +207,21 @@ def test_balance_warning_when_the_expected_tokens_exceed_it() -> None:
 
 def test_balance_warning_at_the_bound_when_there_is_no_expected_value() -> None:
     estimate = build_estimate(chat_tally(), PRICES, source="f", exact_input=True, output_method="b")
-    report = check_balance(estimate, [BalanceEntry("GigaChat", 15_000)])
+    report = check_balance(estimate, [BalanceEntry("GigaChat", 15_000)], CHAT_USAGE)
     assert "at the max_tokens bound" in report.warnings[0]
 
 
 def test_no_balance_warning_when_the_balance_covers_the_high_end() -> None:
     estimate = build_estimate(chat_tally(), PRICES, source="f", exact_input=True, output_method="b")
-    assert check_balance(estimate, [BalanceEntry("GigaChat", 10**7)]).warnings == []
+    assert check_balance(estimate, [BalanceEntry("GigaChat", 10**7)], CHAT_USAGE).warnings == []
 
 
 def test_embeddings_are_checked_against_the_embeddings_balance() -> None:
-    tally = Tally("embed")
+    tally = Tally("embed", has_output=False)
     tally.add_row("EmbeddingsGigaR")
     tally.add_input("EmbeddingsGigaR", 500)
     estimate = build_estimate(tally, PRICES, source="f", exact_input=True, output_method="n")
-    report = check_balance(estimate, [BalanceEntry("embeddings", 100)])
+    report = check_balance(estimate, [BalanceEntry("embeddings", 100)], EMBED_USAGE)
     assert "embeddings" in report.warnings[0]
 
 
@@ -334,3 +335,17 @@ def test_calibration_that_matches_says_so() -> None:
     assert calibration.describe() == (
         "the 5 sampled jobs were billed 3.00 tokens per message beyond /tokens/count, as assumed"
     )
+
+
+def test_json_rounds_costs_to_millionths_and_tokens_to_whole_numbers() -> None:
+    # 313,128 tokens at 200 RUB per 1M is 62.6256, which float arithmetic makes
+    # 62.625600000000006 (issue 12).
+    tally = Tally("chat")
+    tally.add_row("GigaChat", output_bound=0)
+    tally.add_input("GigaChat", 313_128)
+    estimate = build_estimate(tally, PRICES, source="f", exact_input=True, output_method="b")
+    assert estimate.cost.high == pytest.approx(62.6256) and estimate.cost.high != 62.6256
+    data = estimate_to_json(estimate)
+    assert data["total"]["cost"] == {"low": 62.6256, "expected": None, "high": 62.6256}
+    assert data["total"]["output_tokens"] == {"low": 0, "expected": None, "high": 0}
+    assert "62.6256," in orjson.dumps(data).decode()

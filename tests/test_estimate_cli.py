@@ -21,7 +21,7 @@ from batch.cli import main
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.runner import RunConfig, run_jobs
 from batch.settings import ClientSettings
-from jobs.base import KindOptions
+from jobs.chat import ChatOptions
 from jobs.registry import kind_for
 
 CHAT_PATH = "/api/v1/chat/completions"
@@ -103,7 +103,7 @@ def run_all(emu: RunningEmulator, jobs: Path, out: Path, kind: str = "chat") -> 
     config = RunConfig(
         jobs_path=jobs,
         out_dir=out,
-        kind=kind_for(kind, KindOptions()),
+        kind=kind_for(kind),
         client_settings=ClientSettings.from_env(emu.client_env()),
         progress="off",
         handle_signals=False,
@@ -145,7 +145,7 @@ def test_cacheable_input_equals_what_the_emulator_serves_from_its_prompt_cache(
     config = RunConfig(
         jobs_path=jobs,
         out_dir=tmp_path / "out",
-        kind=kind_for("chat", KindOptions(system=system)),
+        kind=kind_for("chat", ChatOptions(system=system)),
         client_settings=ClientSettings.from_env(emulator.client_env()),
         progress="off",
         handle_signals=False,
@@ -310,7 +310,7 @@ def test_embedding_texts_over_the_input_limit_are_left_out_as_the_run_fails_them
     config = RunConfig(
         jobs_path=jobs,
         out_dir=tmp_path / "out",
-        kind=kind_for("embed", KindOptions()),
+        kind=kind_for("embed"),
         client_settings=ClientSettings.from_env(emulator.client_env()),
         progress="off",
         handle_signals=False,

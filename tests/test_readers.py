@@ -14,12 +14,12 @@ import pytest
 
 from batch.errors import JobFileError
 from jobs import readers
-from jobs.base import KindOptions, Problem, SourceLocation
-from jobs.chat import ChatKind
-from jobs.embeddings import EmbeddingsKind
+from jobs.base import Problem, SourceLocation
+from jobs.chat import ChatKind, ChatOptions
+from jobs.embeddings import EmbeddingOptions, EmbeddingsKind
 from jobs.readers import input_fingerprint, iter_records, read_jobs, validate_jobs
 
-EMBED = EmbeddingsKind(KindOptions())
+EMBED = EmbeddingsKind(EmbeddingOptions())
 
 
 def _jsonl(path: Path, *records: dict[str, Any]) -> Path:
@@ -90,7 +90,7 @@ def test_parquet_is_projected_onto_the_kinds_columns(tmp_path: Path) -> None:
 
 def test_column_mapping_reads_any_parquet_file(tmp_path: Path) -> None:
     path = _parquet(tmp_path / "a.parquet", [{"doc": 10, "body": "hello", "extra": 1.0}])
-    kind = EmbeddingsKind(KindOptions(id_column="doc", text_column="body"))
+    kind = EmbeddingsKind(EmbeddingOptions(id_column="doc", text_column="body"))
     (job,) = read_jobs(path, kind)
     assert job.id == "10"
     assert job.request == {"model": "Embeddings", "text": "hello"}
@@ -98,7 +98,7 @@ def test_column_mapping_reads_any_parquet_file(tmp_path: Path) -> None:
 
 def test_prompt_column_maps_chat_shorthand(tmp_path: Path) -> None:
     path = _parquet(tmp_path / "a.parquet", [{"question": "why?"}])
-    (job,) = read_jobs(path, ChatKind(KindOptions(prompt_column="question")))
+    (job,) = read_jobs(path, ChatKind(ChatOptions(prompt_column="question")))
     assert job.request["messages"] == [{"role": "user", "content": "why?"}]
 
 
@@ -110,7 +110,7 @@ def test_parquet_nested_messages_and_metadata_are_read(tmp_path: Path) -> None:
             "metadata": {"n": 1},
         }
     ]
-    (job,) = read_jobs(_parquet(tmp_path / "a.parquet", rows), ChatKind(KindOptions()))
+    (job,) = read_jobs(_parquet(tmp_path / "a.parquet", rows), ChatKind(ChatOptions()))
     assert job.request["messages"] == [{"role": "user", "content": "hi"}]
     assert job.metadata == {"n": 1}
 

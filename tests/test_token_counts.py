@@ -11,14 +11,27 @@ import pytest
 
 from batch.client import GigaChatClient
 from batch.emulator import RunningEmulator, profile, serve_emulator
+from batch.errors import ConfigError
 from batch.settings import ClientSettings
-from jobs.token_counts import (
-    EMBEDDING_OVERHEAD,
-    MESSAGE_OVERHEAD,
-    billed_input,
-    chat_input,
-    embedding_input,
-)
+from jobs.base import BilledInput, Job, SourceLocation
+from jobs.chat import MESSAGE_OVERHEAD, ChatKind
+from jobs.embeddings import EMBEDDING_OVERHEAD, EmbeddingsKind
+from jobs.registry import kind_for
+
+HERE = SourceLocation("jobs.jsonl", 1)
+
+
+def billed_input(kind: str, request: dict[str, Any]) -> BilledInput:
+    return kind_for(kind).billed_input(Job("1", HERE, request))
+
+
+def chat_input(request: dict[str, Any], *, message_overhead: int | None = None) -> BilledInput:
+    return ChatKind().billed_input(Job("1", HERE, request), message_overhead=message_overhead)
+
+
+def embedding_input(request: dict[str, Any]) -> BilledInput:
+    return EmbeddingsKind().billed_input(Job("1", HERE, request))
+
 
 WEATHER = {
     "name": "weather",
@@ -61,7 +74,6 @@ def emulator() -> Iterator[RunningEmulator]:
         yield emu
 
 
-
 async def counted(client: GigaChatClient, kind: str, request: dict[str, Any]) -> int:
     billed = billed_input(kind, request)
     counts = await client.tokens_count(list(billed.texts), billed.model)
@@ -100,11 +112,12 @@ def test_chat_input_skips_empty_contents_but_still_bills_their_message() -> None
 
 def test_embedding_input_is_the_text_plus_the_per_text_overhead() -> None:
     billed = embedding_input({"text": "Hello, world!", "model": "EmbeddingsGigaR"})
-    assert billed == type(billed)("EmbeddingsGigaR", ("Hello, world!",), EMBEDDING_OVERHEAD)
+    assert (billed.model, billed.texts) == ("EmbeddingsGigaR", ("Hello, world!",))
+    assert billed.overhead == EMBEDDING_OVERHEAD
 
 
 def test_unknown_kind_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown job kind"):
+    with pytest.raises(ConfigError, match="unknown job kind"):
         billed_input("image", {})
 
 

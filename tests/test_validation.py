@@ -9,10 +9,11 @@ import orjson
 import pytest
 
 from batch.errors import ConfigError
-from jobs.base import JobKind, KindOptions, Problem
-from jobs.chat import ChatKind
-from jobs.embeddings import EmbeddingsKind
+from jobs.base import JobKind, Problem
+from jobs.chat import ChatKind, ChatOptions
+from jobs.embeddings import EmbeddingOptions, EmbeddingsKind
 from jobs.readers import validate_jobs
+from jobs.registry import kind_from_values
 
 
 def _problems(tmp_path: Path, kind: JobKind, *records: dict[str, Any]) -> list[Problem]:
@@ -33,8 +34,8 @@ def _only_problem(tmp_path: Path, kind: JobKind, record: dict[str, Any]) -> str:
     return text
 
 
-CHAT = ChatKind(KindOptions())
-EMBED = EmbeddingsKind(KindOptions())
+CHAT = ChatKind(ChatOptions())
+EMBED = EmbeddingsKind(EmbeddingOptions())
 
 
 @pytest.mark.parametrize(
@@ -141,7 +142,7 @@ def test_embedding_model_of_the_same_dimension_is_allowed_per_line(tmp_path: Pat
 
 
 def test_mapped_column_is_named_in_problems(tmp_path: Path) -> None:
-    kind = EmbeddingsKind(KindOptions(text_column="body"))
+    kind = EmbeddingsKind(EmbeddingOptions(text_column="body"))
     problems = _problems(tmp_path, kind, {"id": "a", "body": ""})
     assert [p.field for p in problems] == ["body"]
 
@@ -149,24 +150,25 @@ def test_mapped_column_is_named_in_problems(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "options",
     [
-        KindOptions(temperature=0),
-        KindOptions(top_p=2),
-        KindOptions(max_tokens=0),
-        KindOptions(repetition_penalty=-1),
-        KindOptions(prompt_column="a", text_column="b"),
+        ChatOptions(temperature=0),
+        ChatOptions(top_p=2),
+        ChatOptions(max_tokens=0),
+        ChatOptions(repetition_penalty=-1),
+        ChatOptions(prompt_column="a", text_column="b"),
     ],
 )
-def test_bad_chat_defaults_are_a_config_error(options: KindOptions) -> None:
+def test_bad_chat_defaults_are_a_config_error(options: ChatOptions) -> None:
     with pytest.raises(ConfigError):
         ChatKind(options)
 
 
 def test_unknown_embeddings_model_needs_its_dimension() -> None:
     with pytest.raises(ConfigError, match="embedding_dim"):
-        EmbeddingsKind(KindOptions(model="Word2Vec"))
-    assert EmbeddingsKind(KindOptions(model="Word2Vec", extra={"embedding_dim": 300})).dim == 300
+        EmbeddingsKind(EmbeddingOptions(model="Word2Vec"))
+    options = EmbeddingOptions(model="Word2Vec", extra={"embedding_dim": 300})
+    assert EmbeddingsKind(options).dim == 300
 
 
 def test_prompt_column_is_refused_for_embeddings() -> None:
     with pytest.raises(ConfigError, match="--text-column"):
-        EmbeddingsKind(KindOptions(prompt_column="q"))
+        kind_from_values("embed", {"prompt_column": "q"})

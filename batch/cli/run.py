@@ -3,12 +3,10 @@ and a look at an output directory. Options become a RunConfig; the engine does t
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import click
@@ -25,18 +23,18 @@ from batch.cli import (
     EXIT_USAGE,
     main,
 )
-from batch.cli.common import api_options, cli_errors, settings_from_options
-from batch.errors import ConfigError
+from batch.cli.common import (
+    api_options,
+    api_settings,
+    build_kind,
+    cli_errors,
+    kind_options,
+    max_concurrency_option,
+)
 from batch.pricing import PriceTable
 from batch.retry import RetryPolicy
 from batch.runner import RunConfig, run_jobs
-from batch.settings import ClientSettings
-from jobs.base import JobKind, KindOptions
-from jobs.chat import DEFAULT_COMPLETION_RESERVE
 from jobs.readers import validate_jobs
-from jobs.registry import kind_for
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CODES = {
     "completed": EXIT_OK,
@@ -46,123 +44,6 @@ EXIT_CODES = {
     "interrupted": EXIT_INTERRUPTED,
     "terminated": EXIT_TERMINATED,
 }
-
-_KIND_OPTIONS = (
-    click.option(
-        "--kind",
-        type=click.Choice(["chat", "embed"]),
-        default="chat",
-        show_default=True,
-        help="What each job line is: a chat completion or a text to embed.",
-    ),
-    click.option(
-        "--model", default=None, help="Model for jobs that name none [env GIGACHAT_MODEL]."
-    ),
-    click.option("--system", default=None, help="Chat: a system message for every job."),
-    click.option("--temperature", type=float, default=None, help="Chat: default temperature."),
-    click.option("--top-p", type=float, default=None, help="Chat: default top_p."),
-    click.option(
-        "--max-completion-tokens",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Chat: default max_tokens of an answer (a job's own max_tokens wins); "
-        f"with a budget, {DEFAULT_COMPLETION_RESERVE} unless given.",
-    ),
-    click.option(
-        "--repetition-penalty", type=float, default=None, help="Chat: default repetition_penalty."
-    ),
-    click.option(
-        "--batch-size",
-        type=click.IntRange(min=1),
-        default=64,
-        show_default=True,
-        help="Embeddings: most texts per request.",
-    ),
-    click.option(
-        "--on-long-text",
-        type=click.Choice(["fail", "truncate"]),
-        default="fail",
-        show_default=True,
-        help="Embeddings: a text over the model's input limit fails its row, or is truncated.",
-    ),
-    click.option("--id-column", default=None, help="Column (or key) holding the job id."),
-    click.option("--text-column", default=None, help="Embeddings: column holding the text."),
-    click.option("--prompt-column", default=None, help="Chat: column holding the prompt."),
-)
-
-
-def kind_options(f: F) -> F:
-    for option in reversed(_KIND_OPTIONS):
-        f = option(f)
-    return f
-
-
-max_concurrency_option = click.option(
-    "--max-concurrency",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Ceiling on requests in flight; the run finds the server's limit below it.",
-)
-
-
-def build_kind(options: dict[str, Any], model_default: str | None = None) -> JobKind:
-    """Pop the kind options and build the job kind."""
-    name = options.pop("kind")
-    return kind_for(
-        name,
-        KindOptions(
-            model=options.pop("model") or model_default,
-            system=options.pop("system"),
-            temperature=options.pop("temperature"),
-            top_p=options.pop("top_p"),
-            max_tokens=options.pop("max_completion_tokens"),
-            repetition_penalty=options.pop("repetition_penalty"),
-            batch_size=options.pop("batch_size"),
-            on_long_text=options.pop("on_long_text"),
-            id_column=options.pop("id_column"),
-            text_column=options.pop("text_column"),
-            prompt_column=options.pop("prompt_column"),
-        ),
-    )
-
-
-def _emulator_knobs(pairs: tuple[str, ...]) -> dict[str, Any]:
-    knobs: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise ConfigError(f"--emulator-option expects KEY=VALUE, got {pair!r}")
-        try:
-            knobs[key.strip()] = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            knobs[key.strip()] = raw
-    return knobs
-
-
-@contextlib.contextmanager
-def api_settings(
-    options: dict[str, Any], emulator: bool, profile_name: str, knobs: tuple[str, ...]
-) -> Iterator[ClientSettings]:
-    """The client settings: from options and GIGACHAT_* variables, or those of an emulator
-    started in this process for the duration of the run."""
-    if not emulator:
-        yield settings_from_options(options)
-        return
-    from batch.emulator import EmulatorUnavailable, profile, require_server_packages, serve_emulator
-
-    timeout = options.get("timeout")
-    settings_from_options(options)  # drop the connection options: the emulator replaces them
-    try:
-        require_server_packages()
-        config = profile(profile_name, **_emulator_knobs(knobs))
-    except EmulatorUnavailable as exc:
-        raise ConfigError(str(exc)) from None
-    except ValueError as exc:
-        raise ConfigError(f"emulator: {exc}") from None
-    with serve_emulator(config) as emu:
-        # The emulator's variables only: the user's GIGACHAT_* point at the real API.
-        yield ClientSettings.from_env(emu.client_env(), timeout=timeout)
 
 
 @main.command()
