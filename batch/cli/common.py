@@ -14,7 +14,14 @@ from typing import Any, TypeVar, cast
 import click
 
 from batch.cli import EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE
-from batch.errors import BudgetExhausted, ConfigError, GigabatchError, JobFileError, RunRefused
+from batch.errors import (
+    BudgetExhausted,
+    ConfigError,
+    GigabatchError,
+    JobFileError,
+    ReportError,
+    RunRefused,
+)
 from batch.settings import ClientSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -109,7 +116,7 @@ def settings_from_options(options: MutableMapping[str, Any]) -> ClientSettings:
 
 
 def exit_code_for(error: GigabatchError) -> int:
-    if isinstance(error, ConfigError | JobFileError | RunRefused):
+    if isinstance(error, ConfigError | JobFileError | RunRefused | ReportError):
         return EXIT_USAGE
     if isinstance(error, BudgetExhausted):
         return EXIT_BUDGET
