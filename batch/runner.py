@@ -38,9 +38,11 @@ from batch.errors import (
     RateLimited,
     RequestTimedOut,
 )
+from batch.eventlog import EventLog
 from batch.limiter import AdaptiveLimiter
 from batch.pricing import PriceTable
 from batch.progress import Progress, ProgressMode
+from batch.recording import AttemptRecorder
 from batch.retry import RetryPolicy, call_with_retry
 from batch.summary import RunStats, RunSummary, build_summary
 from batch.writer import Outcomes, PartWriter
@@ -134,8 +136,23 @@ async def run_jobs(config: RunConfig) -> RunSummary:
             spent_cost=checkpoint.totals.cost(prices),
             spent_tokens=spent.prompt_tokens + spent.completion_tokens,
         )
-    run = _Run(config, checkpoint, stats, budget, report.duplicates)
-    return await run.execute()
+    events = await anyio.to_thread.run_sync(
+        partial(
+            EventLog.open,
+            config.out_dir,
+            max_concurrency=config.max_concurrency,
+            max_cost=config.max_cost,
+            max_tokens=config.max_tokens,
+            done_before=len(checkpoint.done),
+            total_jobs=report.jobs,
+            restart=config.restart,
+        )
+    )
+    run = _Run(config, checkpoint, stats, budget, report.duplicates, events)
+    try:
+        return await run.execute()
+    finally:
+        run.recorder.close()
 
 
 class _Run:
@@ -148,6 +165,7 @@ class _Run:
         stats: RunStats,
         budget: Budget | None,
         duplicates: list[Problem],
+        events: EventLog,
     ) -> None:
         self.config = config
         self.kind = config.kind
@@ -158,6 +176,7 @@ class _Run:
         self.limiter = AdaptiveLimiter(
             config.max_concurrency, initial=config.initial_concurrency
         )
+        self.recorder = AttemptRecorder(events, self.limiter, stats.prices)
         self.status = "completed"
         self.message = ""
         self.stopping = False
@@ -401,6 +420,7 @@ class _Run:
     async def _process(self, client: Any, batch: Batch) -> Outcomes | None:
         """Send one batch with retries; its outcomes, or None when the run stops first."""
         limiter = self.limiter
+        recorder = self.recorder
         stats = self.stats
         kind = self.kind
         attempts = 0
@@ -422,18 +442,22 @@ class _Run:
                 result = await kind.send(client, batch)
             except RateLimited as exc:
                 limiter.rate_limited_by_server(ticket, exc.retry_after)
+                recorder.failed(ticket, len(batch.jobs), exc)
                 stats.rate_limited += 1
                 raise
-            except (RequestTimedOut, ConnectionFailed):
+            except (RequestTimedOut, ConnectionFailed) as exc:
                 limiter.release(ticket)
+                recorder.failed(ticket, len(batch.jobs), exc)
                 self._charge_unseen(reservation)
                 reservation = None
                 raise
-            except BaseException:
+            except BaseException as exc:
                 limiter.release(ticket)
+                recorder.failed(ticket, len(batch.jobs), exc)
                 raise
             latency = time.monotonic() - ticket.sent_at
             limiter.succeeded(ticket)
+            recorder.answered(ticket, len(batch.jobs), result)
             return result
 
         try:
