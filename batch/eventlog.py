@@ -70,6 +70,7 @@ _U16 = 0xFFFF
 _U32 = 0xFFFFFFFF
 _FLUSH_BYTES = 64 * 1024
 _FLUSH_SECONDS = 1.0
+_NO_USAGE = Usage()
 
 
 def error_index(name: str) -> int:
@@ -77,12 +78,8 @@ def error_index(name: str) -> int:
     return _ERROR_INDEX.get(name, _ERROR_INDEX["Other"])
 
 
-def _u16(value: int) -> int:
-    return min(max(value, 0), _U16)
-
-
-def _u32(value: int) -> int:
-    return min(max(value, 0), _U32)
+def _clamp(value: int, bound: int) -> int:
+    return min(max(value, 0), bound)
 
 
 class EventLog:
@@ -169,7 +166,7 @@ class EventLog:
                 self._answered += 1
                 if self._answered % weight:
                     return
-        u = usage or Usage()
+        u = usage or _NO_USAGE
         self._add(
             ATTEMPT,
             t=start + self._wall_offset,
@@ -232,21 +229,13 @@ class EventLog:
         completion: int = 0,
         precached: int = 0,
     ) -> None:
-        self._buffer += RECORD.pack(
-            kind,
-            error,
-            _u16(status),
-            _u16(limit),
-            _u16(in_flight),
-            weight,
-            _u16(jobs),
-            t,
-            duration,
-            cost,
-            _u32(prompt),
-            _u32(completion),
-            _u32(precached),
-        )
+        fields = (kind, error, status, limit, in_flight, weight, jobs, t, duration, cost)
+        try:
+            self._buffer += RECORD.pack(*fields, prompt, completion, precached)
+        except struct.error:  # a count out of its field's range is stored at the bound
+            ints = [_clamp(v, _U16) for v in fields[2:7]]
+            tokens = [_clamp(v, _U32) for v in (prompt, completion, precached)]
+            self._buffer += RECORD.pack(kind, error, *ints, t, duration, cost, *tokens)
         if (
             len(self._buffer) >= _FLUSH_BYTES
             or time.monotonic() - self._last_flush >= _FLUSH_SECONDS

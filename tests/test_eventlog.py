@@ -145,3 +145,16 @@ def test_a_foreign_file_is_replaced_when_a_leg_opens(tmp_path: Path) -> None:
     EventLog.open(tmp_path, max_concurrency=4).close()
     assert [e.kind for e in read_events(tmp_path)] == [LEG, END]
     assert (tmp_path / EVENTS).stat().st_size == len(MAGIC) + 2 * RECORD.size
+
+
+def test_counts_out_of_their_fields_range_are_stored_at_the_bound(tmp_path: Path) -> None:
+    log = EventLog.open(tmp_path, max_concurrency=70_000)
+    now = time.monotonic()
+    log.attempt(
+        now, now, status=200, error="", jobs=1, limit=4, in_flight=-1, usage=Usage(2**33, 1, 0)
+    )
+    log.close()
+    events = read_events(tmp_path)
+    assert events[0].limit == 0xFFFF
+    attempt = next(e for e in events if e.kind == ATTEMPT)
+    assert (attempt.in_flight, attempt.prompt, attempt.completion) == (0, 0xFFFFFFFF, 1)
