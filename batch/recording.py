@@ -23,6 +23,7 @@ class AttemptRecorder:
         self.limiter = limiter
         self.prices = prices
         self._pause_end = 0.0
+        log.limit_changed(time.monotonic(), limiter.limit)
 
     def answered(self, ticket: Ticket, jobs: int, outcomes: Iterable[JobOutcome]) -> None:
         """An attempt that the server answered (its rows may still fail on their own)."""
