@@ -27,7 +27,7 @@ def _storm_run_killed_then_resumed(tmp_path: Path) -> Path:
     jobs = tmp_path / "jobs.jsonl"
     chat_jobs(jobs, 500, bad_every=50)
     out = tmp_path / "out"
-    args = ("run", str(jobs), "--out", str(out), "--flush-interval", "0.1", "--max-cost", "3")
+    args = ("run", str(jobs), "--out", str(out), "--flush-interval", "0.1", "--max-cost", "10")
     cfg = profile(
         "b2b",
         stream_limit=6,
