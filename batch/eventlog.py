@@ -31,6 +31,7 @@ the cap only legs are written.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import struct
@@ -95,6 +96,7 @@ class EventLog:
         self._wall_offset = time.time() - time.monotonic()
         self._answered = 0
         self._last_limit = -1
+        self.failure: str | None = None
 
     @classmethod
     def open(
@@ -200,17 +202,26 @@ class EventLog:
             return
         self._add(END, t=time.time())
         self.flush()
-        os.close(self._fd)
-        self._fd = -1
+        self._close_quietly()
 
     def flush(self) -> None:
         """Append the buffered records in one write (no fsync: the page cache survives a
         killed process, which is the crash this log is for)."""
         if self._buffer and self._fd >= 0:
-            os.write(self._fd, self._buffer)
-            self._size += len(self._buffer)
-            self._buffer.clear()
+            try:
+                os.write(self._fd, self._buffer)
+            except OSError as exc:  # a full disk must not stop the run: the log ends here
+                self.failure = f"the event log stopped: {exc.strerror or exc}"
+                self._close_quietly()
+            else:
+                self._size += len(self._buffer)
+        self._buffer.clear()
         self._last_flush = time.monotonic()
+
+    def _close_quietly(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = -1
 
     def _add(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -158,3 +159,14 @@ def test_counts_out_of_their_fields_range_are_stored_at_the_bound(tmp_path: Path
     assert events[0].limit == 0xFFFF
     attempt = next(e for e in events if e.kind == ATTEMPT)
     assert (attempt.in_flight, attempt.prompt, attempt.completion) == (0, 0xFFFFFFFF, 1)
+
+
+def test_a_write_error_ends_the_log_but_never_the_run(tmp_path: Path) -> None:
+    log = EventLog.open(tmp_path, max_concurrency=4)
+    os.close(log._fd)  # the file can no longer be written (as on a full disk)
+    _attempt(log, 1)
+    log.flush()
+    assert log.failure is not None and "event log stopped" in log.failure
+    _attempt(log, 2)
+    log.close()
+    assert [e.kind for e in read_events(tmp_path)] == [LEG]
