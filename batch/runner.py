@@ -30,11 +30,13 @@ from anyio.streams.memory import MemoryObjectSendStream
 from batch.budget import Budget
 from batch.checkpoint import Checkpoint
 from batch.errors import ApiError, BudgetExhausted, GigabatchError
+from batch.eventlog import EventLog
 from batch.invalid_log import OnProblem, invalid_log
 from batch.limiter import AdaptiveLimiter
 from batch.pipeline import run_pipeline
 from batch.pricing import PriceTable
 from batch.progress import Progress, ProgressMode
+from batch.recording import AttemptRecorder
 from batch.retry import RetryPolicy
 from batch.sending import BatchSender, BudgetGate
 from batch.stopping import RunStop
@@ -126,8 +128,23 @@ async def run_jobs(config: RunConfig) -> RunSummary:
             spent_cost=checkpoint.totals.cost(prices),
             spent_tokens=spent.prompt_tokens + spent.completion_tokens,
         )
-    run = _Run(config, checkpoint, stats, budget, report.duplicates)
-    return await run.execute()
+    events = await anyio.to_thread.run_sync(
+        partial(
+            EventLog.open,
+            config.out_dir,
+            max_concurrency=config.max_concurrency,
+            max_cost=config.max_cost,
+            max_tokens=config.max_tokens,
+            done_before=len(checkpoint.done),
+            total_jobs=report.jobs,
+            restart=config.restart,
+        )
+    )
+    run = _Run(config, checkpoint, stats, budget, report.duplicates, events)
+    try:
+        return await run.execute()
+    finally:
+        run.recorder.close()
 
 
 class _Run:
@@ -144,6 +161,7 @@ class _Run:
         stats: RunStats,
         budget: Budget | None,
         duplicates: list[Problem],
+        events: EventLog,
     ) -> None:
         self.config = config
         self.kind = config.kind
@@ -152,6 +170,7 @@ class _Run:
         self.duplicates = duplicates
         self.limiter = AdaptiveLimiter(config.max_concurrency, initial=config.initial_concurrency)
         self.stop = RunStop(self.limiter, config.grace_period)
+        self.recorder = AttemptRecorder(events, self.limiter, stats.prices)
         self.sender = BatchSender(
             kind=self.kind,
             limiter=self.limiter,
@@ -159,6 +178,7 @@ class _Run:
             stats=stats,
             stop=self.stop,
             budget=BudgetGate(budget, self.stop) if budget is not None else None,
+            recorder=self.recorder,
         )
 
     def _client(self) -> AbstractAsyncContextManager[GigaChatClient]:

@@ -24,7 +24,7 @@ from batch.errors import (
     RateLimited,
     RequestTimedOut,
 )
-from batch.limiter import AdaptiveLimiter
+from batch.limiter import AdaptiveLimiter, Slot
 from batch.outcomes import answered_batch, failed_batch
 from batch.retry import RetryPolicy, call_with_retry
 from batch.stopping import RunStop
@@ -34,6 +34,7 @@ from jobs.base import Batch, JobFailure, JobKind, JobOutcome
 
 if TYPE_CHECKING:
     from batch.client import GigaChatClient
+    from batch.recording import AttemptRecorder
 
 
 class _Stopped(Exception):
@@ -96,6 +97,7 @@ class BatchSender:
         stats: RunStats,
         stop: RunStop,
         budget: BudgetGate | None,
+        recorder: AttemptRecorder | None = None,
     ) -> None:
         self.kind = kind
         self.limiter = limiter
@@ -103,6 +105,7 @@ class BatchSender:
         self.stats = stats
         self.stop = stop
         self.budget = budget
+        self.recorder = recorder
         self._default_model = str(kind.answer_settings().get("model") or "")
 
     async def send(self, client: GigaChatClient, batch: Batch) -> Outcomes | None:
@@ -175,18 +178,27 @@ class _Attempt:
     async def __call__(self) -> Sequence[JobOutcome]:
         sender = self.sender
         await self.reserve()  # the last try's was charged
+        recorder = sender.recorder
+        sent: Slot | None = None
         try:
             async with sender.limiter.slot() as slot:
                 if sender.stop.stopping:
                     raise _Stopped
+                sent = slot
                 self.count += 1
                 sender.stats.requests += 1
                 sender.stats.concurrency = sender.limiter.limit
                 answers = await sender.kind.send(self.client, self.batch)
                 self.latency = time.monotonic() - slot.sent_at
-        except ApiError as exc:
-            self._failed_try(exc)
+        except BaseException as exc:
+            # Recorded after the slot has told the limiter, so the log sees the new level.
+            if recorder is not None and sent is not None:
+                recorder.failed(sent, len(self.batch.jobs), exc)
+            if isinstance(exc, ApiError):
+                self._failed_try(exc)
             raise
+        if recorder is not None and sent is not None:
+            recorder.answered(sent, len(self.batch.jobs), answers)
         return answers
 
     def _failed_try(self, exc: ApiError) -> None:

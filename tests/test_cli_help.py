@@ -17,6 +17,7 @@ def test_the_cli_registers_every_command() -> None:
         "emulator",
         "models",
         "balance",
+        "report",
     }
 
 

@@ -17,7 +17,14 @@ import click
 import orjson
 
 from batch.cli import EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE
-from batch.errors import BudgetExhausted, ConfigError, GigabatchError, JobFileError, RunRefused
+from batch.errors import (
+    BudgetExhausted,
+    ConfigError,
+    GigabatchError,
+    JobFileError,
+    ReportError,
+    RunRefused,
+)
 from batch.settings import ClientSettings
 from jobs.base import JobKind, KindOption
 from jobs.registry import DEFAULT_KIND, cli_options, kind_from_values, kind_names, kinds
@@ -114,7 +121,7 @@ def settings_from_options(options: MutableMapping[str, Any]) -> ClientSettings:
 
 
 def exit_code_for(error: GigabatchError) -> int:
-    if isinstance(error, ConfigError | JobFileError | RunRefused):
+    if isinstance(error, ConfigError | JobFileError | RunRefused | ReportError):
         return EXIT_USAGE
     if isinstance(error, BudgetExhausted):
         return EXIT_BUDGET

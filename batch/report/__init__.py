@@ -1,0 +1,145 @@
+"""`gigabatch report DIR`: one self-contained HTML page of what a run did, from its event
+log (`events.bin`), its last summary (`summary.json`) and its failed rows (`failed/`).
+
+The data behind each plot comes from the pure functions of `batch.report.series`; this
+module only reads the directory and writes `DIR/report.html`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.dataset as ds
+
+from batch.checkpoint import FAILED, SUMMARY
+from batch.errors import ReportError
+from batch.eventlog import ATTEMPT, EVENTS, Event, read_events
+from batch.report import series
+from batch.report.page import render
+
+REPORT = "report.html"
+
+
+def write_report(out_dir: Path) -> Path:
+    """Write `out_dir/report.html` and return its path. Raises ReportError when the
+    directory holds no run (no event log and no summary)."""
+    events = read_events(out_dir)
+    summary = _read_summary(out_dir)
+    if not events and summary is None:
+        raise ReportError(
+            f"{out_dir}: no {EVENTS} or {SUMMARY} here; "
+            "give the --out directory of a run (made by gigabatch run)"
+        )
+    page = build_page(events, summary, _failed_rows(out_dir), title=f"gigabatch run: {out_dir}")
+    path = out_dir / REPORT
+    tmp = path.with_name("." + REPORT)
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def build_page(
+    events: list[Event],
+    summary: dict[str, Any] | None,
+    failed_rows: dict[str, int],
+    *,
+    title: str,
+) -> str:
+    """The report page of these events and summary (pure: no I/O)."""
+    legs = series.legs(events)
+    g = series.grid(legs)
+    data: dict[str, Any] = {
+        "times": g.times,
+        "series": {
+            **series.throughput(events, g),
+            **series.concurrency(events, g),
+            **series.latency(events, g),
+            **series.spend(events, g, legs),
+        },
+        "pauses": series.pauses(events),
+        "legs": [{"number": leg.number, "start": leg.start, "killed": leg.killed} for leg in legs],
+        "failed_attempts": series.failures_by_class(events),
+        "failed_rows": failed_rows,
+    }
+    return render(
+        title=title,
+        status=_status_line(summary, legs),
+        figures=figures(summary, events, legs),
+        legs=[
+            {
+                "number": leg.number,
+                "started": _clock(leg.start),
+                "seconds": leg.end - leg.start,
+                "killed": leg.killed,
+            }
+            for leg in legs
+        ],
+        data=data,
+    )
+
+
+def figures(
+    summary: dict[str, Any] | None, events: list[Event], legs: list[series.Leg]
+) -> list[tuple[str, str]]:
+    """The figures at the top of the page: the last summary's, then the log's."""
+    out: list[tuple[str, str]] = []
+    if summary is not None:
+        jobs = summary["jobs"]
+        cost = summary["cost"]
+        conc = summary["concurrency"]
+        out += [
+            ("jobs succeeded", f"{jobs['succeeded']:,} of {jobs['total']:,}"),
+            ("jobs failed", f"{jobs['failed']:,}"),
+            ("jobs remaining", f"{jobs['remaining']:,}"),
+            ("cost in total", f"{cost['total']:.4f} {cost['currency']}"),
+            ("last leg: wall time", f"{summary['wall_time_s']:.1f} s"),
+            ("last leg: jobs/s", f"{summary['throughput_jobs_per_s']:.1f}"),
+            ("last leg: requests", f"{summary['requests']:,}"),
+            ("last leg: concurrency settled", f"{conc['settled']:g} (max {conc['max']})"),
+        ]
+    attempts = [e for e in events if e.kind == ATTEMPT]
+    refused = sum(e.weight for e in attempts if e.error == "RateLimited")
+    windows = series.pauses(events)
+    out += [
+        ("legs (process runs)", f"{len(legs)} ({sum(leg.killed for leg in legs)} killed)"),
+        ("attempts, all legs", f"{sum(e.weight for e in attempts):,}"),
+        ("429s, all legs", f"{refused:,}"),
+        ("paused", f"{sum(end - start for start, end in windows):.1f} s in {len(windows)}"),
+    ]
+    return out
+
+
+def _status_line(summary: dict[str, Any] | None, legs: list[series.Leg]) -> str:
+    if summary is None:
+        return "no summary.json: the last leg did not finish (killed?)"
+    if legs and legs[-1].killed:
+        return f"last leg killed; the summary is of an earlier leg: {summary['message']}"
+    return f"{summary['status']}: {summary['message']}"
+
+
+def _clock(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _read_summary(out_dir: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = orjson.loads((out_dir / SUMMARY).read_bytes())
+    except FileNotFoundError:
+        return None
+    except orjson.JSONDecodeError as exc:
+        raise ReportError(f"{out_dir / SUMMARY}: not valid JSON ({exc})") from None
+    return data
+
+
+def _failed_rows(out_dir: Path) -> dict[str, int]:
+    """Failed rows by error class, from the committed parts of failed/."""
+    failed = out_dir / FAILED
+    if not failed.is_dir() or not any(failed.glob("*.parquet")):
+        return {}
+    table = ds.dataset(failed, format="parquet").to_table(columns=["error_class"])
+    counts = table.column("error_class").value_counts().to_pylist()
+    pairs = sorted(((c["values"], c["counts"]) for c in counts), key=lambda p: -p[1])
+    return {str(name): int(n) for name, n in pairs}
