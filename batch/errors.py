@@ -7,6 +7,7 @@ The engine acts on the branch an error sits in, never on a status code:
     ├── JobFileError                   a job file that fails validation (exit 2)
     ├── RunRefused                     a resume that would mix answers of other settings (exit 2)
     ├── BudgetExhausted                the next request could cross --max-cost / --max-tokens
+    ├── CacheUnavailable               the answer cache or journal cannot be opened or written
     └── ApiError                       the API answered with an error, or could not be reached
         ├── RetryableError             try the same request again later
         │   ├── RateLimited            429; carries retry_after seconds when the server said
@@ -58,6 +59,10 @@ class RunRefused(GigabatchError):
 
 class BudgetExhausted(GigabatchError):
     """The next request could cross the run's cost or token budget."""
+
+
+class CacheUnavailable(GigabatchError):
+    """The answer cache, journal or limit table cannot be opened or written; names the file."""
 
 
 class ApiError(GigabatchError):

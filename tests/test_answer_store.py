@@ -1,0 +1,156 @@
+"""The answer cache: batched lookups, group commit, prune and info, clear errors."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from batch.cache import (
+    STORE_FILE,
+    AnswerStore,
+    CachedAnswer,
+    cache_key,
+    embedding_from_payload,
+    embedding_material,
+    embedding_payload,
+)
+from batch.errors import CacheUnavailable
+
+
+def answer(
+    i: int, *, created: float = 1_700_000_000.0, model: str = "Embeddings:1"
+) -> CachedAnswer:
+    return CachedAnswer(embedding_payload([float(i)] * 1024), model, created + i, 5 + i)
+
+
+def key(i: int) -> bytes:
+    return cache_key("embeddings", embedding_material("Embeddings", f"text {i}"))
+
+
+def test_get_many_returns_the_hits_and_leaves_out_the_misses(tmp_path: Path) -> None:
+    with AnswerStore(tmp_path) as store:
+        store.put_many([(key(i), answer(i)) for i in range(10)])
+        store.flush()
+        found = store.get_many([key(3), key(42), key(7)])
+    assert set(found) == {key(3), key(7)}
+    assert found[key(3)] == answer(3)
+    assert embedding_from_payload(found[key(7)].payload) == [7.0] * 1024
+
+
+def test_a_lookup_of_more_keys_than_sqlite_parameters_works(tmp_path: Path) -> None:
+    with AnswerStore(tmp_path) as store:
+        store.put_many([(key(i), answer(i)) for i in range(1200)])
+        found = store.get_many([key(i) for i in range(40_000)])
+    assert len(found) == 1200
+
+
+def test_an_answer_not_yet_committed_is_already_a_hit(tmp_path: Path) -> None:
+    with AnswerStore(tmp_path, commit_interval=60) as store:
+        store.put_many([(key(1), answer(1))])
+        assert store.get_many([key(1)]) == {key(1): answer(1)}
+
+
+def test_a_put_is_durable_within_the_commit_interval_without_a_flush(tmp_path: Path) -> None:
+    with AnswerStore(tmp_path, commit_interval=0.1) as store:
+        store.put_many([(key(1), answer(1))])
+        deadline = time.monotonic() + 2
+        other = sqlite3.connect(tmp_path / STORE_FILE)
+        while time.monotonic() < deadline:
+            (count,) = other.execute("SELECT count(*) FROM answers").fetchone()
+            if count:
+                break
+            time.sleep(0.02)
+        other.close()
+    assert count == 1
+    assert time.monotonic() < deadline
+
+
+def test_answers_survive_closing_and_reopening(tmp_path: Path) -> None:
+    with AnswerStore(tmp_path) as store:
+        store.put_many([(key(i), answer(i)) for i in range(5)])
+    with AnswerStore(tmp_path) as store:
+        assert len(store.get_many([key(i) for i in range(5)])) == 5
+
+
+def test_a_newer_answer_replaces_the_older_one(tmp_path: Path) -> None:
+    newer = CachedAnswer(b"new", "GigaChat:2", 2e9, 1)
+    with AnswerStore(tmp_path) as store:
+        store.put_many([(key(1), answer(1))])
+        store.flush()
+        store.put_many([(key(1), newer)])
+        store.flush()
+        assert store.get_many([key(1)]) == {key(1): newer}
+        assert store.info().entries == 1
+
+
+def test_info_counts_entries_by_model_with_oldest_and_newest(tmp_path: Path) -> None:
+    with AnswerStore(tmp_path) as store:
+        store.put_many([(key(i), answer(i, model="Embeddings:1")) for i in range(3)])
+        store.put_many([(key(i), answer(i, model="Embeddings:2")) for i in range(3, 10)])
+        info = store.info()
+    assert info.entries == 10
+    assert [(s.model, s.entries) for s in info.by_model] == [
+        ("Embeddings:2", 7),
+        ("Embeddings:1", 3),
+    ]
+    assert info.by_model[1].payload_bytes == 3 * 4096
+    assert info.by_model[1].tokens == 5 + 6 + 7
+    assert (info.oldest, info.newest) == (1_700_000_000.0, 1_700_000_009.0)
+    assert info.file_bytes > 10 * 4096
+
+
+def test_prune_by_age_drops_only_older_answers(tmp_path: Path) -> None:
+    with AnswerStore(tmp_path) as store:
+        store.put_many([(key(i), answer(i)) for i in range(10)])
+        report = store.prune(created_before=1_700_000_004.0)
+        left = store.get_many([key(i) for i in range(10)])
+    assert report.removed == 4
+    assert set(left) == {key(i) for i in range(4, 10)}
+
+
+def test_prune_to_a_size_drops_the_oldest_and_shrinks_the_file(tmp_path: Path) -> None:
+    with AnswerStore(tmp_path) as store:
+        store.put_many([(key(i), answer(i)) for i in range(2000)])
+        store.flush()
+        full = store.info().file_bytes
+        report = store.prune(max_bytes=2_000_000)
+        left = store.get_many([key(i) for i in range(2000)])
+        after = store.info().file_bytes
+    assert report.bytes_before >= full > 9_000_000
+    assert after <= 2_000_000
+    assert report.bytes_after == after
+    assert 0 < len(left) < 500
+    # The newest answers are the ones kept.
+    assert key(1999) in left
+    assert key(0) not in left
+    assert report.removed == 2000 - len(left)
+
+
+def test_a_file_that_is_not_a_store_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / STORE_FILE).write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(CacheUnavailable, match=r"answers\.sqlite3.*another cache directory"):
+        AnswerStore(tmp_path)
+
+
+def test_a_store_of_another_schema_is_refused(tmp_path: Path) -> None:
+    AnswerStore(tmp_path).close()
+    db = sqlite3.connect(tmp_path / STORE_FILE)
+    db.execute("UPDATE meta SET value = 99 WHERE name = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(CacheUnavailable, match="schema 99"):
+        AnswerStore(tmp_path)
+
+
+def test_an_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CacheUnavailable, match="cannot use"):
+        AnswerStore(blocker / "cache")
+
+
+def test_the_repr_of_an_answer_does_not_dump_its_payload() -> None:
+    assert "4096 bytes" in repr(answer(1))
