@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
-import time
+import subprocess
+import sys
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from batch.cache import (
@@ -40,7 +41,7 @@ def test_get_many_returns_the_hits_and_leaves_out_the_misses(tmp_path: Path) -> 
     assert embedding_from_payload(found[key(7)].payload) == [7.0] * 1024
 
 
-def test_a_lookup_of_more_keys_than_sqlite_parameters_works(tmp_path: Path) -> None:
+def test_one_lookup_may_ask_for_forty_thousand_keys(tmp_path: Path) -> None:
     with AnswerStore(tmp_path) as store:
         store.put_many([(key(i), answer(i)) for i in range(1200)])
         found = store.get_many([key(i) for i in range(40_000)])
@@ -53,19 +54,34 @@ def test_an_answer_not_yet_committed_is_already_a_hit(tmp_path: Path) -> None:
         assert store.get_many([key(1)]) == {key(1): answer(1)}
 
 
-def test_a_put_is_durable_within_the_commit_interval_without_a_flush(tmp_path: Path) -> None:
-    with AnswerStore(tmp_path, commit_interval=0.1) as store:
-        store.put_many([(key(1), answer(1))])
-        deadline = time.monotonic() + 2
-        other = sqlite3.connect(tmp_path / STORE_FILE)
-        while time.monotonic() < deadline:
-            (count,) = other.execute("SELECT count(*) FROM answers").fetchone()
-            if count:
-                break
-            time.sleep(0.02)
-        other.close()
-    assert count == 1
-    assert time.monotonic() < deadline
+# Puts one answer, waits, then kills itself: no flush, no close.
+_PUT_AND_DIE = """
+import os, signal, sys, time
+from pathlib import Path
+from batch.cache import AnswerStore, CachedAnswer
+store = AnswerStore(Path(sys.argv[1]), commit_interval=float(sys.argv[2]))
+store.put_many([(b"k", CachedAnswer(b"v", "m", 1.0, 1))])
+time.sleep(0.25)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize(("interval", "durable"), [(0.1, True), (30.0, False)])
+def test_a_put_is_durable_within_the_commit_interval_without_a_flush(
+    tmp_path: Path, interval: float, durable: bool
+) -> None:
+    subprocess.run([sys.executable, "-c", _PUT_AND_DIE, str(tmp_path), str(interval)])
+    with AnswerStore(tmp_path) as store:
+        assert (b"k" in store.get_many([b"k"])) is durable
+
+
+def test_two_stores_on_one_directory_in_one_process_share_it(tmp_path: Path) -> None:
+    with AnswerStore(tmp_path) as first, AnswerStore(tmp_path) as second:
+        first.put_many([(key(1), answer(1))])
+        first.flush()
+        assert second.get_many([key(1)]) == {key(1): answer(1)}
+    with AnswerStore(tmp_path) as again:
+        assert again.info().entries == 1
 
 
 def test_answers_survive_closing_and_reopening(tmp_path: Path) -> None:
@@ -111,36 +127,45 @@ def test_prune_by_age_drops_only_older_answers(tmp_path: Path) -> None:
     assert set(left) == {key(i) for i in range(4, 10)}
 
 
-def test_prune_to_a_size_drops_the_oldest_and_shrinks_the_file(tmp_path: Path) -> None:
+def test_prune_to_a_size_drops_the_oldest_until_the_pages_in_use_fit(tmp_path: Path) -> None:
     with AnswerStore(tmp_path) as store:
         store.put_many([(key(i), answer(i)) for i in range(2000)])
-        store.flush()
-        full = store.info().file_bytes
+        full = store.info()
         report = store.prune(max_bytes=2_000_000)
         left = store.get_many([key(i) for i in range(2000)])
-        after = store.info().file_bytes
-    assert report.bytes_before >= full > 9_000_000
-    assert after <= 2_000_000
-    assert report.bytes_after == after
+        after = store.info()
+    assert report.bytes_before == full.live_bytes > 8_000_000
+    assert report.bytes_after == after.live_bytes <= 2_000_000
     assert 0 < len(left) < 500
     # The newest answers are the ones kept.
     assert key(1999) in left
     assert key(0) not in left
-    assert report.removed == 2000 - len(left)
+    assert report.removed == 2000 - len(left) == 2000 - after.entries
+
+
+def test_pages_freed_by_prune_are_reused_before_the_file_grows(tmp_path: Path) -> None:
+    with AnswerStore(tmp_path) as store:
+        store.put_many([(key(i), answer(i)) for i in range(2000)])
+        store.flush()
+        store.prune(max_bytes=1_000_000)
+        pruned = store.info().file_bytes
+        store.put_many([(key(i), answer(i, created=2e9)) for i in range(2000, 3000)])
+        assert store.info().file_bytes <= pruned * 1.05
 
 
 def test_a_file_that_is_not_a_store_is_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / STORE_FILE).write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(CacheUnavailable, match=r"answers\.sqlite3.*another cache directory"):
+    (tmp_path / STORE_FILE).mkdir()
+    (tmp_path / STORE_FILE / "data.mdb").write_bytes(b"this is not lmdb" * 1000)
+    with pytest.raises(CacheUnavailable, match=r"answers\.lmdb.*another cache directory"):
         AnswerStore(tmp_path)
 
 
 def test_a_store_of_another_schema_is_refused(tmp_path: Path) -> None:
     AnswerStore(tmp_path).close()
-    db = sqlite3.connect(tmp_path / STORE_FILE)
-    db.execute("UPDATE meta SET value = 99 WHERE name = 'schema'")
-    db.commit()
-    db.close()
+    env = lmdb.open(str(tmp_path / STORE_FILE), max_dbs=3)
+    with env.begin(write=True, db=env.open_db(b"meta")) as txn:
+        txn.put(b"schema", b"99")
+    env.close()
     with pytest.raises(CacheUnavailable, match="schema 99"):
         AnswerStore(tmp_path)
 

@@ -76,7 +76,7 @@ def test_prune_max_size_keeps_the_cache_under_the_size(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     with AnswerStore(tmp_path) as store:
         info = store.info()
-    assert info.file_bytes <= 1_000_000
+    assert info.live_bytes <= 1_000_000
     assert 0 < info.entries < 500
 
 

@@ -3,8 +3,11 @@
 
 For kinds whose answers are not cached (chat without `--cache`) this is what a resume after
 `kill -9` reads instead of paying again. Entries keep the order they arrived in (`seq`);
-once a part holding them is committed, `delete_up_to(seq)` drops them. Same SQLite set-up
-as the cache (WAL, group commit), in `DIR/journal.sqlite3`.
+once a part holding them is committed, `delete_up_to(seq)` drops them. The same CachedAnswer
+and group commit as the cache, but in SQLite (WAL), `DIR/journal.sqlite3`: a journal is
+appended, read in order and cut from the front, which SQLite's AUTOINCREMENT and range
+deletes do in a few lines; it is never looked up at the cache's rate, and its file shrinks
+back when drained (LMDB's never does).
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ def _info_json(info: CacheInfo) -> dict[str, Any]:
         "path": str(info.path),
         "entries": info.entries,
         "file_bytes": info.file_bytes,
+        "live_bytes": info.live_bytes,
         "oldest": info.oldest,
         "newest": info.newest,
         "by_model": [
@@ -71,7 +72,8 @@ def _info_json(info: CacheInfo) -> dict[str, Any]:
 def _render(info: CacheInfo) -> str:
     lines = [
         f"cache: {info.path}",
-        f"  entries: {info.entries:,}, {_size(info.file_bytes)} on disk",
+        f"  entries: {info.entries:,}, {_size(info.live_bytes)} in use, "
+        f"{_size(info.file_bytes)} file",
         f"  oldest: {_when(info.oldest)}, newest: {_when(info.newest)}",
     ]
     lines.extend(
@@ -113,7 +115,8 @@ def info(cache_dir: Path | None, as_json: bool) -> None:
 def prune(cache_dir: Path | None, older_than: str | None, max_size: str | None) -> None:
     """Drop old answers from the cache, by age or down to a size (oldest first).
 
-    Runs sharing the cache may go on meanwhile; the freed space goes back to the disk.
+    Runs sharing the cache may go on meanwhile. The file keeps its size: the pages freed
+    are reused by new answers before it grows again.
 
     \b
     Example:
@@ -132,5 +135,5 @@ def prune(cache_dir: Path | None, older_than: str | None, max_size: str | None) 
         report = store.prune(created_before=created_before, max_bytes=max_bytes)
     click.echo(
         f"removed {report.removed:,} entries: {_size(report.bytes_before)} -> "
-        f"{_size(report.bytes_after)}"
+        f"{_size(report.bytes_after)} in use"
     )
