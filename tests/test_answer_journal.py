@@ -3,7 +3,11 @@ pages and dropped once a Parquet part holds them."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from batch.cache import JOURNAL_FILE, AnswerJournal, CachedAnswer, chat_from_payload, chat_payload
 
@@ -62,3 +66,24 @@ def test_a_reopened_journal_finds_answers_by_key_and_keeps_counting_up(tmp_path:
     # Seqs are never reused, even after deletes: `after` stays a safe cursor.
     assert seqs == sorted(seqs)
     assert seqs[0] > last
+
+
+# Journals one answer, waits, then kills itself: no flush, no close.
+_APPEND_AND_DIE = """
+import os, signal, sys, time
+from pathlib import Path
+from batch.cache import AnswerJournal, CachedAnswer
+journal = AnswerJournal(Path(sys.argv[1]), commit_interval=float(sys.argv[2]))
+journal.append_many([(b"job-1", CachedAnswer(b"v", "m", 1.0, 1))])
+time.sleep(0.25)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize(("interval", "durable"), [(0.1, True), (30.0, False)])
+def test_an_answer_is_journalled_within_the_interval_and_survives_kill_9(
+    tmp_path: Path, interval: float, durable: bool
+) -> None:
+    subprocess.run([sys.executable, "-c", _APPEND_AND_DIE, str(tmp_path), str(interval)])
+    with AnswerJournal(tmp_path) as journal:
+        assert (b"job-1" in journal.get_many([b"job-1"])) is durable
