@@ -7,7 +7,8 @@ keys) while two other processes insert into the same store. A store that cannot 
 a second process is reported as such and measured without the writers.
 
 Part 2 measures gigabatch's own `AnswerStore`: its lookup and miss rates through
-`get_many`, and the peak RSS of a process holding a store of `--entries` answers.
+`get_many`, and the RSS of a process holding a store of `--store-entries` answers (whole,
+and anonymous: mapped file pages count in RSS but are the kernel's to drop).
 
     python -m bench.cache_store [--entries 100000] [--rounds 5] [--store-entries 1000000]
         [--stores sqlite,sqlite-rowid,lmdb,duckdb,rocksdict] [--skip-compare] [--skip-store]
@@ -17,176 +18,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import multiprocessing
 import os
 import random
 import shutil
-import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any
 
 import psutil
 
 from batch.cache import AnswerStore, CachedAnswer
+from bench.cache_candidates import CANDIDATES, VALUE_BYTES, Candidate, key_of, value_of
 
-VALUE_BYTES = 4096  # 1024 float32
 LOOKUP_BATCH = 64
 INSERT_BATCH = 1000
-
-
-def key_of(i: int) -> bytes:
-    return hashlib.blake2b(i.to_bytes(8, "little"), digest_size=32).digest()
-
-
-def value_of(i: int) -> bytes:
-    # Incompressible bytes, as float32 vectors are (a repeated pattern would flatter a store
-    # that compresses).
-    return hashlib.shake_128(i.to_bytes(8, "little")).digest(VALUE_BYTES)
-
-
-class Candidate(Protocol):
-    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None: ...
-    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]: ...
-    def close(self) -> None: ...
-
-
-class SqliteWal:
-    name = "sqlite-wal"
-
-    def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(path / "store.sqlite3", timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL)")
-
-    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-        self.db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?)", items)
-        self.db.execute("COMMIT")
-
-    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
-        marks = ",".join("?" * len(keys))
-        return dict(self.db.execute(f"SELECT k, v FROM kv WHERE k IN ({marks})", keys))
-
-    def close(self) -> None:
-        self.db.close()
-
-
-class SqliteWalRowid(SqliteWal):
-    """The layout AnswerStore uses: the row id is a 64-bit hash of the key, so a lookup is
-    one descent of the table's B-tree instead of the key's index and then the table."""
-
-    name = "sqlite-wal, id = hash"
-
-    def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(path / "store.sqlite3", timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS kv (id INTEGER PRIMARY KEY, k BLOB, v BLOB)")
-
-    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        rows = [(int.from_bytes(k[:8], "little", signed=True), k, v) for k, v in items]
-        self.db.execute("BEGIN IMMEDIATE")
-        self.db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", rows)
-        self.db.execute("COMMIT")
-
-    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
-        ids = [int.from_bytes(k[:8], "little", signed=True) for k in keys]
-        marks = ",".join("?" * len(ids))
-        return dict(self.db.execute(f"SELECT k, v FROM kv WHERE id IN ({marks})", ids))
-
-
-class Lmdb:
-    name = "lmdb"
-
-    def __init__(self, path: Path) -> None:
-        import lmdb
-
-        self.env = lmdb.open(str(path / "lmdb"), map_size=1 << 36, max_readers=64)
-
-    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        with self.env.begin(write=True) as txn:
-            for key, value in items:
-                txn.put(key, value)
-
-    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
-        found: dict[bytes, bytes] = {}
-        with self.env.begin(buffers=False) as txn:
-            for key in keys:
-                value = txn.get(key)
-                if value is not None:
-                    found[key] = value
-        return found
-
-    def close(self) -> None:
-        self.env.close()
-
-
-class DuckDb:
-    name = "duckdb"
-
-    def __init__(self, path: Path) -> None:
-        import duckdb
-
-        self.db = duckdb.connect(str(path / "store.duckdb"))
-        self.db.execute("CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL)")
-
-    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        import pyarrow as pa
-
-        # executemany goes row by row in DuckDB (~100 rows/s here); an Arrow scan is its
-        # bulk path.
-        batch = pa.table(
-            {"k": pa.array([k for k, _ in items]), "v": pa.array([v for _, v in items])}
-        )
-        self.db.register("batch", batch)
-        self.db.execute("INSERT OR REPLACE INTO kv SELECT k, v FROM batch")
-        self.db.unregister("batch")
-
-    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
-        marks = ",".join("?" * len(keys))
-        rows = self.db.execute(f"SELECT k, v FROM kv WHERE k IN ({marks})", list(keys))
-        return {bytes(k): bytes(v) for k, v in rows.fetchall()}
-
-    def close(self) -> None:
-        self.db.close()
-
-
-class RocksDict:
-    name = "rocksdb (rocksdict)"
-
-    def __init__(self, path: Path) -> None:
-        from rocksdict import Rdict, WriteBatch
-
-        self._batch = WriteBatch
-        self.db = Rdict(str(path / "rocks"))
-
-    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        batch = self._batch()
-        for key, value in items:
-            batch.put(key, value)
-        self.db.write(batch)
-
-    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
-        values = cast("list[bytes | None]", self.db.get(list(keys)))
-        return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
-
-    def close(self) -> None:
-        self.db.close()
-
-
-CANDIDATES: dict[str, Callable[[Path], Candidate]] = {
-    "sqlite": SqliteWal,
-    "sqlite-rowid": SqliteWalRowid,
-    "lmdb": Lmdb,
-    "duckdb": DuckDb,
-    "rocksdict": RocksDict,
-}
 
 
 def fill(store: Candidate, start: int, count: int) -> float:
