@@ -51,6 +51,15 @@ def test_delete_up_to_drops_what_a_committed_part_holds(tmp_path: Path) -> None:
         assert len(journal) == 4
 
 
+def test_delete_many_drops_the_ids_a_part_holds_even_if_not_yet_committed(
+    tmp_path: Path,
+) -> None:
+    with AnswerJournal(tmp_path, commit_interval=30) as journal:
+        journal.append_many([(job(i), answer(i)) for i in range(5)])
+        assert journal.delete_many([job(1), job(3), job(99)]) == 2
+        assert [e.key for e in journal.drain()] == [job(0), job(2), job(4)]
+
+
 def test_a_reopened_journal_finds_answers_by_key_and_keeps_counting_up(tmp_path: Path) -> None:
     with AnswerJournal(tmp_path) as journal:
         journal.append_many([(job(i), answer(i)) for i in range(3)])

@@ -107,6 +107,18 @@ class AnswerJournal:
         with self._db.guard(), self._db.transaction() as db:
             return db.execute("DELETE FROM journal WHERE seq <= ?", (seq,)).rowcount
 
+    def delete_many(self, keys: Sequence[bytes]) -> int:
+        """Drop the entries of these keys (the ids a just-committed part holds): the writer
+        knows its rows' ids, not their seqs. Returns how many were dropped."""
+        self.flush()
+        dropped = 0
+        with self._db.guard(), self._db.transaction() as db:
+            for start in range(0, len(keys), _LOOKUP_CHUNK):
+                chunk = keys[start : start + _LOOKUP_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                dropped += db.execute(f"DELETE FROM journal WHERE key IN ({marks})", chunk).rowcount
+        return dropped
+
     def __len__(self) -> int:
         with self._db.guard() as db:
             (count,) = db.execute("SELECT count(*) FROM journal").fetchone()
