@@ -207,10 +207,10 @@ class AnswerStore:
         try:
             with self._env.begin(write=True) as txn:
                 for key, answer in items:
-                    old = txn.get(key, db=self._answers)
+                    # One descent both stores the answer and gives the one it replaces.
+                    old = txn.replace(key, _encode(answer), db=self._answers)
                     if old is not None:
                         txn.delete(_age_key(key, _decode(old).created), db=self._by_age)
-                    txn.put(key, _encode(answer), db=self._answers)
                     txn.put(_age_key(key, answer.created), _age_value(answer), db=self._by_age)
         except lmdb.Error as exc:
             raise self._unavailable(exc) from exc
