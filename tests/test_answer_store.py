@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import lmdb
@@ -179,3 +180,27 @@ def test_an_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_the_repr_of_an_answer_does_not_dump_its_payload() -> None:
     assert "4096 bytes" in repr(answer(1))
+
+
+def test_threads_look_up_while_answers_are_being_stored(tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+    with AnswerStore(tmp_path, commit_interval=0.01) as store:
+        store.put_many([(key(i), answer(i)) for i in range(100)])
+        store.flush()
+
+        def look_up() -> None:
+            try:
+                for _ in range(200):
+                    assert len(store.get_many([key(i) for i in range(100)])) == 100
+            except BaseException as exc:
+                errors.append(exc)
+
+        readers = [threading.Thread(target=look_up) for _ in range(4)]
+        for reader in readers:
+            reader.start()
+        for i in range(100, 600):
+            store.put_many([(key(i), answer(i))])
+        for reader in readers:
+            reader.join()
+        assert store.info().entries == 600
+    assert errors == []

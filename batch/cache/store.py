@@ -15,6 +15,7 @@ the ordering prune and info walk without touching the vectors), `meta` (schema v
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +31,9 @@ from batch.errors import CacheUnavailable
 
 STORE_FILE = "answers.lmdb"
 SCHEMA_VERSION = 1
-# Address space only: the file grows with what is stored (on Linux and macOS it is sparse).
-MAP_SIZE = 2**40
+# Address space only on Linux and macOS: the file grows with what is stored. Windows sizes
+# the file to the whole map at open, so it gets a smaller one.
+MAP_SIZE = 2**34 if sys.platform == "win32" else 2**40
 _PRUNE_STEP = 5_000
 
 # answers value: created, tokens, length of the model name; then the name and the payload.
