@@ -8,6 +8,7 @@ The engine acts on the branch an error sits in, never on a status code:
     ├── RunRefused                     a resume that would mix answers of other settings (exit 2)
     ├── BudgetExhausted                the next request could cross --max-cost / --max-tokens
     ├── ReportError                    an output directory that cannot be reported on (exit 2)
+    ├── CacheUnavailable               the answer cache or journal cannot be opened or written
     └── ApiError                       the API answered with an error, or could not be reached
         ├── RetryableError             try the same request again later
         │   ├── RateLimited            429; carries retry_after seconds when the server said
@@ -63,6 +64,10 @@ class BudgetExhausted(GigabatchError):
 
 class ReportError(GigabatchError):
     """An output directory holds no run to report on, or an unreadable event log."""
+
+
+class CacheUnavailable(GigabatchError):
+    """The answer cache, journal or limit table cannot be opened or written; names the file."""
 
 
 class ApiError(GigabatchError):

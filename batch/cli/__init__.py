@@ -19,7 +19,7 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 # Modules that register commands on `main`; each owns its commands.
-_COMMAND_MODULES = ("info", "emulator", "run", "estimate", "report")
+_COMMAND_MODULES = ("info", "emulator", "run", "estimate", "report", "cache")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
