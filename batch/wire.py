@@ -139,6 +139,15 @@ def _usage(data: Any) -> Usage:
 def parse_chat(response: httpx.Response) -> ChatCompletion:
     data = _payload(response, ("choices",))
     try:
+        return chat_completion(data, _request_id(response))
+    except ValueError:
+        raise _malformed(response, "no choices[0].message in a chat answer") from None
+
+
+def chat_completion(data: Any, request_id: str | None = None) -> ChatCompletion:
+    """A decoded chat answer body (online, or a batch task's `result`); ValueError when it
+    has no `choices[0].message`."""
+    try:
         choice = data["choices"][0]
         message = choice["message"]
         return ChatCompletion(
@@ -148,14 +157,23 @@ def parse_chat(response: httpx.Response) -> ChatCompletion:
             usage=_usage(data.get("usage")),
             function_call=message.get("function_call"),
             functions_state_id=message.get("functions_state_id"),
-            request_id=_request_id(response),
+            request_id=request_id,
         )
     except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-        raise _malformed(response, "no choices[0].message in a chat answer") from None
+        raise ValueError("no choices[0].message in a chat answer") from None
 
 
 def parse_embeddings(response: httpx.Response) -> Embeddings:
     data = _payload(response, ("data",))
+    try:
+        return embeddings(data, _request_id(response))
+    except ValueError:
+        raise _malformed(response, "embedding items need index and embedding") from None
+
+
+def embeddings(data: Any, request_id: str | None = None) -> Embeddings:
+    """A decoded embeddings answer body (online, or a batch task's `result`), items sorted
+    by `index`; ValueError when an item lacks index or embedding."""
     try:
         items = [
             EmbeddingItem(
@@ -165,12 +183,11 @@ def parse_embeddings(response: httpx.Response) -> Embeddings:
             )
             for item in data["data"]
         ]
+        model = str(data.get("model") or "")
     except (KeyError, TypeError, AttributeError, ValueError):
-        raise _malformed(response, "embedding items need index and embedding") from None
+        raise ValueError("embedding items need index and embedding") from None
     items.sort(key=lambda item: item.index)
-    return Embeddings(
-        model=str(data.get("model") or ""), items=items, request_id=_request_id(response)
-    )
+    return Embeddings(model=model, items=items, request_id=request_id)
 
 
 def parse_tokens_count(response: httpx.Response) -> list[TokenCount]:
