@@ -63,8 +63,12 @@ def chat_request(body: Mapping[str, Any], *, default_model: str | None = None) -
     return _json_request("POST", "/chat/completions", payload)
 
 
+def embeddings_body(inputs: Sequence[str], model: str) -> dict[str, Any]:
+    return {"model": model, "input": list(inputs)}
+
+
 def embeddings_request(inputs: Sequence[str], model: str) -> ApiRequest:
-    return _json_request("POST", "/embeddings", {"model": model, "input": list(inputs)})
+    return _json_request("POST", "/embeddings", embeddings_body(inputs, model))
 
 
 def tokens_count_request(inputs: Sequence[str], model: str) -> ApiRequest:

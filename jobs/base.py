@@ -132,6 +132,8 @@ class JobKind(Protocol):
     """A kind of job (chat, embeddings, ...), as the engine sees it."""
 
     name: ClassVar[str]
+    # The `method` of GigaChat's batch API that answers this kind's requests.
+    batch_api_method: ClassVar[str]
 
     def job_from_record(self, record: Mapping[str, Any], location: SourceLocation) -> Job:
         """Validate and normalise one record; the id defaults to the location's number.
@@ -165,6 +167,16 @@ class JobKind(Protocol):
     async def send(self, client: GigaChatClient, batch: Batch) -> Sequence[JobOutcome]:
         """Send one request for `batch`; one outcome per job. Raises ApiError when the request
         as a whole fails (the engine retries or fails every job in the batch)."""
+        ...
+
+    def request_body(self, batch: Batch) -> dict[str, Any]:
+        """The JSON body of the one online request that answers `batch` (also the `request`
+        of a batch-API task line)."""
+        ...
+
+    def outcomes(self, batch: Batch, body: Mapping[str, Any]) -> Sequence[JobOutcome]:
+        """One outcome per job of `batch` from the decoded body of a successful answer to
+        `request_body(batch)`. Raises ApiError when the body cannot be read."""
         ...
 
     def result_schema(self) -> pa.Schema:

@@ -19,8 +19,9 @@ from typing import Any, ClassVar, Protocol
 import orjson
 import pyarrow as pa
 
+from batch import wire
 from batch.api_types import ChatCompletion, Usage
-from batch.errors import ConfigError
+from batch.errors import ConfigError, ServerError
 from jobs.base import Batch, Job, JobOutcome, JobResult, KindOptions, SourceLocation
 from jobs.tokens import text_token_ceiling
 from jobs.validation import RecordFields, json_text, number_problem, type_name
@@ -82,6 +83,7 @@ class ChatKind:
     """Chat completions, one request per job."""
 
     name: ClassVar[str] = "chat"
+    batch_api_method: ClassVar[str] = "chat_completions"
 
     def __init__(self, options: KindOptions) -> None:
         _check_options(options)
@@ -171,23 +173,20 @@ class ChatKind:
             completion += job.request.get("max_tokens") or DEFAULT_COMPLETION_RESERVE
         return Usage(prompt_tokens=prompt, completion_tokens=completion)
 
+    def request_body(self, batch: Batch) -> dict[str, Any]:
+        return dict(batch.jobs[0].request)
+
+    def outcomes(self, batch: Batch, body: Mapping[str, Any]) -> Sequence[JobOutcome]:
+        try:
+            answer = wire.chat_completion(body)
+        except ValueError as exc:
+            raise ServerError(f"malformed answer: {exc}") from None
+        return [_result(job, answer) for job in batch.jobs]
+
     async def send(self, client: ChatClient, batch: Batch) -> Sequence[JobOutcome]:
-        outcomes: list[JobOutcome] = []
-        for job in batch.jobs:
-            answer = await client.chat(job.request, session_id=session_id(job.request))
-            row = {
-                "content": answer.content,
-                "finish_reason": answer.finish_reason,
-                "model": answer.model,
-                "prompt_tokens": answer.usage.prompt_tokens,
-                "completion_tokens": answer.usage.completion_tokens,
-                "precached_prompt_tokens": answer.usage.precached_prompt_tokens,
-                "total_tokens": answer.usage.total_tokens,
-                "metadata": json_text(job.metadata),
-                "function_call": json_text(answer.function_call),
-            }
-            outcomes.append(JobResult(job=job, row=row, usage=answer.usage, model=answer.model))
-        return outcomes
+        body = self.request_body(batch)
+        answer = await client.chat(body, session_id=session_id(body))
+        return [_result(job, answer) for job in batch.jobs]
 
     def result_schema(self) -> pa.Schema:
         return pa.schema(
@@ -216,6 +215,21 @@ class SinglePacker:
 
     def flush(self) -> list[Batch]:
         return []
+
+
+def _result(job: Job, answer: ChatCompletion) -> JobResult:
+    row = {
+        "content": answer.content,
+        "finish_reason": answer.finish_reason,
+        "model": answer.model,
+        "prompt_tokens": answer.usage.prompt_tokens,
+        "completion_tokens": answer.usage.completion_tokens,
+        "precached_prompt_tokens": answer.usage.precached_prompt_tokens,
+        "total_tokens": answer.usage.total_tokens,
+        "metadata": json_text(job.metadata),
+        "function_call": json_text(answer.function_call),
+    }
+    return JobResult(job=job, row=row, usage=answer.usage, model=answer.model)
 
 
 def session_id(body: Mapping[str, Any]) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
 
+from batch import wire
 from batch.api_types import Embeddings, TokenCount, Usage
 from batch.errors import ConfigError, FatalError, PayloadTooLarge, ServerError
 from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult, KindOptions, SourceLocation
@@ -182,6 +183,7 @@ class EmbeddingsKind:
     """Embeddings, many texts per request."""
 
     name: ClassVar[str] = "embed"
+    batch_api_method: ClassVar[str] = "embedder"
 
     def __init__(self, options: KindOptions) -> None:
         if options.prompt_column:
@@ -272,6 +274,19 @@ class EmbeddingsKind:
             for text in payload.texts
         )
         return Usage(prompt_tokens=tokens)
+
+    def request_body(self, batch: Batch) -> dict[str, Any]:
+        payload: EmbeddingPayload = batch.payload
+        return wire.embeddings_body(payload.texts, payload.model)
+
+    def outcomes(self, batch: Batch, body: Mapping[str, Any]) -> Sequence[JobOutcome]:
+        payload: EmbeddingPayload = batch.payload
+        try:
+            answer = wire.embeddings(body)
+        except ValueError as exc:
+            raise ServerError(f"malformed answer: {exc}") from None
+        answers = self._vectors(answer, list(enumerate(payload.texts)))
+        return self._outcomes(batch, answers, billable=set(answers))
 
     async def send(self, client: EmbeddingsClient, batch: Batch) -> Sequence[JobOutcome]:
         payload: EmbeddingPayload = batch.payload
