@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from batch.emulator import chat, embeddings
+from batch.emulator import batches, chat, embeddings
 from batch.emulator.config import SCOPE_STREAM_LIMITS, SCOPES, EmulatorConfig, coerce_knobs
 from batch.emulator.faults import HTML_502, FaultDice
 from batch.emulator.limits import RateWindow, Storm, StreamLimiter, TokenStore, retry_after
@@ -164,6 +164,7 @@ class EmulatorApp:
         self.oauth_rate = RateWindow()
         self.storm = Storm()
         self.cache = chat.PrefixCache()
+        self.batches = batches.BatchStore(config.seed)
         self.credentials = credentials_for(config).encode()
         self._seed(config.seed)
         self.balance = self._fresh_balance()
@@ -214,6 +215,11 @@ class EmulatorApp:
                 await self._oauth(call)
             elif path == "/api/v1/token":
                 await self._password_token(call)
+            elif path == "/api/v1/batches":
+                await self._api(call, self._batches, False)
+            elif path.startswith("/api/v1/files/") and path.endswith("/content"):
+                stat_path = "/api/v1/files/{id}/content"
+                await self._api(call, self._batch_file, False)
             elif path.startswith("/api/v1/models/"):
                 stat_path = "/api/v1/models/{id}"
                 await self._api(call, self._model, False)
@@ -486,6 +492,29 @@ class EmulatorApp:
             return
         entries = [{"usage": pool, "value": value} for pool, value in self.balance.items()]
         await call.reply(200, orjson.dumps({"balance": entries}))
+
+    async def _batches(self, call: Call, scope: str) -> None:
+        now = time.time()
+        try:
+            answer = self.batches.handle(call.method, call.query, call.body, self.config, now)
+        except batches.PollRefused:
+            await self._too_many(call, self.config.retry_after_s, now)
+            return
+        except chat.RequestRejected as exc:
+            await self._reject(call, exc)
+            return
+        await call.reply(200, answer)
+
+    async def _batch_file(self, call: Call, scope: str) -> None:
+        if call.method != "GET":
+            await call.reply(405, METHOD_NOT_ALLOWED)
+            return
+        try:
+            answer = self.batches.file_content(call.path, time.time())
+        except chat.RequestRejected as exc:
+            await self._reject(call, exc)
+            return
+        await call.reply(200, answer, content_type=b"application/octet-stream")
 
     # -- control endpoints (outside /api, never counted) ------------------------------
 
