@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 
 from batch.api_types import BatchInfo
+from batch.errors import RunRefused
 
 JOURNAL = "batches.sqlite"
 SUBMITTING, ACTIVE, COLLECTED = "submitting", "active", "collected"
@@ -172,3 +173,28 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("rollback" if exc_type is not None else "commit")
+
+
+def recorded_batches(out_dir: Path) -> list[RecordedBatch]:
+    """Every batch the journal of `out_dir` records (none when it has no journal)."""
+    if not BatchJournal.exists(out_dir):
+        return []
+    journal = BatchJournal.open(out_dir)
+    try:
+        return journal.batches()
+    finally:
+        journal.close()
+
+
+def prepare_online_run(out_dir: Path, *, restart: bool) -> None:
+    """An online run must not send jobs that batches on the server still carry; a restart
+    forgets them (with the rest of the output)."""
+    if restart:
+        BatchJournal.remove(out_dir)
+        return
+    waiting = [b for b in recorded_batches(out_dir) if b.state in (SUBMITTING, ACTIVE)]
+    if waiting:
+        raise RunRefused(
+            f"{out_dir} has {len(waiting)} batch(es) still waiting on the server "
+            f"({sum(b.jobs for b in waiting)} jobs): resume with --mode batches first"
+        )

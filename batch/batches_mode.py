@@ -21,16 +21,15 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
-import orjson
 
 from batch import batches_wire
-from batch.api_types import BatchInfo, TaskResult, Usage
+from batch.api_types import BatchInfo
 from batch.batch_files import BatchFile, FileSource, repack
 from batch.batch_journal import ACTIVE, SUBMITTING, BatchJournal, RecordedBatch
+from batch.batch_results import TaskRows
 from batch.checkpoint import Checkpoint
 from batch.errors import (
     ApiError,
@@ -40,15 +39,13 @@ from batch.errors import (
     PermanentError,
     RateLimited,
     RetryableError,
-    RunRefused,
-    error_from_response,
 )
 from batch.pricing import PriceTable
 from batch.retry import call_with_retry
 from batch.runner import RunConfig
 from batch.summary import RunStats, RunSummary, build_summary
-from batch.writer import Outcomes, PartWriter
-from jobs.base import Batch, Job, JobFailure, JobOutcome
+from batch.writer import PartWriter
+from jobs.base import Batch, Job
 from jobs.readers import read_jobs, validate_jobs
 
 logger = logging.getLogger(__name__)
@@ -113,31 +110,6 @@ class _Pacing:
         return self.backoff_429 * self.rng.uniform(0.8, 1.2)
 
 
-def recorded_batches(out_dir: Path) -> list[RecordedBatch]:
-    """Every batch the journal of `out_dir` records (none when it has no journal)."""
-    if not BatchJournal.exists(out_dir):
-        return []
-    journal = BatchJournal.open(out_dir)
-    try:
-        return journal.batches()
-    finally:
-        journal.close()
-
-
-def prepare_online_run(out_dir: Path, *, restart: bool) -> None:
-    """An online run must not send jobs that batches on the server still carry; a restart
-    forgets them (with the rest of the output)."""
-    if restart:
-        BatchJournal.remove(out_dir)
-        return
-    waiting = [b for b in recorded_batches(out_dir) if b.state in (SUBMITTING, ACTIVE)]
-    if waiting:
-        raise RunRefused(
-            f"{out_dir} has {len(waiting)} batch(es) still waiting on the server "
-            f"({sum(b.jobs for b in waiting)} jobs): resume with --mode batches first"
-        )
-
-
 def _open_client(config: RunConfig) -> AbstractAsyncContextManager[Any]:
     if config.client_factory is not None:
         return config.client_factory()
@@ -150,7 +122,7 @@ def _open_client(config: RunConfig) -> AbstractAsyncContextManager[Any]:
 
 async def run_batches(config: RunConfig, settings: BatchesSettings) -> RunSummary:
     """Run `config` through the batch API to its end, a timeout or a signal; the summary is
-    also written to summary.json. Budgets are not supported (nothing is paid per request)."""
+    also written to summary.json. Budgets (--max-cost, --max-tokens) are online-only for now."""
     if config.max_cost is not None or config.max_tokens is not None:
         raise ConfigError("--max-cost / --max-tokens work with --mode online only")
     kind = config.kind
@@ -206,6 +178,7 @@ class _BatchesRun:
         self.writer = PartWriter(
             checkpoint, self.kind.result_schema(), flush_rows=config.flush_rows
         )
+        self.rows = TaskRows(self.kind, self.writer, checkpoint.done, stats, config.flush_rows)
         self.status, self.message = "completed", ""
         self.created = self.collected = 0
 
@@ -345,7 +318,7 @@ class _BatchesRun:
                 info = await self._api(partial(client.create_batch, file.method, lines))
             except (PermanentError, RetryableError) as exc:
                 self.journal.forget(seq)
-                await self._fail_with(list(file.tasks.values()), exc)
+                await self.rows.fail_with(list(file.tasks.values()), exc)
                 return
             except BaseException:
                 self.journal.forget(seq)
@@ -362,7 +335,7 @@ class _BatchesRun:
             try:
                 [info] = await self._api(partial(client.batch_status, waiting.id))
             except NotFound as exc:
-                await self._fail_with(list(waiting.tasks.values()), exc)
+                await self.rows.fail_with(list(waiting.tasks.values()), exc)
                 self._done(seq)
                 continue
             except (RetryableError, PermanentError, ValueError) as exc:
@@ -379,14 +352,14 @@ class _BatchesRun:
         """Stream the output file into parts; tasks left without a line fail."""
         try:
             async for line in client.download_batch_results(file_id):
-                await self._task_done(waiting, batches_wire.parse_task_result(line))
+                await self.rows.task_done(waiting.tasks, batches_wire.parse_task_result(line))
         except ApiError as exc:
             logger.warning("downloading batch %s failed, trying later: %s", waiting.id, exc)
             await self.writer.flush()
             return
         if waiting.tasks:
             message = f"the output file of batch {waiting.id} has no line for this task"
-            await self._fail(list(waiting.tasks.values()), "BatchTaskMissing", message)
+            await self.rows.fail(list(waiting.tasks.values()), "BatchTaskMissing", message)
         self._done(seq)
         await self.writer.flush()
         self.journal.collected(seq)
@@ -395,66 +368,13 @@ class _BatchesRun:
     async def _expire(self, seq: int, waiting: _Waiting) -> None:
         window = self.settings.completion_window_s
         message = f"batch {waiting.id} not completed within the {window:g} s completion window"
-        await self._fail(list(waiting.tasks.values()), "BatchExpired", message)
+        await self.rows.fail(list(waiting.tasks.values()), "BatchExpired", message)
         self._done(seq)
         await self.writer.flush()
         self.journal.collected(seq)
 
     def _done(self, seq: int) -> None:
         self.waiting.pop(seq, None)
-
-    async def _task_done(self, waiting: _Waiting, result: TaskResult) -> None:
-        batch = waiting.tasks.pop(result.task_id or "", None)
-        if batch is None:  # an unknown or repeated task id, or an invalid line's error
-            return
-        if result.result is None:
-            status = result.error_status or 500
-            body = orjson.dumps({"status": status, "message": result.error_message})
-            await self._fail_with([batch], error_from_response(status, {}, body))
-            return
-        try:
-            outcomes = self.kind.outcomes(batch, result.result)
-        except ApiError as exc:
-            await self._fail_with([batch], exc)
-            return
-        await self._write(outcomes)
-
-    async def _write(self, outcomes: Any) -> None:
-        out = Outcomes()
-        outcome: JobOutcome
-        for outcome in outcomes:
-            if outcome.job.id in self.checkpoint.done:  # committed before a crash
-                continue
-            if isinstance(outcome, JobFailure):
-                out.failures.append(_failed_row(outcome))
-                continue
-            row = {**outcome.row, "id": outcome.job.id, "attempts": 1, "latency_ms": None}
-            out.results.append(row)
-            out.usage[outcome.model] = out.usage.get(outcome.model, Usage()) + outcome.usage
-            self.stats.add_usage(outcome.model, outcome.usage)
-        self.stats.succeeded += len(out.results)
-        self.stats.failed += len(out.failures)
-        self.writer.add(out)
-        if self.writer.buffered >= self.config.flush_rows:
-            await self.writer.flush()
-
-    async def _fail_with(self, batches: list[Batch], exc: ApiError) -> None:
-        await self._fail(batches, type(exc).__name__, exc.message, exc.status, exc.request_id)
-
-    async def _fail(
-        self,
-        batches: list[Batch],
-        error_class: str,
-        message: str,
-        status: int | None = None,
-        request_id: str | None = None,
-    ) -> None:
-        failures = [
-            JobFailure(job, error_class, message, status, request_id)
-            for batch in batches
-            for job in batch.jobs
-        ]
-        await self._write(failures)
 
     async def _summary(self) -> RunSummary:
         if self.status == "completed" and self.checkpoint.totals.failed:
@@ -482,15 +402,3 @@ class _BatchesRun:
         }
         await anyio.to_thread.run_sync(summary.write, self.config.out_dir)
         return summary
-
-
-def _failed_row(failure: JobFailure) -> dict[str, Any]:
-    return {
-        "id": failure.job.id,
-        "error_class": failure.error_class,
-        "status": failure.status,
-        "message": failure.message,
-        "attempts": 1,
-        "request_id": failure.request_id,
-        "source": str(failure.job.location),
-    }

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 import click
 
-from batch.batches_mode import BatchesSettings, recorded_batches
+from batch.batch_journal import recorded_batches
+from batch.batches_mode import BatchesSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -14,7 +14,8 @@ import anyio
 import click
 import orjson
 
-from batch.batches_mode import prepare_online_run, run_batches
+from batch.batch_journal import prepare_online_run
+from batch.batches_mode import run_batches
 from batch.checkpoint import read_status
 from batch.cli import (
     EXIT_BUDGET,
