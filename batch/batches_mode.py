@@ -350,6 +350,7 @@ class _BatchesRun:
 
     async def _collect(self, client: Any, seq: int, waiting: _Waiting, file_id: str) -> None:
         """Stream the output file into parts; tasks left without a line fail."""
+        self.stats.requests += 1
         try:
             async for line in client.download_batch_results(file_id):
                 await self.rows.task_done(waiting.tasks, batches_wire.parse_task_result(line))
