@@ -126,7 +126,7 @@ async def run_batches(config: RunConfig, settings: BatchesSettings) -> RunSummar
     if config.max_cost is not None or config.max_tokens is not None:
         raise ConfigError("--max-cost / --max-tokens work with --mode online only")
     kind = config.kind
-    prices = config.prices if config.prices is not None else PriceTable.load()
+    prices = (config.prices if config.prices is not None else PriceTable.load()).for_batches()
     report = await anyio.to_thread.run_sync(partial(validate_jobs, config.jobs_path, kind))
     if not config.skip_invalid:
         report.raise_for_problems()
