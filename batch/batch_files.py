@@ -5,6 +5,7 @@ lines are gathered into files of at most `max_lines` lines and `max_bytes` bytes
 
 from __future__ import annotations
 
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,11 @@ class BatchFile:
     method: str
     lines: bytearray = field(default_factory=bytearray)
     tasks: dict[str, Batch] = field(default_factory=dict)
+    # Task ids are `<nonce>-<n>`: unique in the file, and no other file's lines match them.
+    nonce: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def next_task_id(self) -> str:
+        return f"{self.nonce}-{len(self.tasks) + 1}"
 
     def job_ids(self) -> dict[str, list[str]]:
         return {task_id: [job.id for job in b.jobs] for task_id, b in self.tasks.items()}
@@ -40,13 +46,12 @@ class FileBuilder:
     def add(self, batch: Batch) -> list[BatchFile]:
         """Add one request; the files that became full."""
         body = self.kind.request_body(batch)
-        task_id = f"t{len(self._file.tasks) + 1}"
-        line = batches_wire.task_line(task_id, body)
+        line = batches_wire.task_line(self._file.next_task_id(), body)
         closed = []
         if self._file.tasks and len(self._file.lines) + len(line) > self.max_bytes:
             closed.append(self._close())
-            task_id = "t1"
-            line = batches_wire.task_line(task_id, body)
+            line = batches_wire.task_line(self._file.next_task_id(), body)
+        task_id = self._file.next_task_id()
         self._file.lines += line
         self._file.tasks[task_id] = batch
         if len(self._file.tasks) >= self.max_lines:

@@ -22,6 +22,9 @@ from batch.api_types import BatchInfo
 from batch.errors import RunRefused
 
 JOURNAL = "batches.sqlite"
+# How much earlier than its `submitting` record a server's batch may say it was created
+# (clock skew) and still be taken for that record's lost batch.
+ORPHAN_SLACK_S = 600.0
 SUBMITTING, ACTIVE, COLLECTED = "submitting", "active", "collected"
 
 _SCHEMA = """
@@ -198,3 +201,22 @@ def prepare_online_run(out_dir: Path, *, restart: bool) -> None:
             f"{out_dir} has {len(waiting)} batch(es) still waiting on the server "
             f"({sum(b.jobs for b in waiting)} jobs): resume with --mode batches first"
         )
+
+
+def orphan_match(
+    record: RecordedBatch, listed: list[BatchInfo], known: set[str]
+) -> BatchInfo | None:
+    """The server's batch that a `submitting` record's upload created, if exactly one fits:
+    an id the journal does not know, the same method and task count, created no earlier
+    than the record (less ORPHAN_SLACK_S). A wrong match cannot mix answers up: task ids
+    carry a per-file nonce, so another file's lines match none of the record's tasks."""
+    earliest = record.recorded_at - ORPHAN_SLACK_S
+    fits = [
+        info
+        for info in listed
+        if info.id not in known
+        and info.method == record.method
+        and info.total == record.tasks
+        and (info.created_at is None or info.created_at >= earliest)
+    ]
+    return fits[0] if len(fits) == 1 else None

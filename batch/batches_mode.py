@@ -14,12 +14,11 @@ no request of the run waited for an answer.
 from __future__ import annotations
 
 import logging
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -28,8 +27,15 @@ import anyio
 from batch import batches_wire
 from batch.api_types import BatchInfo
 from batch.batch_files import BatchFile, FileSource, repack
-from batch.batch_journal import ACTIVE, SUBMITTING, BatchJournal, RecordedBatch
+from batch.batch_journal import (
+    ACTIVE,
+    SUBMITTING,
+    BatchJournal,
+    RecordedBatch,
+    orphan_match,
+)
 from batch.batch_results import TaskRows
+from batch.batches_settings import BatchesSettings, PollPacing
 from batch.checkpoint import Checkpoint
 from batch.errors import (
     ApiError,
@@ -52,28 +58,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class BatchesSettings:
-    """What GigaChat does not document about its batch API, as settings: only the 500-line
-    limit is documented; the byte limit, the completion window and the polling are ours."""
-
-    max_lines: int = 500
-    max_bytes: int = 20 * 1024 * 1024
-    completion_window_s: float = 24 * 3600.0
-    completion_timeout_s: float = 24 * 3600.0
-    poll_initial_s: float = 2.0
-    poll_max_s: float = 60.0
-    max_active: int = 100
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.max_lines <= 500:
-            raise ConfigError(f"--batch-lines must be between 1 and 500, got {self.max_lines}")
-        if self.max_bytes < 1 or self.max_active < 1:
-            raise ConfigError("--batch-bytes and the number of waiting batches must be >= 1")
-        if self.poll_initial_s <= 0 or self.poll_max_s < self.poll_initial_s:
-            raise ConfigError("need 0 < the first poll interval <= the longest")
-
-
 @dataclass
 class _Waiting:
     """A batch on the server whose results are not committed yet."""
@@ -86,28 +70,6 @@ class _Waiting:
     def id(self) -> str:
         assert self.record.id is not None
         return self.record.id
-
-
-@dataclass
-class _Pacing:
-    """The interval between polling rounds: grows x1.5 up to the longest, with ±20% jitter;
-    a 429 without Retry-After doubles its own backoff."""
-
-    initial: float
-    longest: float
-    interval: float = 0.0
-    backoff_429: float = 0.0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next_round(self) -> float:
-        self.interval = min(self.longest, self.interval * 1.5 if self.interval else self.initial)
-        return self.interval * self.rng.uniform(0.8, 1.2)
-
-    def after_429(self, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after
-        self.backoff_429 = min(self.longest, max(self.initial, self.backoff_429 * 2))
-        return self.backoff_429 * self.rng.uniform(0.8, 1.2)
 
 
 def _open_client(config: RunConfig) -> AbstractAsyncContextManager[Any]:
@@ -174,13 +136,13 @@ class _BatchesRun:
         self.stats = stats
         self.duplicates = duplicates
         self.waiting: dict[int, _Waiting] = {}
-        self.pacing = _Pacing(settings.poll_initial_s, settings.poll_max_s)
+        self.pacing = PollPacing(settings.poll_initial_s, settings.poll_max_s)
         self.writer = PartWriter(
             checkpoint, self.kind.result_schema(), flush_rows=config.flush_rows
         )
         self.rows = TaskRows(self.kind, self.writer, checkpoint.done, stats, config.flush_rows)
         self.status, self.message = "completed", ""
-        self.created = self.collected = 0
+        self.created = self.collected = self.adopted = 0
 
     def _jobs(self) -> Any:
         return read_jobs(
@@ -275,17 +237,12 @@ class _BatchesRun:
     # --- re-attaching and submitting -------------------------------------------------
 
     async def _reattach(self, client: Any) -> None:
-        """Rebuild every recorded batch's tasks from the job file. A batch recorded only as
-        `submitting` (killed between upload and answer) is forgotten: its jobs go again."""
+        """Rebuild every recorded batch's tasks from the job file, after looking for the
+        batches of `submitting` records (killed between upload and answer) on the server."""
         recorded = self.journal.batches((SUBMITTING, ACTIVE))
-        for record in recorded:
-            if record.state == SUBMITTING:
-                logger.warning(
-                    "a batch file of %d jobs was being uploaded when the last run stopped; "
-                    "if the server created it, those jobs are answered twice",
-                    record.jobs,
-                )
-                self.journal.forget(record.seq)
+        if any(r.state == SUBMITTING for r in recorded):
+            await self._adopt_orphans(client, recorded)
+            recorded = self.journal.batches((ACTIVE,))
         active = [r for r in recorded if r.state == ACTIVE]
         if not active:
             return
@@ -298,6 +255,28 @@ class _BatchesRun:
                 for task_id, ids in tasks[record.seq].items()
             }
             self.waiting[record.seq] = _Waiting(record, rebuilt)
+
+    async def _adopt_orphans(self, client: Any, recorded: list[RecordedBatch]) -> None:
+        """Record the batch each `submitting` record created, found in the list of all
+        batches; a record without one is forgotten and its jobs are submitted again."""
+        try:
+            listed = await self._api(client.batch_status)
+        except (RetryableError, PermanentError) as exc:
+            logger.warning("cannot list the server's batches: %s", exc)
+            listed = []
+        known = {r.id for r in self.journal.batches() if r.id}
+        for record in (r for r in recorded if r.state == SUBMITTING):
+            match = orphan_match(record, listed, known)
+            if match is None:
+                logger.warning(
+                    "a file of %d jobs was being uploaded when the last run stopped and no "
+                    "batch on the server matches it: submitting those jobs again", record.jobs
+                )
+                self.journal.forget(record.seq)
+                continue
+            self.journal.created(record.seq, match)
+            known.add(match.id)
+            self.adopted += 1
 
     def _read_jobs(self, wanted: set[str]) -> dict[str, Job]:
         found = {job.id: job for job in self._jobs() if job.id in wanted}
@@ -399,6 +378,7 @@ class _BatchesRun:
         summary.data["batches"] = {
             "created": self.created,
             "collected": self.collected,
+            "adopted": self.adopted,
             "waiting": len(self.waiting),
         }
         await anyio.to_thread.run_sync(summary.write, self.config.out_dir)

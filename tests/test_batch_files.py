@@ -15,6 +15,8 @@ from batch.batch_journal import (
     COLLECTED,
     SUBMITTING,
     BatchJournal,
+    RecordedBatch,
+    orphan_match,
     prepare_online_run,
     recorded_batches,
 )
@@ -40,9 +42,11 @@ def test_files_hold_at_most_max_lines_tasks_with_ids_unique_per_file() -> None:
         files.append(file)
     assert [len(f.tasks) for f in files] == [3, 3, 1]
     first = [orjson.loads(line) for line in bytes(files[0].lines).splitlines()]
-    assert [t["id"] for t in first] == ["t1", "t2", "t3"]
+    nonce = files[0].nonce
+    assert [t["id"] for t in first] == [f"{nonce}-1", f"{nonce}-2", f"{nonce}-3"]
+    assert files[1].nonce != nonce
     assert first[0]["request"]["messages"] == [{"role": "user", "content": "question 0"}]
-    assert files[1].job_ids() == {"t1": ["q3"], "t2": ["q4"], "t3": ["q5"]}
+    assert list(files[1].job_ids().values()) == [["q3"], ["q4"], ["q5"]]
     assert {f.method for f in files} == {"chat_completions"}
 
 
@@ -74,7 +78,7 @@ def test_embedding_tasks_pack_several_texts_and_repack_identically() -> None:
     file = source.next_file()
     assert file is not None
     assert [len(b.jobs) for b in file.tasks.values()] == [3, 2]
-    first = file.tasks["t1"]
+    first = file.tasks[f"{file.nonce}-1"]
     again = repack(kind, list(first.jobs))
     assert kind.request_body(again) == kind.request_body(first)
     assert again.payload == first.payload
@@ -118,3 +122,26 @@ def test_an_online_run_is_refused_while_batches_wait_and_restart_forgets_them(
         prepare_online_run(tmp_path, restart=False)
     prepare_online_run(tmp_path, restart=True)
     assert recorded_batches(tmp_path) == []
+
+
+def _orphan(recorded_at: float = 1000.0) -> RecordedBatch:
+    return RecordedBatch(1, None, "chat_completions", SUBMITTING, 3, 3, recorded_at,
+                         None, 0, 0, None)
+
+
+def _listed(batch_id: str, *, total: int = 3, created_at: int = 1001,
+            method: str = "chat_completions") -> BatchInfo:
+    return BatchInfo(id=batch_id, method=method, status="created", total=total,
+                     created_at=created_at)
+
+
+def test_an_orphan_matches_the_one_unknown_batch_of_its_method_and_size() -> None:
+    listed = [_listed("known"), _listed("other-size", total=4),
+              _listed("other-method", method="embedder"), _listed("ours")]
+    match = orphan_match(_orphan(), listed, known={"known"})
+    assert match is not None and match.id == "ours"
+
+
+def test_an_orphan_matches_nothing_when_two_batches_fit_or_none_is_recent() -> None:
+    assert orphan_match(_orphan(), [_listed("a"), _listed("b")], known=set()) is None
+    assert orphan_match(_orphan(), [_listed("old", created_at=10)], known=set()) is None

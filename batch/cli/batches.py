@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from batch.batch_journal import recorded_batches
-from batch.batches_mode import BatchesSettings
+from batch.batches_settings import BatchesSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
