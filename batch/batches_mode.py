@@ -47,6 +47,7 @@ from batch.errors import (
     RetryableError,
 )
 from batch.pricing import PriceTable
+from batch.progress import Progress
 from batch.retry import call_with_retry
 from batch.runner import RunConfig
 from batch.summary import RunStats, RunSummary, build_summary
@@ -153,9 +154,12 @@ class _BatchesRun:
         )
 
     async def execute(self) -> RunSummary:
-        async with _open_client(self.config) as client, anyio.create_task_group() as tg:
-            if self.config.handle_signals:
+        config = self.config
+        progress = Progress(self.stats, config.progress, interval=config.progress_interval)
+        async with _open_client(config) as client, anyio.create_task_group() as tg:
+            if config.handle_signals:
                 tg.start_soon(self._watch_signals, tg.cancel_scope)
+            tg.start_soon(progress.run)
             try:
                 await self._drive(client)
             except FatalError as exc:
@@ -167,6 +171,7 @@ class _BatchesRun:
                         self.checkpoint.ensure_datasets, self.kind.result_schema()
                     )
             tg.cancel_scope.cancel()
+        progress.close()
         return await self._summary()
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
