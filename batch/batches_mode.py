@@ -318,9 +318,9 @@ class _BatchesRun:
         for seq, waiting in list(self.waiting.items()):
             try:
                 [info] = await self._api(partial(client.batch_status, waiting.id))
-            except NotFound as exc:
+            except NotFound as exc:  # gone from the server (retention is undocumented)
                 await self.rows.fail_with(list(waiting.tasks.values()), exc)
-                self._done(seq)
+                await self._close(seq)
                 continue
             except (RetryableError, PermanentError, ValueError) as exc:
                 logger.warning("polling batch %s failed, trying later: %s", waiting.id, exc)
@@ -345,21 +345,20 @@ class _BatchesRun:
         if waiting.tasks:
             message = f"the output file of batch {waiting.id} has no line for this task"
             await self.rows.fail(list(waiting.tasks.values()), "BatchTaskMissing", message)
-        self._done(seq)
-        await self.writer.flush()
-        self.journal.collected(seq)
+        await self._close(seq)
         self.collected += 1
 
     async def _expire(self, seq: int, waiting: _Waiting) -> None:
         window = self.settings.completion_window_s
         message = f"batch {waiting.id} not completed within the {window:g} s completion window"
         await self.rows.fail(list(waiting.tasks.values()), "BatchExpired", message)
-        self._done(seq)
+        await self._close(seq)
+
+    async def _close(self, seq: int) -> None:
+        """Batch `seq` is done with: commit its rows, then say so in the journal."""
+        self.waiting.pop(seq, None)
         await self.writer.flush()
         self.journal.collected(seq)
-
-    def _done(self, seq: int) -> None:
-        self.waiting.pop(seq, None)
 
     async def _summary(self) -> RunSummary:
         if self.status == "completed" and self.checkpoint.totals.failed:

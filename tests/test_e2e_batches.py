@@ -234,3 +234,15 @@ def test_a_batch_whose_id_never_reached_the_journal_is_found_and_adopted(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["batches"]["adopted"] == 1
     assert summary["batches"]["created"] == 0
+
+
+def test_a_batch_past_its_completion_window_fails_its_jobs(tmp_path: Path) -> None:
+    expected = chat_jobs(tmp_path / "jobs.jsonl", 10)
+    out = tmp_path / "out"
+    with batch_emulator(batch_processing_s=30) as emu:
+        code, err = batches_run(emu, tmp_path / "jobs.jsonl", out, "--completion-window", "0.3")
+    assert code == 3, err
+    failed = ds.dataset(out / "failed").to_table().to_pylist()
+    assert {row["id"] for row in failed} == expected
+    assert {row["error_class"] for row in failed} == {"BatchExpired"}
+    assert [state for _, state, _ in journal(out)] == ["collected"]
