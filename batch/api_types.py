@@ -87,3 +87,29 @@ class AccessToken:
 
     def __repr__(self) -> str:
         return f"AccessToken(value='***', expires_at={self.expires_at!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInfo:
+    """One batch of GigaChat's batch API as its status answer describes it. `status` is
+    `created`, `in_progress` or `completed` (the documented ones) or whatever the server says."""
+
+    id: str
+    method: str
+    status: str
+    total: int
+    completed: int = 0
+    failed: int = 0
+    output_file_id: str | None = None
+    created_at: int | None = None
+    updated_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """One line of a batch's output file: the task's answer body, or its error."""
+
+    task_id: str | None
+    result: dict[str, Any] | None = None
+    error_status: int | None = None
+    error_message: str | None = None

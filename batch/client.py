@@ -13,7 +13,7 @@ import ssl
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -21,8 +21,15 @@ from typing import Any, TypeVar
 import certifi
 import httpx
 
-from batch import __version__, wire
-from batch.api_types import BalanceEntry, ChatCompletion, Embeddings, ModelInfo, TokenCount
+from batch import __version__, batches_wire, wire
+from batch.api_types import (
+    BalanceEntry,
+    BatchInfo,
+    ChatCompletion,
+    Embeddings,
+    ModelInfo,
+    TokenCount,
+)
 from batch.auth import Authenticator
 from batch.errors import (
     AuthenticationFailed,
@@ -201,6 +208,43 @@ class GigaChatClient:
     async def balance(self) -> list[BalanceEntry]:
         """Prepaid balance by usage; accounts without prepayment get PermissionDenied (403)."""
         return await self._call(wire.balance_request(), wire.parse_balance)
+
+    async def create_batch(self, method: str, lines: bytes) -> BatchInfo:
+        """Upload one batch file (JSONL task lines) for `method`; the batch as created."""
+        request = batches_wire.create_request(method, lines)
+        return await self._call(request, batches_wire.parse_created)
+
+    async def batch_status(self, batch_id: str | None = None) -> list[BatchInfo]:
+        """The status of one batch, or of every batch of the account."""
+        request = batches_wire.status_request(batch_id)
+        return await self._call(request, batches_wire.parse_status)
+
+    async def download_batch_results(self, output_file_id: str) -> AsyncIterator[str]:
+        """The non-empty lines of a batch's output file as they arrive (parse each with
+        `batches_wire.parse_task_result`), so a large file is never held whole."""
+        request = batches_wire.results_request(output_file_id)
+        request_id = str(uuid.uuid4())
+        authorization, _ = await self.auth.authorization()
+        headers = {"X-Request-ID": request_id}
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        try:
+            async with self._http.stream(request.method, request.url, headers=headers) as answer:
+                if not 200 <= answer.status_code < 300:
+                    await answer.aread()
+                    raise error_from_response(answer.status_code, answer.headers, answer.content)
+                async for line in answer.aiter_lines():
+                    if line.strip():
+                        yield line
+        except httpx.TimeoutException as exc:
+            raise RequestTimedOut(
+                f"no answer from {request.url} in time ({type(exc).__name__})",
+                request_id=request_id,
+            ) from None
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(
+                f"GET {request.url} failed: {type(exc).__name__}: {exc}", request_id=request_id
+            ) from None
 
     async def _call(
         self,

@@ -8,7 +8,7 @@ expensive model), so an estimate errs towards more than will be spent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ class PriceTable:
     taken: str
     source: str
     currency: str = "RUB"
+    # Prices of GigaChat's batch API by model, where the table gives them (none published).
+    batch: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path | None = None) -> PriceTable:
@@ -49,6 +51,7 @@ class PriceTable:
         try:
             chat = {str(k): float(v) for k, v in data.get("chat", {}).items()}
             embeddings = {str(k): float(v) for k, v in data.get("embeddings", {}).items()}
+            batch = {str(k): float(v) for k, v in data.get("batch", {}).items()}
             return cls(
                 chat=chat,
                 embeddings=embeddings,
@@ -59,11 +62,27 @@ class PriceTable:
                 taken=str(data.get("taken", "unknown date")),
                 source=str(data.get("source", where)),
                 currency=str(data.get("currency", "RUB")),
+                batch=batch,
             )
         except (AttributeError, TypeError, ValueError) as exc:
             raise ConfigError(
                 f"{where}: expected {{'chat': {{model: price}}, 'embeddings': {{...}}}}: {exc}"
             ) from None
+
+    def for_batches(self) -> PriceTable:
+        """The table the batch API bills by: the `batch` price of a model where the table
+        gives one, its online price otherwise."""
+        if not self.batch:
+            return self
+        embeddings = {m: p for m, p in self.batch.items() if _is_embeddings(m, self.embeddings)}
+        chat = {m: p for m, p in self.batch.items() if m not in embeddings}
+        return replace(
+            self,
+            chat={**self.chat, **chat},
+            embeddings={**self.embeddings, **embeddings},
+            source=f"{self.source} (batch prices)",
+            batch={},
+        )
 
     def price_per_million(self, model: str) -> float:
         """Price for a model name as requested or as answered (`GigaChat:2.0.28.2`)."""
@@ -80,3 +99,7 @@ class PriceTable:
         """Rubles billed for `usage`; precached prompt tokens are free."""
         billed = usage.prompt_tokens + usage.completion_tokens
         return billed * self.price_per_million(model) / _MILLION
+
+
+def _is_embeddings(model: str, embeddings: dict[str, float]) -> bool:
+    return model in embeddings or model.lower().startswith("embeddings")

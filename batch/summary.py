@@ -95,6 +95,12 @@ class RunSummary:
             + ("" if d["concurrency"]["server_limit_found"] else "; the server refused none")
             + ")"
         )
+        if "batches" in d:
+            b = d["batches"]
+            lines.append(
+                f"  batches: {b['created']} created, {b['collected']} collected, "
+                f"{b['waiting']} waiting on the server"
+            )
         stream.write("\n".join(lines) + "\n")
         stream.flush()
 

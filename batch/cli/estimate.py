@@ -91,6 +91,13 @@ def _online_settings(
 )
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid lines out instead of stopping.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+@click.option(
+    "--mode",
+    type=click.Choice(["online", "batches"]),
+    default="online",
+    show_default=True,
+    help="batches: price with the price table's batch prices (where it has them).",
+)
 @api_options
 @cli_errors
 def estimate(
@@ -107,6 +114,7 @@ def estimate(
     message_overhead: int | None,
     skip_invalid: bool,
     quiet: bool,
+    mode: str,
     **options: Any,
 ) -> None:
     """Estimate tokens and cost of a job file before running it.
@@ -131,6 +139,8 @@ def estimate(
         raise ConfigError("--out keeps the answers of --sample N: give --sample too")
     api = {name: options.pop(name) for name in API_OPTION_NAMES}
     prices = PriceTable.load(prices_path)
+    if mode == "batches":
+        prices = prices.for_batches()
     with contextlib.ExitStack() as stack:
         settings = None if offline else _online_settings(stack, api, emulator)
         # Offline there are no settings to read, but GIGACHAT_MODEL still names the model.

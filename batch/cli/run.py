@@ -12,6 +12,8 @@ import anyio
 import click
 import orjson
 
+from batch.batch_journal import prepare_online_run
+from batch.batches_mode import run_batches
 from batch.checkpoint import read_status
 from batch.cli import (
     EXIT_BUDGET,
@@ -23,6 +25,7 @@ from batch.cli import (
     EXIT_USAGE,
     main,
 )
+from batch.cli.batches import batches_lines, batches_options, batches_status, pop_batches_options
 from batch.cli.common import (
     api_options,
     api_settings,
@@ -43,6 +46,7 @@ EXIT_CODES = {
     "budget": EXIT_BUDGET,
     "interrupted": EXIT_INTERRUPTED,
     "terminated": EXIT_TERMINATED,
+    "timeout": EXIT_FATAL,
 }
 
 
@@ -119,6 +123,7 @@ EXIT_CODES = {
     metavar="KEY=VALUE",
     help="An emulator knob for --emulator (e.g. stream_limit=4); repeatable.",
 )
+@batches_options
 @api_options
 @cli_errors
 def run(
@@ -160,6 +165,7 @@ def run(
       gigabatch run texts.parquet --kind embed --text-column body --out out/emb \\
           --max-concurrency 32 --max-cost 50
     """
+    mode, batch_settings = pop_batches_options(options)
     price_table = PriceTable.load(prices)
     with api_settings(options, emulator, emulator_profile, emulator_knobs) as settings:
         kind = build_kind(options, settings.model)
@@ -184,7 +190,11 @@ def run(
         # kept out of the collector's scans, a full collection stalls every request in
         # flight for ~17 ms instead of ~50 ms.
         gc.freeze()
-        summary = anyio.run(run_jobs, config)
+        if mode == "batches":
+            summary = anyio.run(run_batches, config, batch_settings)
+        else:
+            prepare_online_run(out_dir, restart=restart)
+            summary = anyio.run(run_jobs, config)
     if not quiet:
         summary.print(sys.stderr)
     elif summary.status != "completed":
@@ -279,6 +289,9 @@ def status(out_dir: Path, prices: Path | None, as_json: bool) -> None:
         "currency": table.currency,
         "updated_at": manifest.get("updated_at"),
     }
+    batches = batches_status(out_dir)
+    if batches:
+        data["batches"] = batches
     if as_json:
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return
@@ -290,3 +303,5 @@ def status(out_dir: Path, prices: Path | None, as_json: bool) -> None:
         f"{tokens.precached_prompt_tokens} precached\n"
         f"  cost: {data['cost']:.4f} {table.currency}"
     )
+    if batches:
+        click.echo(batches_lines(batches))

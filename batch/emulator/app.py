@@ -13,21 +13,20 @@ import binascii
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
 
-from batch.emulator import chat
+from batch.emulator import batches, chat, embeddings
 from batch.emulator.config import SCOPE_STREAM_LIMITS, SCOPES, EmulatorConfig, coerce_knobs
-from batch.emulator.content import embedding_json
 from batch.emulator.faults import HTML_502, FaultDice
 from batch.emulator.limits import RateWindow, Storm, StreamLimiter, TokenStore, retry_after
 from batch.emulator.models import MODELS, model_entry
 from batch.emulator.pacing import Pacer
 from batch.emulator.stats import Stats
-from batch.emulator.tokens import EMBEDDING_OVERHEAD, count_tokens
+from batch.emulator.tokens import count_tokens
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -153,15 +152,6 @@ def _json_body(call: Call) -> Any:
     return data
 
 
-def _texts(body: Mapping[str, Any]) -> list[str]:
-    raw = body.get("input")
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list) or not raw or not all(isinstance(t, str) for t in raw):
-        raise chat.RequestRejected(422, "input must be a non-empty list of strings")
-    return raw
-
-
 class EmulatorApp:
     """The ASGI application; all state lives here and on the one event loop serving it."""
 
@@ -174,6 +164,7 @@ class EmulatorApp:
         self.oauth_rate = RateWindow()
         self.storm = Storm()
         self.cache = chat.PrefixCache()
+        self.batches = batches.BatchStore(config.seed)
         self.credentials = credentials_for(config).encode()
         self._seed(config.seed)
         self.balance = self._fresh_balance()
@@ -224,6 +215,11 @@ class EmulatorApp:
                 await self._oauth(call)
             elif path == "/api/v1/token":
                 await self._password_token(call)
+            elif path == "/api/v1/batches":
+                await self._api(call, self._batches, False)
+            elif path.startswith("/api/v1/files/") and path.endswith("/content"):
+                stat_path = "/api/v1/files/{id}/content"
+                await self._api(call, self._batch_file, False)
             elif path.startswith("/api/v1/models/"):
                 stat_path = "/api/v1/models/{id}"
                 await self._api(call, self._model, False)
@@ -452,45 +448,22 @@ class EmulatorApp:
 
     async def _embeddings(self, call: Call, scope: str) -> None:
         try:
-            body = _json_body(call)
-            spec = MODELS.get(body.get("model", "Embeddings"))
-            if spec is None or spec.type != "embedder":
-                raise chat.RequestRejected(404, "No such model")
-            texts = _texts(body)
-            counts = [count_tokens(text) for text in texts]
-            limit = spec.limit_for(self.config)
-            for index, count in enumerate(counts):
-                if count > limit:
-                    raise chat.RequestRejected(
-                        413, f"Input {index} has {count} tokens, over the limit of {limit}"
-                    )
+            result = embeddings.answer(_json_body(call), self.config)
             self._check_balance(EMBEDDING_POOL)
         except chat.RequestRejected as exc:
             await self._reject(call, exc)
             return
-        usage = sum(counts) + EMBEDDING_OVERHEAD * len(counts)
-        self.stats.tokens["embedding"] += usage
-        self._charge(EMBEDDING_POOL, usage)
-        # Built as bytes around the precomputed vector text and joined once: serialising
-        # 16 x 1024 floats would cost more than everything else in the request together.
-        parts = [b'{"object":"list","model":%s,"data":[' % orjson.dumps(spec.id)]
-        for index, (text, count) in enumerate(zip(texts, counts, strict=True)):
-            parts.append(b'{"object":"embedding","embedding":' if index == 0
-                         else b',{"object":"embedding","embedding":')
-            parts.append(embedding_json(text, spec.id, spec.dims))
-            parts.append(b',"index":%d,"usage":{"prompt_tokens":%d}}'
-                         % (index, count + EMBEDDING_OVERHEAD))
-        parts.append(b"]}")
-        answer = b"".join(parts)
-        await self._wait(call, sum(counts), 0)
-        await call.reply(200, answer)
+        self.stats.tokens["embedding"] += result.usage
+        self._charge(EMBEDDING_POOL, result.usage)
+        await self._wait(call, result.text_tokens, 0)
+        await call.reply(200, result.body)
 
     async def _tokens_count(self, call: Call, scope: str) -> None:
         try:
             body = _json_body(call)
             if body.get("model", "GigaChat") not in MODELS:
                 raise chat.RequestRejected(404, "No such model")
-            texts = _texts(body)
+            texts = embeddings.input_texts(body)
         except chat.RequestRejected as exc:
             await self._reject(call, exc)
             return
@@ -519,6 +492,29 @@ class EmulatorApp:
             return
         entries = [{"usage": pool, "value": value} for pool, value in self.balance.items()]
         await call.reply(200, orjson.dumps({"balance": entries}))
+
+    async def _batches(self, call: Call, scope: str) -> None:
+        now = time.time()
+        try:
+            answer = self.batches.handle(call.method, call.query, call.body, self.config, now)
+        except batches.PollRefused:
+            await self._too_many(call, self.config.retry_after_s, now)
+            return
+        except chat.RequestRejected as exc:
+            await self._reject(call, exc)
+            return
+        await call.reply(200, answer)
+
+    async def _batch_file(self, call: Call, scope: str) -> None:
+        if call.method != "GET":
+            await call.reply(405, METHOD_NOT_ALLOWED)
+            return
+        try:
+            answer = self.batches.file_content(call.path, time.time())
+        except chat.RequestRejected as exc:
+            await self._reject(call, exc)
+            return
+        await call.reply(200, answer, content_type=b"application/octet-stream")
 
     # -- control endpoints (outside /api, never counted) ------------------------------
 

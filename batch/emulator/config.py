@@ -15,6 +15,7 @@ SCOPES = ("GIGACHAT_API_PERS", "GIGACHAT_API_B2B", "GIGACHAT_API_CORP")
 # Concurrent streams the real service allows per scope unless raised on request.
 SCOPE_STREAM_LIMITS = {"GIGACHAT_API_PERS": 1, "GIGACHAT_API_B2B": 10, "GIGACHAT_API_CORP": 10}
 RETRY_AFTER_STYLES = ("none", "seconds", "date")
+BATCH_LIST_SHAPES = ("object", "array")
 
 
 def _knob(default: Any, help: str, *, runtime: bool = True) -> Any:
@@ -78,6 +79,17 @@ class EmulatorConfig:
     fault_error_body: float = _knob(0.0, "Rate of HTTP 200 answers carrying a 429 error body.")
     fault_storm: float = _knob(0.0, "Rate at which a request starts a 429 storm.")
     storm_s: float = _knob(2.0, "How long a 429 storm refuses every API request, seconds.")
+    batch_processing_s: float = _knob(
+        2.0, "Seconds a /batches file takes to complete (its first tenth 'created')."
+    )
+    batch_max_lines: int = _knob(500, "Task lines allowed per /batches file (real: 500).")
+    batch_list_shape: str = _knob(
+        "object", "GET /batches answers: object ({batches: [...]}, the spec) | array (Java)."
+    )
+    batch_task_failure_rate: float = _knob(
+        0.0, "Seeded rate of batch tasks answered with a 500 error line."
+    )
+    batch_poll_429_rate: float = _knob(0.0, "Rate of GET /batches polls answered 429.")
     seed: int = _knob(0, "Seed of the latency jitter, the faults and the answer lengths.")
 
     def __post_init__(self) -> None:
@@ -96,8 +108,13 @@ class EmulatorConfig:
             raise ValueError("need 1 <= answer_tokens_min <= answer_tokens_max")
         if not 0 <= self.latency_jitter < 1:
             raise ValueError("latency_jitter must be in [0, 1)")
+        if self.batch_list_shape not in BATCH_LIST_SHAPES:
+            raise ValueError(f"batch_list_shape must be one of {', '.join(BATCH_LIST_SHAPES)}")
+        if self.batch_max_lines < 1 or self.batch_processing_s < 0:
+            raise ValueError("need batch_max_lines >= 1 and batch_processing_s >= 0")
         for name in ("fault_5xx", "fault_html_502", "fault_reset", "fault_hang",
-                     "fault_error_body", "fault_storm"):
+                     "fault_error_body", "fault_storm", "batch_task_failure_rate",
+                     "batch_poll_429_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a rate in [0, 1]")
 
