@@ -21,9 +21,9 @@ from batch.batch_journal import (
     recorded_batches,
 )
 from batch.errors import RunRefused
-from jobs.base import Job, KindOptions, SourceLocation
-from jobs.chat import ChatKind
-from jobs.embeddings import EmbeddingsKind
+from jobs.base import Job, SourceLocation
+from jobs.chat import ChatKind, ChatOptions
+from jobs.embeddings import EmbeddingOptions, EmbeddingsKind
 
 
 def chat_jobs(kind: ChatKind, n: int) -> list[Job]:
@@ -34,7 +34,7 @@ def chat_jobs(kind: ChatKind, n: int) -> list[Job]:
 
 
 def test_files_hold_at_most_max_lines_tasks_with_ids_unique_per_file() -> None:
-    kind = ChatKind(KindOptions())
+    kind = ChatKind(ChatOptions())
     source = FileSource(iter(chat_jobs(kind, 7)), kind, lambda job: False,
                         max_lines=3, max_bytes=10**6)
     files = []
@@ -51,7 +51,7 @@ def test_files_hold_at_most_max_lines_tasks_with_ids_unique_per_file() -> None:
 
 
 def test_a_file_closes_before_a_line_would_cross_max_bytes() -> None:
-    kind = ChatKind(KindOptions())
+    kind = ChatKind(ChatOptions())
     builder = FileBuilder(kind, max_lines=500, max_bytes=250)
     closed = [f for job in chat_jobs(kind, 5) for f in builder.add(kind.packer().add(job)[0])]
     last = builder.flush()
@@ -61,7 +61,7 @@ def test_a_file_closes_before_a_line_would_cross_max_bytes() -> None:
 
 
 def test_skipped_jobs_are_counted_and_not_sent() -> None:
-    kind = ChatKind(KindOptions())
+    kind = ChatKind(ChatOptions())
     source = FileSource(iter(chat_jobs(kind, 4)), kind, lambda job: job.id in {"q1", "q2"},
                         max_lines=500, max_bytes=10**6)
     file = source.next_file()
@@ -71,7 +71,7 @@ def test_skipped_jobs_are_counted_and_not_sent() -> None:
 
 
 def test_embedding_tasks_pack_several_texts_and_repack_identically() -> None:
-    kind = EmbeddingsKind(KindOptions(batch_size=3))
+    kind = EmbeddingsKind(EmbeddingOptions(batch_size=3))
     jobs = [kind.job_from_record({"id": str(i), "text": f"text {i % 2}"}, SourceLocation("j", i))
             for i in range(5)]
     source = FileSource(iter(jobs), kind, lambda job: False, max_lines=500, max_bytes=10**6)

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from batch.errors import ServerError
-from jobs.base import Job, JobResult, KindOptions, SourceLocation
-from jobs.chat import ChatKind
-from jobs.embeddings import EmbeddingsKind
+from jobs.base import Job, JobResult, SourceLocation
+from jobs.chat import ChatKind, ChatOptions
+from jobs.embeddings import EmbeddingOptions, EmbeddingsKind
 
 HERE = SourceLocation("jobs.jsonl", 1)
 
@@ -26,7 +26,7 @@ def _chat_body(content: str) -> dict[str, Any]:
 
 
 def test_chat_request_body_is_the_jobs_request() -> None:
-    kind = ChatKind(KindOptions(temperature=0.5))
+    kind = ChatKind(ChatOptions(temperature=0.5))
     job = kind.job_from_record({"id": "a", "prompt": "hi"}, HERE)
     batch = kind.packer().add(job)[0]
     assert kind.request_body(batch) == {
@@ -38,7 +38,7 @@ def test_chat_request_body_is_the_jobs_request() -> None:
 
 
 def test_chat_outcomes_read_content_usage_and_model_version() -> None:
-    kind = ChatKind(KindOptions())
+    kind = ChatKind(ChatOptions())
     job = kind.job_from_record({"id": "a", "prompt": "hi", "metadata": {"k": 1}}, HERE)
     batch = kind.packer().add(job)[0]
     [outcome] = kind.outcomes(batch, _chat_body("hello"))
@@ -51,7 +51,7 @@ def test_chat_outcomes_read_content_usage_and_model_version() -> None:
 
 
 def test_chat_outcomes_of_a_body_without_choices_is_a_server_error() -> None:
-    kind = ChatKind(KindOptions())
+    kind = ChatKind(ChatOptions())
     batch = kind.packer().add(kind.job_from_record({"id": "a", "prompt": "hi"}, HERE))[0]
     with pytest.raises(ServerError, match="choices"):
         kind.outcomes(batch, {"status": 500, "message": "oops"})
@@ -67,14 +67,14 @@ def _embedding_batch(kind: EmbeddingsKind, *texts: str) -> tuple[list[Job], obje
 
 
 def test_embeddings_request_body_sends_each_distinct_text_once() -> None:
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     _, batch = _embedding_batch(kind, "a", "b", "a")
     assert kind.request_body(batch) == {"model": "Embeddings", "input": ["a", "b"]}  # type: ignore[arg-type]
     assert kind.batch_api_method == "embedder"
 
 
 def test_embeddings_outcomes_map_vectors_by_index_and_bill_a_repeat_once() -> None:
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     jobs, batch = _embedding_batch(kind, "a", "b", "a")
     body = {
         "model": "Embeddings",
@@ -91,7 +91,7 @@ def test_embeddings_outcomes_map_vectors_by_index_and_bill_a_repeat_once() -> No
 
 
 def test_embeddings_outcomes_with_a_missing_vector_are_a_server_error() -> None:
-    kind = EmbeddingsKind(KindOptions())
+    kind = EmbeddingsKind(EmbeddingOptions())
     _, batch = _embedding_batch(kind, "a", "b")
     body = {"model": "Embeddings", "data": [{"index": 0, "embedding": [1.0] * 1024}]}
     with pytest.raises(ServerError, match="1 vectors for 2 texts"):
