@@ -21,9 +21,15 @@ import pyarrow as pa
 
 from batch.api_types import ChatCompletion, Usage
 from batch.errors import ConfigError
-from jobs.base import Batch, Job, JobOutcome, JobResult, KindOptions, SourceLocation
+from jobs.base import Batch, Job, JobOutcome, JobResult, KindOptions, Problem, SourceLocation
 from jobs.tokens import text_token_ceiling
-from jobs.validation import RecordFields, json_text, number_problem, type_name
+from jobs.validation import (
+    RecordFields,
+    json_text,
+    number_problem,
+    token_limit_problem,
+    type_name,
+)
 
 DEFAULT_MODEL = "GigaChat"
 ROLES = ("system", "user", "assistant", "function")
@@ -35,6 +41,16 @@ MESSAGE_KEYS = frozenset(
 # tokens), so a reservation is a bound: the API itself does not cap answers below the context
 # window. Unbudgeted runs send no cap, and reserve/estimate count such answers at this size.
 DEFAULT_COMPLETION_RESERVE = 1024
+# Context windows in tokens, for refusing at validation a prompt that cannot fit by length
+# alone; a model not listed gets the largest, so nothing that might fit is refused.
+CONTEXT_WINDOWS: Mapping[str, int] = {
+    "GigaChat": 32_768,
+    "GigaChat-Pro": 32_768,
+    "GigaChat-Max": 32_768,
+    "GigaChat-2": 131_072,
+    "GigaChat-2-Pro": 131_072,
+    "GigaChat-2-Max": 131_072,
+}
 # Tokens a message costs beyond its content (role, separators): a ceiling, well over what
 # the API and the emulator charge.
 MESSAGE_OVERHEAD_CEILING = 8
@@ -153,6 +169,14 @@ class ChatKind:
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": prompt})
         return messages
+
+    def size_problems(self, job: Job) -> list[Problem]:
+        """A prompt that certainly exceeds its model's context window (jobs.validation)."""
+        model = str(job.request.get("model"))
+        window = CONTEXT_WINDOWS.get(model, max(CONTEXT_WINDOWS.values()))
+        texts = (str(m.get("content") or "") for m in job.request.get("messages", ()))
+        what = f"the {window}-token context window of {model}"
+        return token_limit_problem(job.location, None, texts, window, what)
 
     def packer(self) -> SinglePacker:
         return SinglePacker()

@@ -21,9 +21,18 @@ import pyarrow as pa
 
 from batch.api_types import Embeddings, TokenCount, Usage
 from batch.errors import ConfigError, FatalError, PayloadTooLarge, ServerError
-from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult, KindOptions, SourceLocation
+from jobs.base import (
+    Batch,
+    Job,
+    JobFailure,
+    JobOutcome,
+    JobResult,
+    KindOptions,
+    Problem,
+    SourceLocation,
+)
 from jobs.tokens import surely_fits, token_ceiling
-from jobs.validation import RecordFields, json_text
+from jobs.validation import RecordFields, json_text, token_limit_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +265,16 @@ class EmbeddingsKind:
             request={"model": model or self.model, "text": text},
             metadata=fields.value("metadata"),
         )
+
+    def size_problems(self, job: Job) -> list[Problem]:
+        """A text certainly over its model's input limit (jobs.validation), unless over-long
+        texts are truncated."""
+        if self.options.on_long_text == "truncate":
+            return []
+        model, text = job.request["model"], job.request["text"]
+        limit = self.max_input_tokens(model)
+        what = f"the {limit}-token input limit of {model}"
+        return token_limit_problem(job.location, self._sources["text"], [text], limit, what)
 
     def packer(self) -> EmbeddingPacker:
         return EmbeddingPacker(self.options.batch_size, self.options.max_batch_chars)

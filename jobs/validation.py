@@ -9,12 +9,29 @@ gaps behave like JSONL lines that leave a field out.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
-from jobs.base import JobInvalid, Problem, SourceLocation
+from jobs.base import Job, JobInvalid, Problem, SourceLocation
+
+# The API refuses a request body over 20 MB (413): a job whose own request is larger can
+# never be answered, so validation says so before anything is sent.
+MAX_REQUEST_BYTES = 20 * 1024 * 1024
+# No tokenizer packs more characters than this into one token (the longest entries of
+# GigaChat-like vocabularies are runs of a few dozen symbols), and whitespace is counted as
+# free: a text whose other characters alone, divided by this, exceed a limit is certainly over
+# it. Anything shorter is left to the kind's exact counting.
+MAX_CHARS_PER_TOKEN = 64
+
+
+@runtime_checkable
+class SizeChecked(Protocol):
+    """A job kind that knows its models' token limits: the readers ask it, for each valid
+    job, what makes the request certain to be refused by length alone."""
+
+    def size_problems(self, job: Job) -> list[Problem]: ...
 
 
 def type_name(value: Any) -> str:
@@ -166,3 +183,59 @@ def json_text(value: Any) -> str | None:
     """A carried-through value (like `metadata`) as JSON text, so any shape fits one
     Parquet string column; None stays null."""
     return None if value is None else orjson.dumps(value).decode()
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def oversized_line(limit: int = MAX_REQUEST_BYTES) -> str:
+    """The problem of a line longer than any request may be (it is not even parsed)."""
+    return (
+        f"the line is over {_megabytes(limit)}, the API's request limit, so it can never be "
+        "sent: split or shorten it"
+    )
+
+
+def request_size_problem(request: Mapping[str, Any], limit: int = MAX_REQUEST_BYTES) -> str | None:
+    """What is wrong with a job's request for its size in bytes, or None. A job's request is
+    smaller than the body on the wire only by a few keys, so a bound of the JSON text suffices."""
+    size = len(orjson.dumps(request))
+    if size <= limit:
+        return None
+    return (
+        f"the request is {_megabytes(size)}, over the API's {_megabytes(limit)} limit, so it "
+        "can never be sent: split or shorten it"
+    )
+
+
+def fewest_tokens(texts: Iterable[str]) -> int:
+    """Fewer tokens than any tokenizer can count `texts` as: their non-whitespace characters
+    over MAX_CHARS_PER_TOKEN (computed exactly only for texts long enough to matter)."""
+    tokens = 0
+    for text in texts:
+        if len(text) >= MAX_CHARS_PER_TOKEN:
+            tokens += len("".join(text.split())) // MAX_CHARS_PER_TOKEN
+    return tokens
+
+
+def token_limit_problem(
+    location: SourceLocation, source: str | None, texts: Iterable[str], limit: int, what: str
+) -> list[Problem]:
+    """A problem at `source` when `texts` certainly exceed `limit` tokens (`what` names the
+    limit, e.g. "the 512-token input limit of Embeddings"), else none. Cheap for short texts:
+    only characters beyond limit x MAX_CHARS_PER_TOKEN are ever looked at."""
+    texts = list(texts)
+    if sum(len(t) for t in texts) <= limit * MAX_CHARS_PER_TOKEN:
+        return []
+    tokens = fewest_tokens(texts)
+    if tokens <= limit:
+        return []
+    return [
+        Problem(
+            location,
+            source,
+            f"at least {tokens} tokens by length alone, over {what}, so it can never be sent: "
+            "shorten it",
+        )
+    ]
