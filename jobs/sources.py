@@ -28,6 +28,9 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd"}
 TABLE_SUFFIXES = (".csv", ".tsv")
 STDIN = "-"
+# A run spools a stream into OUT/input/, so a resume (and `run OUT/input/stdin.jsonl`) sees
+# the same bytes.
+SPOOL_DIR = "input"
 SPOOL_NAME = "stdin"
 _MAGIC = {
     b"\x1f\x8b": "gzip",
@@ -160,20 +163,24 @@ def spool_stdin(stream: BinaryIO, dest_dir: Path) -> Path:
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
+        if not head:
+            raise JobFileError(
+                "standard input is empty: nothing to run (to resume a run fed from standard "
+                f"input, give its OUT/{SPOOL_DIR}/{SPOOL_NAME}.jsonl as the input)"
+            )
         found = next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), "")
         dest = dest_dir / (SPOOL_NAME + _SPOOL_SUFFIX.get(found, ".jsonl"))
         for stale in dest_dir.glob(f"{SPOOL_NAME}.*"):
             if stale != dest:
                 stale.unlink()
-        if dest.exists() and _same_bytes(dest, tmp):
-            tmp.unlink()
-            return dest
-        tmp.replace(dest)
+        if not (dest.exists() and _same_bytes(dest, tmp)):
+            tmp.replace(dest)
         _fsync_dir(dest_dir)
         return dest
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise JobFileError(f"cannot spool standard input into {dest_dir}: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def spooled_input(arg: Path, dest_dir: Path) -> Path:
@@ -190,6 +197,17 @@ def spooled_input(arg: Path, dest_dir: Path) -> Path:
         with arg.open("rb") as stream:
             return spool_stdin(stream, dest_dir)
     return arg
+
+
+@contextlib.contextmanager
+def temporary_spool(arg: Path) -> Iterator[Path]:
+    """`spooled_input` for a command with no output directory (validate): a stream is
+    spooled into a temporary directory, removed on exit; a file is used where it is."""
+    if str(arg) != STDIN and not is_stream(arg):
+        yield arg
+        return
+    with tempfile.TemporaryDirectory(prefix="gigabatch-stdin-") as spool:
+        yield spooled_input(arg, Path(spool))
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
