@@ -51,6 +51,7 @@ CONTEXT_WINDOWS: Mapping[str, int] = {
     "GigaChat-2-Pro": 131_072,
     "GigaChat-2-Max": 131_072,
 }
+LARGEST_CONTEXT_WINDOW = max(CONTEXT_WINDOWS.values())
 # Tokens a message costs beyond its content (role, separators): a ceiling, well over what
 # the API and the emulator charge.
 MESSAGE_OVERHEAD_CEILING = 8
@@ -173,10 +174,9 @@ class ChatKind:
     def size_problems(self, job: Job) -> list[Problem]:
         """A prompt that certainly exceeds its model's context window (jobs.validation)."""
         model = str(job.request.get("model"))
-        window = CONTEXT_WINDOWS.get(model, max(CONTEXT_WINDOWS.values()))
-        texts = (str(m.get("content") or "") for m in job.request.get("messages", ()))
-        what = f"the {window}-token context window of {model}"
-        return token_limit_problem(job.location, None, texts, window, what)
+        window = CONTEXT_WINDOWS.get(model, LARGEST_CONTEXT_WINDOW)
+        texts = [m.get("content") or "" for m in job.request.get("messages", ())]
+        return token_limit_problem(job.location, None, texts, window, "context window", model)
 
     def packer(self) -> SinglePacker:
         return SinglePacker()

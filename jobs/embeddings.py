@@ -273,8 +273,9 @@ class EmbeddingsKind:
             return []
         model, text = job.request["model"], job.request["text"]
         limit = self.max_input_tokens(model)
-        what = f"the {limit}-token input limit of {model}"
-        return token_limit_problem(job.location, self._sources["text"], [text], limit, what)
+        return token_limit_problem(
+            job.location, self._sources["text"], [text], limit, "input limit", model
+        )
 
     def packer(self) -> EmbeddingPacker:
         return EmbeddingPacker(self.options.batch_size, self.options.max_batch_chars)

@@ -25,12 +25,19 @@ import pyarrow.parquet as pq
 from batch.errors import JobFileError
 from jobs.base import Job, JobInvalid, JobKind, Problem, SourceLocation
 from jobs.sources import Format, input_files, open_jsonl, sniff
-from jobs.validation import MAX_REQUEST_BYTES, SizeChecked, oversized_line, request_size_problem
+from jobs.validation import (
+    MAX_REQUEST_BYTES,
+    TOKEN_CHECK_BYTES,
+    SizeChecked,
+    oversized_line,
+    oversized_request,
+)
 
 # Rows per Parquet record batch: bounds memory whatever the file's row-group size.
 PARQUET_BATCH_ROWS = 1024
 _UTF8_BOM = b"\xef\xbb\xbf"
-_SKIP_CHUNK = 1 << 20
+# JSONL is read in lines of at most this many bytes at a time.
+_CHUNK = 1 << 20
 # Names the fingerprint's recipe: those of other recipes (older versions hashed the file's
 # name too) are told apart on resume instead of looking like a changed input.
 FINGERPRINT_SCHEME = "content-blake2b"
@@ -86,14 +93,24 @@ def _jsonl_records(path: Path, fmt: Format) -> Iterator[tuple[SourceLocation, Re
 
 
 def _bounded_lines(handle: BinaryIO) -> Iterator[bytes | None]:
-    """The lines of `handle`; None for a line over the request limit, which is skipped in
-    chunks rather than held (a 50 MB line costs no more memory than a 20 MB one)."""
-    while line := handle.readline(MAX_REQUEST_BYTES + 1):
-        if len(line) <= MAX_REQUEST_BYTES or line.endswith(b"\n"):
+    """The lines of `handle`; None for a line over the request limit, which is read on in
+    chunks and dropped rather than held (a 50 MB line costs no more memory than 20 MB)."""
+    while line := handle.readline(_CHUNK):
+        if line.endswith(b"\n") or len(line) < _CHUNK:
             yield line
             continue
-        while (rest := handle.readline(_SKIP_CHUNK)) and not rest.endswith(b"\n"):
-            pass
+        parts, size = [line], len(line)
+        while (more := handle.readline(_CHUNK)) and size <= MAX_REQUEST_BYTES:
+            parts.append(more)
+            size += len(more)
+            if more.endswith(b"\n"):
+                break
+        if size <= MAX_REQUEST_BYTES:
+            yield b"".join(parts)
+            continue
+        del parts
+        while more and not more.endswith(b"\n"):
+            more = handle.readline(_CHUNK)
         yield None
 
 
@@ -193,6 +210,7 @@ def iter_outcomes(
     sources = kind.source_fields()
     id_source = sources.get("id")
     numbered_by_file = path.is_dir()
+    size_problems = kind.size_problems if isinstance(kind, SizeChecked) else None
     for location, record in iter_records(path, columns=list(sources.values())):
         if isinstance(record, Problem):
             yield location, [record]
@@ -204,17 +222,15 @@ def iter_outcomes(
         except JobInvalid as exc:
             yield location, exc.problems
             continue
-        problems = _size_problems(kind, job)
-        yield location, problems or job
-
-
-def _size_problems(kind: JobKind, job: Job) -> list[Problem]:
-    """What makes `job`'s request certain to be refused for its size: over the API's byte
-    limit, or (when the kind checks it) over the model's token limit by length alone."""
-    message = request_size_problem(job.request)
-    if message is not None:
-        return [Problem(job.location, None, message)]
-    return kind.size_problems(job) if isinstance(kind, SizeChecked) else []
+        # A request certain to be refused for its size is a problem now, not a 413 later;
+        # one too small to hold an over-long text is not worth asking the kind about.
+        size = len(orjson.dumps(job.request))
+        if size > MAX_REQUEST_BYTES:
+            yield location, [Problem(location, None, oversized_request(size))]
+        elif size > TOKEN_CHECK_BYTES and size_problems and (problems := size_problems(job)):
+            yield location, problems
+        else:
+            yield location, job
 
 
 def read_jobs(
