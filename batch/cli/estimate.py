@@ -61,6 +61,7 @@ from batch.settings import ClientSettings
 from jobs.base import Job, JobKind
 from jobs.chat import DEFAULT_COMPLETION_RESERVE
 from jobs.readers import read_jobs, validate_jobs
+from jobs.sources import temporary_spool
 from jobs.token_counts import EMBEDDING_OVERHEAD, MESSAGE_OVERHEAD
 
 
@@ -332,7 +333,9 @@ def estimate_jobs(request: EstimateRequest, settings: ClientSettings | None) -> 
 
 
 @main.command()
-@click.argument("jobs_path", metavar="JOBS", type=click.Path(exists=True, path_type=Path))
+@click.argument(
+    "jobs_path", metavar="JOBS", type=click.Path(exists=True, allow_dash=True, path_type=Path)
+)
 @kind_options
 @click.option(
     "--prices",
@@ -395,7 +398,7 @@ def estimate(
     quiet: bool,
     **options: Any,
 ) -> None:
-    """Estimate tokens and cost of a job file before running it.
+    """Estimate tokens and cost of a job file (or `-`, standard input) before running it.
 
     Input tokens are counted exactly with the API's /tokens/count (many texts per call,
     through the same limiter and retries as `run`), plus the few tokens per message the API
@@ -418,6 +421,7 @@ def estimate(
     api = {name: options.pop(name) for name in API_OPTION_NAMES}
     prices = PriceTable.load(prices_path)
     with contextlib.ExitStack() as stack:
+        jobs_path = stack.enter_context(temporary_spool(jobs_path))
         settings = None
         if not offline:
             settings = stack.enter_context(api_settings(api, emulator, "b2b", ()))
