@@ -68,28 +68,30 @@ def _jsonl_records(path: Path, fmt: Format) -> Iterator[tuple[SourceLocation, Re
     with open_jsonl(path, fmt) as handle:
         for number, line in enumerate(_bounded_lines(handle), 1):
             location = SourceLocation(name, number, "line")
-            if line is None:
-                yield location, Problem(location, None, oversized_line(MAX_REQUEST_BYTES))
-                first = False
-                continue
-            if number == 1 and line.startswith(_UTF8_BOM):
+            if line is not None and number == 1 and line.startswith(_UTF8_BOM):
                 line = line[len(_UTF8_BOM) :]
-            if not line.strip():
+            if line is not None and not line.strip():
                 continue
-            try:
-                value = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                message = _json_problem(line, exc)
-                yield location, Problem(location, None, _hinted(message, line, path, first))
-                first = False
-                continue
-            if not isinstance(value, dict):
-                message = f"expected a JSON object, got {_json_type(value)}"
-                yield location, Problem(location, None, _hinted(message, line, path, first))
-                first = False
-                continue
+            record = _parse_line(line)
+            if isinstance(record, str):
+                message = _hinted(record, line, path) if first and line else record
+                yield location, Problem(location, None, message)
+            else:
+                yield location, record
             first = False
-            yield location, value
+
+
+def _parse_line(line: bytes | None) -> Record | str:
+    """The JSON object on `line` (None: a line over the request limit), or what is wrong."""
+    if line is None:
+        return oversized_line(MAX_REQUEST_BYTES)
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return _json_problem(line, exc)
+    if not isinstance(value, dict):
+        return f"expected a JSON object, got {_json_type(value)}"
+    return value
 
 
 def _bounded_lines(handle: BinaryIO) -> Iterator[bytes | None]:
@@ -114,10 +116,9 @@ def _bounded_lines(handle: BinaryIO) -> Iterator[bytes | None]:
         yield None
 
 
-def _hinted(message: str, line: bytes, path: Path, first: bool) -> str:
-    """`message`, with what the file looks like instead when the first record shows it."""
-    if not first:
-        return message
+def _hinted(message: str, line: bytes, path: Path) -> str:
+    """The problem of a file's first record, with what the file looks like instead when the
+    record shows it (a JSON array, pretty-printed JSON, CSV)."""
     head = line.lstrip()
     if head.startswith(b"["):
         return (
