@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.errors import JobFileError
+from batch.checkpoint import Checkpoint
+from batch.errors import JobFileError, RunRefused
 from jobs.base import KindOptions
 from jobs.chat import ChatKind
 from jobs.embeddings import EmbeddingsKind
@@ -283,3 +284,19 @@ def test_directory_fingerprint_follows_file_names_not_the_directory(tmp_path: Pa
     # Ids of id-less rows are `<file>:<row>`: a renamed part is a different input.
     (two / "b.jsonl").rename(two / "c.jsonl")
     assert content_fingerprint(two) != content_fingerprint(one)
+
+
+def test_an_output_fingerprinted_by_an_older_recipe_is_refused_with_that_reason(
+    tmp_path: Path,
+) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(_lines({"prompt": "a"}))
+    args: dict[str, Any] = {
+        "kind": "chat",
+        "input_path": str(jobs),
+        "settings": {},
+        "total_jobs": 1,
+    }
+    Checkpoint.open(tmp_path / "out", input_fingerprint="blake2b:0123456789abcdef", **args)
+    with pytest.raises(RunRefused, match="made by an earlier gigabatch"):
+        Checkpoint.open(tmp_path / "out", input_fingerprint=content_fingerprint(jobs), **args)
