@@ -312,12 +312,16 @@ def _check_resumable(
     hints: Mapping[str, str] | None,
 ) -> None:
     changes = []
-    old_input = previous.get("input", {}).get("fingerprint")
-    if old_input != input_fingerprint:
+    old_input = str(previous.get("input", {}).get("fingerprint"))
+    old_scheme, _, old_hash = old_input.rpartition(":")
+    new_scheme, _, new_hash = input_fingerprint.rpartition(":")
+    if old_scheme != new_scheme:
         changes.append(
-            "the input file changed "
-            f"(fingerprint {str(old_input)[:12]} -> {input_fingerprint[:12]})"
+            "the output was made by an earlier gigabatch, whose input fingerprint "
+            "(of the file's name and bytes) cannot be compared with this one's (of the content)"
         )
+    elif old_input != input_fingerprint:
+        changes.append(f"the input file changed (fingerprint {old_hash[:12]} -> {new_hash[:12]})")
     changes.extend(settings_changes(previous.get("settings", {}), settings, hints))
     if changes:
         raise RunRefused(

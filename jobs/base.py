@@ -218,6 +218,13 @@ class JobKind(abc.ABC):
     def reserve(self, batch: Batch) -> Usage:
         """A conservative upper bound on what sending `batch` can be billed (for budgets)."""
 
+    def size_problems(self, job: Job) -> list[Problem]:
+        """What makes `job`'s request certain to be refused by its length alone (over the
+        model's context window or input limit, whatever the tokenizer): asked by validation
+        for requests over `jobs.validation.TOKEN_CHECK_BYTES`. A kind that knows no token
+        limits finds none."""
+        return []
+
     def bounded(self) -> JobKind:
         """This kind with every request's billing bounded, so that `reserve` is a true
         ceiling; the engine runs a budgeted run with it. Chat caps answers by sending

@@ -31,18 +31,30 @@ from jobs.base import (
     JobResult,
     KindOption,
     KindOptions,
+    Problem,
     SourceLocation,
 )
 from jobs.chat_fields import function_call_setting, function_list, message_list
 from jobs.registry import register
 from jobs.tokens import text_token_ceiling
-from jobs.validation import RecordFields, json_text, number_problem
+from jobs.validation import RecordFields, json_text, number_problem, token_limit_problem
 
 DEFAULT_MODEL = wire.DEFAULT_CHAT_MODEL  # what the API answers with when a request names none
 # The cap a budgeted run sends as max_tokens for jobs that set none (without --max-completion-
 # tokens), so a reservation is a bound: the API itself does not cap answers below the context
 # window. Unbudgeted runs send no cap, and reserve/estimate count such answers at this size.
 DEFAULT_COMPLETION_RESERVE = 1024
+# Context windows in tokens, for refusing at validation a prompt that cannot fit by length
+# alone; a model not listed gets the largest, so nothing that might fit is refused.
+CONTEXT_WINDOWS: Mapping[str, int] = {
+    "GigaChat": 32_768,
+    "GigaChat-Pro": 32_768,
+    "GigaChat-Max": 32_768,
+    "GigaChat-2": 131_072,
+    "GigaChat-2-Pro": 131_072,
+    "GigaChat-2-Max": 131_072,
+}
+LARGEST_CONTEXT_WINDOW = max(CONTEXT_WINDOWS.values())
 # Tokens a message costs beyond its content (role, separators): a ceiling, well over what
 # the API and the emulator charge.
 MESSAGE_OVERHEAD_CEILING = 8
@@ -215,6 +227,13 @@ class ChatKind(JobKind):
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": prompt})
         return messages
+
+    def size_problems(self, job: Job) -> list[Problem]:
+        """A prompt that certainly exceeds its model's context window (jobs.validation)."""
+        model = str(job.request.get("model"))
+        window = CONTEXT_WINDOWS.get(model, LARGEST_CONTEXT_WINDOW)
+        texts = [m.get("content") or "" for m in job.request.get("messages", ())]
+        return token_limit_problem(job.location, None, texts, window, "context window", model)
 
     def packer(self) -> SinglePacker:
         return SinglePacker()

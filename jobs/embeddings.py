@@ -33,12 +33,13 @@ from jobs.base import (
     JobResult,
     KindOption,
     KindOptions,
+    Problem,
     SourceLocation,
 )
 from jobs.embedding_packing import EmbeddingPacker, EmbeddingPayload
 from jobs.registry import register
 from jobs.tokens import surely_fits, token_ceiling
-from jobs.validation import RecordFields, json_text
+from jobs.validation import RecordFields, json_text, token_limit_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +222,17 @@ class EmbeddingsKind(JobKind):
             location=location,
             request={"model": model or self.model, "text": text},
             metadata=fields.value("metadata"),
+        )
+
+    def size_problems(self, job: Job) -> list[Problem]:
+        """A text certainly over its model's input limit (jobs.validation), unless over-long
+        texts are truncated."""
+        if self.options.on_long_text == "truncate":
+            return []
+        model, text = job.request["model"], job.request["text"]
+        limit = self.max_input_tokens(model)
+        return token_limit_problem(
+            job.location, self._sources["text"], [text], limit, "input limit", model
         )
 
     def packer(self) -> EmbeddingPacker:

@@ -1,7 +1,8 @@
 """Job files in, jobs out: streaming readers for JSONL and Parquet, and whole-file validation.
 
-Nothing here holds a file in memory: JSONL is read line by line, Parquet in bounded record
-batches (a file, or a directory of `*.parquet` files in name order). A malformed record is a
+Nothing here holds a file in memory: JSONL (plain, gzip or zstd) is read line by line, a line
+over the API's request limit skipped in chunks, Parquet in bounded record batches; a directory
+is its job files in name order (`jobs.sources`). A malformed or oversized record is a
 `Problem` naming the file, the line or row and the field, never a traceback. Duplicate ids are
 found with 8 bytes per job (64-bit id hashes, sorted), then confirmed by a second pass that
 looks only at the ids whose hashes collided.
@@ -14,7 +15,7 @@ from array import array
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import pyarrow as pa
@@ -23,36 +24,24 @@ import pyarrow.parquet as pq
 from batch.errors import JobFileError
 from batch.id_hashes import id_hash, repeated_hashes
 from jobs.base import Job, JobInvalid, JobKind, Problem, SourceLocation
+from jobs.sources import Format, input_files, open_jsonl, sniff
+from jobs.validation import (
+    MAX_REQUEST_BYTES,
+    TOKEN_CHECK_BYTES,
+    oversized_line,
+    oversized_request,
+)
 
-PARQUET_SUFFIXES = (".parquet", ".pq")
 # Rows per Parquet record batch: bounds memory whatever the file's row-group size.
 PARQUET_BATCH_ROWS = 1024
 _UTF8_BOM = b"\xef\xbb\xbf"
+# JSONL is read in lines of at most this many bytes at a time.
+_CHUNK = 1 << 20
+# Names the fingerprint's recipe: those of other recipes (older versions hashed the file's
+# name too) are told apart on resume instead of looking like a changed input.
+FINGERPRINT_SCHEME = "content-blake2b"
 
 Record = dict[str, Any]
-
-
-def is_parquet(path: Path) -> bool:
-    return path.is_dir() or path.suffix.lower() in PARQUET_SUFFIXES
-
-
-def input_files(path: Path) -> list[Path]:
-    """The files a job input consists of: the file itself, or a directory's `*.parquet`
-    files in sorted name order (hidden and `_`-prefixed files, like `_SUCCESS`, skipped)."""
-    if path.is_dir():
-        files = sorted(
-            p
-            for p in path.iterdir()
-            if p.is_file()
-            and p.suffix.lower() in PARQUET_SUFFIXES
-            and not p.name.startswith((".", "_"))
-        )
-        if not files:
-            raise JobFileError(f"{path}: directory has no *.parquet files")
-        return files
-    if not path.exists():
-        raise JobFileError(f"{path}: no such file or directory")
-    return [path]
 
 
 def iter_records(
@@ -64,38 +53,88 @@ def iter_records(
     """Every record of a job input with its location, or a Problem when the record cannot be
     read. `columns` projects Parquet onto the columns a kind reads (those the file lacks are
     simply absent); JSONL lines always keep every key, so typos can be reported."""
-    if is_parquet(path):
-        for file in input_files(path):
+    for file in input_files(path):
+        fmt = sniff(file)
+        if fmt == "parquet":
             yield from _parquet_records(file, columns, batch_rows)
-    else:
-        input_files(path)
-        yield from _jsonl_records(path)
+        else:
+            yield from _jsonl_records(file, fmt)
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[SourceLocation, Record | Problem]]:
+def _jsonl_records(path: Path, fmt: Format) -> Iterator[tuple[SourceLocation, Record | Problem]]:
     name = str(path)
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise JobFileError(f"{path}: cannot read: {exc.strerror}") from None
-    with handle:
-        for number, raw in enumerate(handle, 1):
+    first = True
+    with open_jsonl(path, fmt) as handle:
+        for number, line in enumerate(_bounded_lines(handle), 1):
             location = SourceLocation(name, number, "line")
-            line = raw[len(_UTF8_BOM) :] if number == 1 and raw.startswith(_UTF8_BOM) else raw
-            if not line.strip():
+            if line is not None and number == 1 and line.startswith(_UTF8_BOM):
+                line = line[len(_UTF8_BOM) :]
+            if line is not None and not line.strip():
                 continue
-            try:
-                value = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield location, Problem(location, None, _json_problem(line, exc))
-                continue
-            if not isinstance(value, dict):
-                yield (
-                    location,
-                    Problem(location, None, f"expected a JSON object, got {_json_type(value)}"),
-                )
-                continue
-            yield location, value
+            record = _parse_line(line)
+            if isinstance(record, str):
+                message = _hinted(record, line, path) if first and line else record
+                yield location, Problem(location, None, message)
+            else:
+                yield location, record
+            first = False
+
+
+def _parse_line(line: bytes | None) -> Record | str:
+    """The JSON object on `line` (None: a line over the request limit), or what is wrong."""
+    if line is None:
+        return oversized_line(MAX_REQUEST_BYTES)
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return _json_problem(line, exc)
+    if not isinstance(value, dict):
+        return f"expected a JSON object, got {_json_type(value)}"
+    return value
+
+
+def _bounded_lines(handle: BinaryIO) -> Iterator[bytes | None]:
+    """The lines of `handle`; None for a line over the request limit, which is read on in
+    chunks and dropped rather than held (a 50 MB line costs no more memory than 20 MB)."""
+    while line := handle.readline(_CHUNK):
+        if line.endswith(b"\n") or len(line) < _CHUNK:
+            yield line
+            continue
+        parts, size = [line], len(line)
+        while (more := handle.readline(_CHUNK)) and size <= MAX_REQUEST_BYTES:
+            parts.append(more)
+            size += len(more)
+            if more.endswith(b"\n"):
+                break
+        if size <= MAX_REQUEST_BYTES:
+            yield b"".join(parts)
+            continue
+        del parts
+        while more and not more.endswith(b"\n"):
+            more = handle.readline(_CHUNK)
+        yield None
+
+
+def _hinted(message: str, line: bytes, path: Path) -> str:
+    """The problem of a file's first record, with what the file looks like instead when the
+    record shows it (a JSON array, pretty-printed JSON, CSV)."""
+    head = line.lstrip()
+    if head.startswith(b"["):
+        return (
+            f"{message}; this looks like a JSON array; JSONL needs one object per line "
+            f"— convert with `jq -c '.[]' {path}`"
+        )
+    if head.rstrip() == b"{":
+        return (
+            f"{message}; this looks like pretty-printed JSON; JSONL needs one object per "
+            f"line — convert with `jq -c . {path}`"
+        )
+    if not head.startswith(b"{") and (b"," in head or b"\t" in head):
+        return (
+            f"{message}; this looks like CSV, which is not a job format: convert it to "
+            "Parquet or JSONL (e.g. with duckdb or pandas)"
+        )
+    return message
 
 
 def _json_problem(line: bytes, exc: orjson.JSONDecodeError) -> str:
@@ -141,20 +180,24 @@ def _parquet_records(
                 yield SourceLocation(name, number, "row"), record
 
 
-def input_fingerprint(path: Path) -> str:
-    """A content hash of the job input (streamed; for a directory, every part file's name,
-    size and bytes in order), so a resume can tell whether the input changed."""
+def content_fingerprint(path: Path) -> str:
+    """A hash of what the job input holds, streamed: every file's bytes in order, each
+    framed by its size; for a directory also each file's name (ids of rows without one are
+    `<file name>:<row>`), but never the path of the file or the directory, so a copied or
+    moved input resumes its output and a changed byte does not."""
     digest = hashlib.blake2b(digest_size=16)
+    directory = path.is_dir()
     for file in input_files(path):
         try:
             with file.open("rb") as handle:
-                digest.update(file.name.encode() + b"\0")
+                if directory:
+                    digest.update(b"name\0" + file.name.encode() + b"\0")
                 digest.update(str(file.stat().st_size).encode() + b"\0")
                 while chunk := handle.read(1 << 20):
                     digest.update(chunk)
         except OSError as exc:
             raise JobFileError(f"{file}: cannot read: {exc.strerror}") from None
-    return f"blake2b:{digest.hexdigest()}"
+    return f"{FINGERPRINT_SCHEME}:{digest.hexdigest()}"
 
 
 def iter_outcomes(
@@ -167,6 +210,7 @@ def iter_outcomes(
     sources = kind.source_fields()
     id_source = sources.get("id")
     numbered_by_file = path.is_dir()
+    size_problems = kind.size_problems
     for location, record in iter_records(path, columns=list(sources.values())):
         if isinstance(record, Problem):
             yield location, [record]
@@ -174,9 +218,19 @@ def iter_outcomes(
         if numbered_by_file and id_source is not None and record.get(id_source) is None:
             record[id_source] = f"{Path(location.file).name}:{location.number}"
         try:
-            yield location, kind.job_from_record(record, location)
+            job = kind.job_from_record(record, location)
         except JobInvalid as exc:
             yield location, exc.problems
+            continue
+        # A request certain to be refused for its size is a problem now, not a 413 later;
+        # one too small to hold an over-long text is not worth asking the kind about.
+        size = len(orjson.dumps(job.request))
+        if size > MAX_REQUEST_BYTES:
+            yield location, [Problem(location, None, oversized_request(size))]
+        elif size > TOKEN_CHECK_BYTES and (problems := size_problems(job)):
+            yield location, problems
+        else:
+            yield location, job
 
 
 def read_jobs(
@@ -259,7 +313,7 @@ def validate_jobs(path: Path, kind: JobKind, *, max_problems: int = 100) -> Vali
         path=path,
         records=records,
         jobs=jobs - len(duplicates),
-        fingerprint=input_fingerprint(path),
+        fingerprint=content_fingerprint(path),
         problems=problems,
         problem_count=problem_count + len(duplicates),
         duplicates=duplicates,

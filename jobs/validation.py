@@ -9,12 +9,25 @@ gaps behave like JSONL lines that leave a field out.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from jobs.base import JobInvalid, Problem, SourceLocation
+
+# The API refuses a request body over 20 MB (413): a job whose own request is larger can
+# never be answered, so validation says so before anything is sent.
+MAX_REQUEST_BYTES = 20 * 1024 * 1024
+# No tokenizer packs more characters than this into one token (the longest entries of
+# GigaChat-like vocabularies are runs of a few dozen symbols), and whitespace is counted as
+# free: a text whose other characters alone, divided by this, exceed a limit is certainly over
+# it. Anything shorter is left to the kind's exact counting.
+MAX_CHARS_PER_TOKEN = 64
+# A request whose JSON is at most this many bytes cannot hold a text certainly over a limit of
+# 64 tokens or more, so kinds are asked about larger requests only (validation stays ~1 us a
+# line cheaper).
+TOKEN_CHECK_BYTES = 64 * MAX_CHARS_PER_TOKEN
 
 
 def type_name(value: Any) -> str:
@@ -166,3 +179,60 @@ def json_text(value: Any) -> str | None:
     """A carried-through value (like `metadata`) as JSON text, so any shape fits one
     Parquet string column; None stays null."""
     return None if value is None else orjson.dumps(value).decode()
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def oversized_line(limit: int = MAX_REQUEST_BYTES) -> str:
+    """The problem of a line longer than any request may be (it is not even parsed)."""
+    return (
+        f"the line is over {_megabytes(limit)}, the API's request limit, so it can never be "
+        "sent: split or shorten it"
+    )
+
+
+def oversized_request(size: int, limit: int = MAX_REQUEST_BYTES) -> str:
+    """The problem of a job whose request (as JSON, a few keys short of the wire body) is
+    `size` bytes, over the API's limit."""
+    return (
+        f"the request is {_megabytes(size)}, over the API's {_megabytes(limit)} limit, so it "
+        "can never be sent: split or shorten it"
+    )
+
+
+def fewest_tokens(texts: Iterable[str]) -> int:
+    """Fewer tokens than any tokenizer can count `texts` as: their non-whitespace characters
+    over MAX_CHARS_PER_TOKEN (computed exactly only for texts long enough to matter)."""
+    tokens = 0
+    for text in texts:
+        if len(text) >= MAX_CHARS_PER_TOKEN:
+            tokens += len("".join(text.split())) // MAX_CHARS_PER_TOKEN
+    return tokens
+
+
+def token_limit_problem(
+    location: SourceLocation,
+    source: str | None,
+    texts: Sequence[str],
+    limit: int,
+    limit_name: str,
+    model: str,
+) -> list[Problem]:
+    """A problem at `source` when `texts` certainly exceed `model`'s `limit` tokens (its
+    "context window", its "input limit"), else none. Cheap for short texts: characters are
+    looked at only past limit x MAX_CHARS_PER_TOKEN of them."""
+    if sum(map(len, texts)) <= limit * MAX_CHARS_PER_TOKEN:
+        return []
+    tokens = fewest_tokens(texts)
+    if tokens <= limit:
+        return []
+    return [
+        Problem(
+            location,
+            source,
+            f"at least {tokens} tokens by length alone, over the {limit}-token {limit_name} "
+            f"of {model}, so it can never be sent: shorten it",
+        )
+    ]

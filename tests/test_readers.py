@@ -17,7 +17,7 @@ from jobs import readers
 from jobs.base import Problem, SourceLocation
 from jobs.chat import ChatKind, ChatOptions
 from jobs.embeddings import EmbeddingOptions, EmbeddingsKind
-from jobs.readers import input_fingerprint, iter_records, read_jobs, validate_jobs
+from jobs.readers import content_fingerprint, iter_records, read_jobs, validate_jobs
 
 EMBED = EmbeddingsKind(EmbeddingOptions())
 
@@ -121,7 +121,7 @@ def test_directory_of_parquet_reads_files_in_name_order(tmp_path: Path) -> None:
     _parquet(folder / "b.parquet", [{"text": "b1"}])
     _parquet(folder / "a.parquet", [{"text": "a1"}, {"text": "a2"}])
     (folder / "_SUCCESS").write_bytes(b"")
-    (folder / "notes.txt").write_text("not a part")
+    (folder / ".a.parquet.crc").write_bytes(b"")
     records = list(iter_records(folder))
     assert [(Path(loc.file).name, loc.number, rec["text"]) for loc, rec in records] == [
         ("a.parquet", 1, "a1"),
@@ -140,7 +140,7 @@ def test_directory_rows_without_ids_get_file_qualified_ids(tmp_path: Path) -> No
 
 
 def test_empty_directory_is_a_job_file_error(tmp_path: Path) -> None:
-    with pytest.raises(JobFileError, match=r"no \*\.parquet files"):
+    with pytest.raises(JobFileError, match=r"directory has no job files"):
         list(iter_records(tmp_path))
 
 
@@ -228,11 +228,11 @@ def test_problems_are_capped_but_counted(tmp_path: Path) -> None:
 
 def test_fingerprint_follows_content(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "a.jsonl", {"text": "one"})
-    first = input_fingerprint(path)
-    assert input_fingerprint(path) == first
+    first = content_fingerprint(path)
+    assert content_fingerprint(path) == first
     assert validate_jobs(path, EMBED).fingerprint == first
     _jsonl(path, {"text": "two"})
-    assert input_fingerprint(path) != first
+    assert content_fingerprint(path) != first
 
 
 def test_read_jobs_stops_at_the_first_invalid_record(tmp_path: Path) -> None:

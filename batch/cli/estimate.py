@@ -30,6 +30,7 @@ from batch.estimate_report import estimate_to_json, render_table
 from batch.estimator import EstimateRequest, estimate_jobs
 from batch.pricing import PriceTable
 from batch.settings import ClientSettings
+from jobs.sources import temporary_spool
 
 
 def _online_settings(
@@ -47,7 +48,9 @@ def _online_settings(
 
 
 @main.command()
-@click.argument("jobs_path", metavar="JOBS", type=click.Path(exists=True, path_type=Path))
+@click.argument(
+    "jobs_path", metavar="JOBS", type=click.Path(exists=True, allow_dash=True, path_type=Path)
+)
 @kind_options
 @click.option(
     "--prices",
@@ -117,7 +120,7 @@ def estimate(
     mode: str,
     **options: Any,
 ) -> None:
-    """Estimate tokens and cost of a job file before running it.
+    """Estimate tokens and cost of a job file (or `-`, standard input) before running it.
 
     Input tokens are counted exactly with the API's /tokens/count (many texts per call,
     through the same limiter and retries as `run`), plus the few tokens per message the API
@@ -142,6 +145,7 @@ def estimate(
     if mode == "batches":
         prices = prices.for_batches()
     with contextlib.ExitStack() as stack:
+        jobs_path = stack.enter_context(temporary_spool(jobs_path))
         settings = None if offline else _online_settings(stack, api, emulator)
         # Offline there are no settings to read, but GIGACHAT_MODEL still names the model.
         model_default = (

@@ -38,6 +38,7 @@ from batch.pricing import PriceTable
 from batch.retry import RetryPolicy
 from batch.runner import RunConfig, run_jobs
 from jobs.readers import validate_jobs
+from jobs.sources import SPOOL_DIR, spooled_input, temporary_spool
 
 EXIT_CODES = {
     "completed": EXIT_OK,
@@ -51,7 +52,7 @@ EXIT_CODES = {
 
 
 @main.command()
-@click.argument("jobs", type=click.Path(exists=True, path_type=Path))
+@click.argument("jobs", type=click.Path(exists=True, allow_dash=True, path_type=Path))
 @click.option(
     "--out",
     "out_dir",
@@ -146,7 +147,8 @@ def run(
     emulator_knobs: tuple[str, ...],
     **options: Any,
 ) -> None:
-    """Answer every job of JOBS (JSONL, Parquet, or a directory of Parquet) into --out.
+    """Answer every job of JOBS into --out: JSONL (also .gz, .zst), Parquet, a directory of
+    them, or `-` for standard input (spooled into --out/input/, which a resume reuses).
 
     Resumable: run the same command again after a crash, Ctrl-C or a budget stop and only
     the jobs not yet answered are sent. Exit codes: 0 all succeeded, 3 some rows failed,
@@ -162,11 +164,13 @@ def run(
     \b
     Examples:
       gigabatch run sample_jobs/chat.jsonl --out out/chat --emulator
+      cat jobs.jsonl | gigabatch run - --out out/chat --emulator
       gigabatch run texts.parquet --kind embed --text-column body --out out/emb \\
           --max-concurrency 32 --max-cost 50
     """
     mode, batch_settings = pop_batches_options(options)
     price_table = PriceTable.load(prices)
+    jobs = spooled_input(jobs, out_dir / SPOOL_DIR)
     with api_settings(options, emulator, emulator_profile, emulator_knobs) as settings:
         kind = build_kind(options, settings.model)
         config = RunConfig(
@@ -203,21 +207,23 @@ def run(
 
 
 @main.command()
-@click.argument("jobs", type=click.Path(exists=True, path_type=Path))
+@click.argument("jobs", type=click.Path(exists=True, allow_dash=True, path_type=Path))
 @kind_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @cli_errors
 def validate(jobs: Path, as_json: bool, **options: Any) -> None:
-    """Check JOBS without sending anything: every problem with its file, line or row, and
-    field. Exit 0 when valid, 2 when not.
+    """Check JOBS (a file, a directory, or `-` for standard input) without sending anything:
+    every problem with its file, line or row, and field. Exit 0 when valid, 2 when not.
 
     \b
     Example:
       gigabatch validate sample_jobs/chat.jsonl
+      zcat jobs.jsonl.gz | gigabatch validate -
       gigabatch validate texts.parquet --kind embed --text-column body
     """
     kind = build_kind(options)
-    report = validate_jobs(jobs, kind, max_problems=10_000)
+    with temporary_spool(jobs) as readable:
+        report = validate_jobs(readable, kind, max_problems=10_000)
     if as_json:
         click.echo(
             orjson.dumps(
