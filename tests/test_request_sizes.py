@@ -11,14 +11,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.base import KindOptions
-from jobs.chat import ChatKind
-from jobs.embeddings import EmbeddingsKind
+from jobs.chat import ChatKind, ChatOptions
+from jobs.embeddings import EmbeddingOptions, EmbeddingsKind
 from jobs.readers import read_jobs, validate_jobs
 from jobs.validation import MAX_CHARS_PER_TOKEN, MAX_REQUEST_BYTES, fewest_tokens
 
-CHAT = ChatKind(KindOptions())
-EMBED = EmbeddingsKind(KindOptions())
+CHAT = ChatKind(ChatOptions())
+EMBED = EmbeddingsKind(EmbeddingOptions())
 
 
 def _jsonl(path: Path, *records: dict[str, Any]) -> Path:
@@ -68,7 +67,7 @@ def test_embedding_text_certainly_over_its_input_limit_names_the_text_field(
     tmp_path: Path,
 ) -> None:
     path = _jsonl(tmp_path / "jobs.jsonl", {"id": "a", "body": "z" * 40_000})
-    kind = EmbeddingsKind(KindOptions(text_column="body"))
+    kind = EmbeddingsKind(EmbeddingOptions(text_column="body"))
     report = validate_jobs(path, kind)
     assert [str(p) for p in report.problems] == [
         f"{path} line 1, field 'body': at least 625 tokens by length alone, over the "
@@ -78,7 +77,7 @@ def test_embedding_text_certainly_over_its_input_limit_names_the_text_field(
 
 def test_embedding_text_over_the_limit_is_fine_when_it_will_be_truncated(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "jobs.jsonl", {"text": "z" * 40_000})
-    assert validate_jobs(path, EmbeddingsKind(KindOptions(on_long_text="truncate"))).ok
+    assert validate_jobs(path, EmbeddingsKind(EmbeddingOptions(on_long_text="truncate"))).ok
 
 
 def test_a_parquet_row_over_20_mb_is_a_problem(tmp_path: Path) -> None:
@@ -87,7 +86,7 @@ def test_a_parquet_row_over_20_mb_is_a_problem(tmp_path: Path) -> None:
     pq.write_table(
         pa.Table.from_pylist([{"id": "big", "text": text}, {"id": "ok", "text": "x"}]), path
     )
-    kind = EmbeddingsKind(KindOptions(on_long_text="truncate"))
+    kind = EmbeddingsKind(EmbeddingOptions(on_long_text="truncate"))
     report = validate_jobs(path, kind)
     assert [p.location.number for p in report.problems] == [1]
     assert "over the API's 20.0 MB limit" in report.problems[0].message

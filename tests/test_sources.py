@@ -19,14 +19,13 @@ import pytest
 
 from batch.checkpoint import Checkpoint
 from batch.errors import JobFileError, RunRefused
-from jobs.base import KindOptions
-from jobs.chat import ChatKind
-from jobs.embeddings import EmbeddingsKind
+from jobs.chat import ChatKind, ChatOptions
+from jobs.embeddings import EmbeddingOptions, EmbeddingsKind
 from jobs.readers import content_fingerprint, iter_records, read_jobs, validate_jobs
 from jobs.sources import input_files, sniff, spool_stdin, spooled_input, temporary_spool
 
-CHAT = ChatKind(KindOptions())
-EMBED = EmbeddingsKind(KindOptions())
+CHAT = ChatKind(ChatOptions())
+EMBED = EmbeddingsKind(EmbeddingOptions())
 
 
 def _lines(*records: dict[str, Any]) -> bytes:
