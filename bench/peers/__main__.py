@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m bench.peers", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
     parser.add_argument("--quick", action="store_true", help="small files: a smoke test")
-    parser.add_argument("--chat-jobs", type=int, help="chat jobs (600; quick 100)")
+    parser.add_argument("--chat-jobs", type=int, help="chat jobs (600; quick 80)")
     parser.add_argument("--embed-jobs", type=int, help="texts to embed (30,000; quick 640)")
     parser.add_argument("--chat-latency-ms", type=float,
                         help="chat base latency, ms (1000; quick 200), plus 2 ms a token")
@@ -80,9 +80,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def plan_from(args: argparse.Namespace) -> Plan:
     quick = args.quick
-    storm = args.storm or {**DEFAULT_STORM, "fault_storm": 0.04 if quick else 0.02}
+    quick_storm = {"fault_storm": 0.03, "storm_s": 1.0} if quick else {}
+    storm = args.storm or {**DEFAULT_STORM, **quick_storm}
     return Plan(
-        chat_jobs=args.chat_jobs or (100 if quick else 600),
+        chat_jobs=args.chat_jobs or (80 if quick else 600),
         embed_jobs=args.embed_jobs or (640 if quick else 30_000),
         chat_latency_ms=args.chat_latency_ms or (200.0 if quick else 1000.0),
         limit=args.limit,
