@@ -23,7 +23,7 @@ from bench.peers.measure import (
     taken_on,
 )
 from bench.peers.report import COLUMNS, markdown_table, row, verdicts
-from bench.peers.scenarios import CrashRun, FaultRun, Outcome, StormRun, Throughput
+from bench.peers.scenarios import CrashRun, FaultRun, Outcome, Plan, StormRun, Throughput
 
 
 def _outcome(lost: int = 0, duplicates: int = 0) -> Outcome:
@@ -103,8 +103,8 @@ def _results(ours_rate: float, peer_lost: int, ours_repaid: int) -> dict[str, di
             "SDK expert": StormRun(inside=20, windows=3, run=_outcome()),
         },
         "crash": {
-            "gigabatch": CrashRun(1.1, ours_repaid, True, _outcome()),
-            "SDK expert": CrashRun(1.5, 50, True, _outcome()),
+            "gigabatch": CrashRun(1.1, ours_repaid, 50, 50 - ours_repaid, True, _outcome()),
+            "SDK expert": CrashRun(1.5, 50, 50, 0, True, _outcome()),
         },
     }
 
@@ -139,3 +139,12 @@ def test_run_child_kills_with_sigkill_when_told(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(30)"]
     run = run_child(argv, {}, tmp_path / "log", timeout_s=20, kill_when=lambda: True)
     assert run.killed and run.exit_code == -9
+
+
+def test_plan_gives_chat_its_latency_and_lets_the_fault_mix_override_any_knob() -> None:
+    plan = Plan(chat_jobs=10, embed_jobs=10, chat_latency_ms=1000.0)
+    assert plan.emulator("chat").latency_base_ms == 1000.0
+    assert plan.emulator("embed").latency_base_ms == 100.0  # the b2b profile's
+    faulty = plan.emulator("chat", {**plan.faults, "latency_base_ms": 5.0})
+    assert faulty.latency_base_ms == 5.0 and faulty.retry_after == "none"
+    assert faulty.effective_stream_limit == 10

@@ -60,7 +60,8 @@ def _crash_cell(fig: CrashRun | None) -> str:
         return "—"
     killed = "" if fig.killed else " (ended before the kill)"
     return (
-        f"{fig.billed_ratio:.2f}× ({fig.repaid_jobs:,} jobs re-paid), "
+        f"{fig.billed_ratio:.2f}× ({fig.repaid_jobs:,} jobs re-paid; the killed run paid "
+        f"{fig.paid_before_kill:,}, kept {fig.kept_after_kill:,}), "
         f"{fig.run.duplicates:,} dup{killed}"
     )
 

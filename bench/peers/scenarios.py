@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -58,10 +59,10 @@ class Plan:
 
     def emulator(self, kind: str, knobs: dict[str, Any] | None = None) -> EmulatorConfig:
         """The `b2b` profile at the plan's stream limit (chat at its realistic latency)."""
-        latency = {"latency_base_ms": self.chat_latency_ms} if kind == "chat" else {}
-        return profile(
-            "b2b", stream_limit=self.limit, seed=self.seed, **latency, **(knobs or {})
-        )
+        base: dict[str, Any] = {"stream_limit": self.limit, "seed": self.seed}
+        if kind == "chat":
+            base["latency_base_ms"] = self.chat_latency_ms
+        return profile("b2b", **{**base, **(knobs or {})})
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ class StormRun:
 class CrashRun:
     billed_ratio: float  # tokens of the killed run and the re-run over one clean pass
     repaid_jobs: int  # requests the server took on (and billed) beyond one per job
+    paid_before_kill: int  # requests the killed run had the server take on
+    kept_after_kill: int  # answers its output held after the kill
     killed: bool
     run: Outcome
 
@@ -221,12 +224,19 @@ class PeerBench:
 
             chat = self.files["chat"]
             first = self._run(who, "chat", chat, emu, out, "killed", kill_when=halfway)
+            # The requests in flight at the kill are counted once the server has answered
+            # them into the void: wait out the longest latency.
+            time.sleep(2 * self.plan.chat_latency_ms / 1000 + 0.5)
+            paid = taken_on(requests_by_status(emu.stats(arrivals=False), "chat"))
+            kept = len(set(output_ids(out)))
             child = self._run(who, "chat", chat, emu, out, "rerun")
             stats = emu.stats()
         run = self._outcome("chat", out, child, stats)
         return CrashRun(
             billed_ratio=billed_tokens(stats) / clean_tokens,
             repaid_jobs=taken_on(run.requests) - self.plan.chat_jobs,
+            paid_before_kill=paid,
+            kept_after_kill=kept,
             killed=first.killed,
             run=run,
         )
