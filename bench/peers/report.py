@@ -21,8 +21,8 @@ COLUMNS = (
     "chat CPU s/1k jobs",
     "embed jobs/s",
     "embed CPU s/1k jobs",
-    "chat, 1% faults: answered / lost, wall",
-    "embed, 1% faults: answered / lost, wall",
+    "chat with faults: answered / lost, wall",
+    "embed with faults: answered / lost, wall",
     "429 storm: requests inside Retry-After windows",
     "kill -9 + re-run: tokens × clean pass, duplicate rows",
     "user code lines (chat / embed)",
@@ -31,6 +31,8 @@ COLUMNS = (
 
 @dataclass(frozen=True)
 class Verdict:
+    """One goal of the issue, the figure it is judged on, and whether it was met."""
+
     goal: str
     figure: str
     met: bool | None  # None: not measured in this run
@@ -62,7 +64,7 @@ def _crash_cell(fig: CrashRun | None) -> str:
     return (
         f"{fig.billed_ratio:.2f}× ({fig.repaid_jobs:,} jobs re-paid; the killed run paid "
         f"{fig.paid_before_kill:,}, kept {fig.kept_after_kill:,}), "
-        f"{fig.run.duplicates:,} dup{killed}"
+        f"{fig.run.duplicates:,} duplicate rows{killed}"
     )
 
 
@@ -95,6 +97,7 @@ def row(who: Contender, results: Results) -> list[str]:
 
 
 def markdown_table(contenders: Sequence[Contender], results: Results) -> str:
+    """The whole table: a row per contender, the ones not run included."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row(who, results)) + " |" for who in contenders]
     return "\n".join(lines)
@@ -121,8 +124,9 @@ def _cpu_goal(results: Results, kind: str) -> Verdict:
     sdk = {n: f for n, f in _peers(results, kind).items() if n.startswith("SDK")}
     if ours is None or not sdk:
         return Verdict(goal, "—", None)
-    ratios = {n: ours.cpu_per_1000 / f.cpu_per_1000 if f.cpu_per_1000 > 0 else float("inf")
-              for n, f in sdk.items()}
+    if ours.cpu_per_1000 <= 0 or any(f.cpu_per_1000 <= 0 for f in sdk.values()):
+        return Verdict(goal, "too few jobs: start-up hides the per-job CPU", None)
+    ratios = {n: ours.cpu_per_1000 / f.cpu_per_1000 for n, f in sdk.items()}
     figure = ", ".join(f"{r:.2f}× {n}" for n, r in ratios.items())
     return Verdict(goal, figure, all(r <= 0.6 for r in ratios.values()))
 
@@ -135,14 +139,14 @@ def _only_one(
     measured = [s for s in scenarios if GIGABATCH in results.get(s, {})]
     if not measured:
         return Verdict(goal, "—", None)
-    ours = [results[s][GIGABATCH] for s in measured]
+    ours_ok = all(ok(results[s][GIGABATCH]) for s in measured)
     figure = "gigabatch " + "; ".join(f"{s}: {describe(results[s][GIGABATCH])}" for s in measured)
     names = {n for s in measured for n in _peers(results, s)}
     also = sorted(n for n in names if all(ok(results[s][n]) for s in measured
                                           if n in results[s]))
     if also:
-        figure += f"; also: {', '.join(also)}"
-    return Verdict(goal, figure, all(ok(f) for f in ours) and not also)
+        figure += f"; not the only one: {', '.join(also)} also"
+    return Verdict(goal, figure, ours_ok and not also)
 
 
 def verdicts(results: Results, limit: int) -> list[Verdict]:
@@ -171,11 +175,12 @@ def verdicts(results: Results, limit: int) -> list[Verdict]:
         _only_one(f"after kill -9, the only one with no duplicate rows and no more re-paid "
                   f"than the requests in flight (≤ {limit})", results, ("crash",),
                   clean_resume,
-                  lambda f: f"{f.run.duplicates} dup, {f.repaid_jobs} jobs re-paid"),
+                  lambda f: f"{f.run.duplicates} duplicate rows, {f.repaid_jobs} jobs re-paid"),
     ]
 
 
 def goals_text(found: Sequence[Verdict]) -> str:
+    """The goals as a list, each labelled met, MISSED or not measured."""
     return "\n".join(f"- {v.label}: {v.goal} — {v.figure}" for v in found)
 
 
