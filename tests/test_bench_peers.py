@@ -28,7 +28,7 @@ from bench.peers.scenarios import CrashRun, FaultRun, Outcome, Plan, StormRun, T
 
 def _outcome(lost: int = 0, duplicates: int = 0) -> Outcome:
     return Outcome(answered=100 - lost, lost=lost, duplicates=duplicates, wall_s=1.0,
-                   cpu_s=1.0, exit_code=0, requests={"200": 100})
+                   cpu_s=1.0, exit_code=0, requests={"200": 100}, stderr_tail="")
 
 
 def test_code_lines_leave_out_docstrings_comments_and_blank_lines() -> None:

@@ -117,9 +117,12 @@ def run_all(
         print(f"{who.name}:", file=sys.stderr)
         for scenario in scenarios:
             started = time.perf_counter()
-            results[scenario][who.name] = run_scenario(bench, who, scenario, results)
+            figures = results[scenario][who.name] = run_scenario(bench, who, scenario, results)
             print(f"  {scenario}: {time.perf_counter() - started:.1f} s", file=sys.stderr,
                   flush=True)
+            if figures.run.exit_code:
+                print(f"    exit {figures.run.exit_code}: ...{figures.run.stderr_tail[-300:]}",
+                      file=sys.stderr)
     return results
 
 

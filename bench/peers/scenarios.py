@@ -76,6 +76,7 @@ class Outcome:
     cpu_s: float
     exit_code: int
     requests: dict[str, int]
+    stderr_tail: str  # the end of what a child that exited non-zero printed
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ class PeerBench:
             cpu_s=child.cpu_seconds,
             exit_code=child.exit_code,
             requests=requests_by_status(stats, kind),
+            stderr_tail=child.stderr_tail[-500:] if child.exit_code else "",
         )
 
     def _out(self, scenario: str, who: Contender) -> Path:
