@@ -33,6 +33,10 @@ from bench.peers.scenarios import DEFAULT_FAULTS, DEFAULT_STORM, PeerBench, Plan
 
 SCENARIOS = ("chat", "embed", "chat_faults", "embed_faults", "storm", "crash")
 OUT_DIR = Path(__file__).resolve().parents[1] / "out"
+QUICK_NOTE = (
+    "quick mode: start-up and finding the stream limit (about 1 s) weigh heavily on these "
+    "small files; quote full runs only."
+)
 PACKAGES = ("gigabatch", "gigachat", "langchain-gigachat", "langchain-core", "httpx")
 
 
@@ -127,8 +131,18 @@ def run_all(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    names = [c.name for c in CONTENDERS]
+    unknown = sorted(set(args.only or ()) - set(names))
+    if unknown:
+        parser.error(f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(names)}")
     plan = plan_from(args)
+    try:  # a mistyped knob fails here, not after the first contenders have run
+        plan.emulator("chat", plan.faults)
+        plan.emulator("chat", plan.storm)
+    except ValueError as exc:
+        parser.error(str(exc))
     contenders = [c for c in CONTENDERS if not args.only or c.name in args.only]
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -149,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"storm {plan.storm}",
         markdown_table(contenders, results),
         "goals (issue 16):\n" + goals_text(found),
+        *([QUICK_NOTE] if args.quick else []),
     ])
     print(text)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
