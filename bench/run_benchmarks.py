@@ -33,7 +33,7 @@ import orjson
 
 from batch.emulator import EmulatorConfig, profile, serve_emulator
 from bench.jobgen import write_chat_jobs, write_embedding_jobs
-from bench.peers import sdk_chat, sdk_embeddings_one_per_request
+from bench.peers.inprocess import sdk_chat, sdk_embeddings_one_per_request
 
 _NO_TOKEN_LATENCY = {"latency_per_prompt_token_ms": 0.0, "latency_per_completion_token_ms": 0.0}
 
