@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from functools import partial
@@ -25,7 +26,7 @@ from batch.batch_journal import prepare_online_run
 from batch.batches_mode import run_batches
 from batch.batches_settings import BatchesSettings
 from batch.command_options import API_OPTION_NAMES
-from batch.errors import ConfigError
+from batch.errors import ConfigError, single_error
 from batch.estimate import Estimate
 from batch.estimator import EstimateRequest, estimate_jobs
 from batch.pricing import PriceTable
@@ -37,6 +38,9 @@ from batch.summary import RunSummary
 from jobs.base import JobKind
 from jobs.registry import cli_options, kind_from_values
 from jobs.sources import SPOOL_DIR, spooled_input, temporary_spool
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 
 def settings_from_options(options: MutableMapping[str, Any]) -> ClientSettings:
@@ -150,14 +154,18 @@ def planned_run(
 
 
 async def execute_run(plan: RunPlan) -> RunSummary:
-    """Run `plan` to its end on the current event loop (online, or through the batch API)."""
-    if plan.mode == "batches":
-        return await run_batches(plan.config, plan.batches)
+    """Run `plan` to its end on the current event loop (online, or through the batch API).
+    An error out of the engine's task groups is raised alone, not in an exception group."""
     config = plan.config
-    await anyio.to_thread.run_sync(
-        partial(prepare_online_run, config.out_dir, restart=config.restart)
-    )
-    return await run_jobs(config)
+    try:
+        if plan.mode == "batches":
+            return await run_batches(config, plan.batches)
+        await anyio.to_thread.run_sync(
+            partial(prepare_online_run, config.out_dir, restart=config.restart)
+        )
+        return await run_jobs(config)
+    except BaseExceptionGroup as group:
+        raise single_error(group) from None
 
 
 def _online_settings(
