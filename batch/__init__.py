@@ -34,7 +34,7 @@ if TYPE_CHECKING:
         RunStopped,
         RunTimedOut,
     )
-    from batch.estimate import Estimate
+    from batch.estimate_math import Estimate
     from batch.in_memory import achat, aembed, chat, embed
     from batch.summary import RunSummary
 
@@ -48,7 +48,7 @@ _EXPORTS = {
     "embed": "batch.in_memory",
     "aembed": "batch.in_memory",
     "RunSummary": "batch.summary",
-    "Estimate": "batch.estimate",
+    "Estimate": "batch.estimate_math",
     **{
         name: "batch.errors"
         for name in (

@@ -27,7 +27,7 @@ import sniffio
 
 from batch.command_options import API_OPTIONS, BATCHES_OPTIONS, ESTIMATE_OPTIONS, RUN_OPTIONS
 from batch.errors import ConfigError
-from batch.estimate import Estimate
+from batch.estimate_math import Estimate
 from batch.launch import RunPlan, estimate_from_options, execute_run, planned_run
 from batch.options import Option, resolve
 from batch.progress import ProgressMode

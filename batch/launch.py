@@ -27,7 +27,7 @@ from batch.batches_mode import run_batches
 from batch.batches_settings import BatchesSettings
 from batch.command_options import API_OPTION_NAMES
 from batch.errors import ConfigError, single_error
-from batch.estimate import Estimate
+from batch.estimate_math import Estimate
 from batch.estimator import EstimateRequest, estimate_jobs
 from batch.pricing import PriceTable
 from batch.progress import ProgressMode
