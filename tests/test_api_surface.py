@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,26 @@ def test_importing_batch_imports_no_engine_until_a_name_is_used() -> None:
     probe = "import sys, batch; print('batch.runner' in sys.modules, callable(batch.estimate))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "True"]
+
+
+def test_every_public_name_resolves_and_is_listed_once() -> None:
+    assert len(set(batch.__all__)) == len(batch.__all__)
+    for name in batch.__all__:
+        assert getattr(batch, name) is not None
+    assert callable(batch.run)
+    assert callable(batch.estimate)
+    assert issubclass(batch.RowsFailed, batch.GigabatchError)
+
+
+def test_progress_is_a_bar_in_ipython_and_off_elsewhere_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batch.api import _progress_mode
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert _progress_mode("auto", quiet=False) == "off"  # pytest's stderr is no terminal
+    shell = types.SimpleNamespace(get_ipython=lambda: object())
+    monkeypatch.setitem(sys.modules, "IPython", shell)
+    assert _progress_mode("auto", quiet=False) == "bar"
+    assert _progress_mode("auto", quiet=True) == "off"
+    assert _progress_mode("log", quiet=False) == "log"
