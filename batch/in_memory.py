@@ -94,8 +94,9 @@ def _embed_records(texts: Iterable[str]) -> Iterable[dict[str, Any]]:
 async def _answer(
     records: Iterable[dict[str, Any]], kind: str, options: dict[str, Any]
 ) -> pa.Table:
-    if "out" in options:
-        raise ConfigError("out: answers in memory need no output directory (use batch.run)")
+    for name in ("out", "kind", "check"):
+        if name in options:
+            raise ConfigError(f"{name}: set by batch.{kind}() itself (batch.run takes it)")
     options = {k: v for k, v in options.items() if v is not None}
     workdir = Path(await anyio.to_thread.run_sync(_temporary_dir))
     try:

@@ -107,6 +107,14 @@ class ProgressBar:
         self._bar = tqdm(total=stats.total_jobs, unit="job", file=stream, dynamic_ncols=True)
 
     def draw(self) -> None:
+        self._update()
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._update()
+        self._bar.close()  # draws the final state once
+
+    def _update(self) -> None:
         s = self.stats
         self._bar.n = s.skipped + s.succeeded + s.failed
         self._bar.set_postfix_str(
@@ -115,8 +123,3 @@ class ProgressBar:
             f"concurrency {s.concurrency}/{s.max_concurrency}",
             refresh=False,
         )
-        self._bar.refresh()
-
-    def close(self) -> None:
-        self.draw()
-        self._bar.close()
