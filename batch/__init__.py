@@ -5,6 +5,7 @@
     summary = batch.run("jobs.jsonl", "out/jobs", max_cost=50)   # like `gigabatch run`
     table = batch.embed(["first text", "second text"])             # a pyarrow.Table
     estimate = batch.estimate("jobs.jsonl", sample=20)             # like `gigabatch estimate`
+    page = batch.write_report("out/jobs")                           # like `gigabatch report`
     summary = await batch.arun("jobs.jsonl", "out/jobs")           # in a notebook
 
 Keyword options are the command line's, by name (`--max-cost` -> `max_cost=`), with its
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     )
     from batch.estimate_math import Estimate
     from batch.in_memory import achat, aembed, chat, embed
+    from batch.report import write_report
     from batch.summary import RunSummary
 
 # Public name -> the module it lives in.
@@ -53,6 +55,7 @@ _EXPORTS = {
     "aembed": "batch.in_memory",
     "RunSummary": "batch.summary",
     "Estimate": "batch.estimate_math",
+    "write_report": "batch.report",
     **{
         name: "batch.errors"
         for name in (
@@ -101,6 +104,7 @@ __all__ = [
     "embed",
     "estimate",
     "run",
+    "write_report",
 ]
 
 

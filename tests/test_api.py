@@ -68,6 +68,8 @@ def test_run_in_the_main_thread_returns_the_figures_of_summary_json(
     assert summary.cost == written["cost"]["this_run"] > 0
     assert summary.tokens.prompt_tokens == written["tokens"]["chat"]["prompt"] > 0
     assert summary.out == out
+    assert batch.write_report(out) == out / "report.html"
+    assert (out / "report.html").stat().st_size > 0
 
 
 def test_run_in_a_worker_thread_leaves_signals_to_the_main_thread(
