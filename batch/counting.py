@@ -22,7 +22,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from batch.api_types import TokenCount
 from batch.errors import ApiError, PermanentError
-from batch.estimate import (
+from batch.estimate_math import (
     COUNT_BATCH_CHARS,
     COUNT_BATCH_TEXTS,
     Calibration,

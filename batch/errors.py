@@ -9,6 +9,10 @@ The engine acts on the branch an error sits in, never on a status code:
     ├── BudgetExhausted                the next request could cross --max-cost / --max-tokens
     ├── ReportError                    an output directory that cannot be reported on (exit 2)
     ├── CacheUnavailable               the answer cache or journal cannot be opened or written
+    ├── RunStopped                     a run that ended short of every job succeeding (API only)
+    │   ├── RowsFailed                 it finished, some rows failed (exit 3)
+    │   ├── RunInterrupted             Ctrl-C or SIGTERM stopped it (exit 130 / 143)
+    │   └── RunTimedOut                it waited longer than --completion-timeout (exit 1)
     └── ApiError                       the API answered with an error, or could not be reached
         ├── RetryableError             try the same request again later
         │   ├── RateLimited            429; carries retry_after seconds when the server said
@@ -31,11 +35,18 @@ from __future__ import annotations
 import datetime
 import email.utils
 import math
+import sys
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+if TYPE_CHECKING:
+    from batch.summary import RunSummary
 
 
 class GigabatchError(Exception):
@@ -68,6 +79,36 @@ class ReportError(GigabatchError):
 
 class CacheUnavailable(GigabatchError):
     """The answer cache, journal or limit table cannot be opened or written; names the file."""
+
+
+class RunStopped(GigabatchError):
+    """A run that ended short of every job succeeding: `summary` is what it did (also in
+    OUT/summary.json), `exit_code` what `gigabatch run` exits with in the same case. Raised
+    by the Python API; the command line prints the summary and exits instead."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, summary: RunSummary, *, exit_code: int | None = None):
+        super().__init__(message)
+        self.summary = summary
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class RowsFailed(RunStopped):
+    """Every job was answered, some rows failed (they are in OUT/failed/)."""
+
+    exit_code = 3
+
+
+class RunInterrupted(RunStopped):
+    """Ctrl-C (exit 130) or SIGTERM (exit 143) stopped the run; answered jobs are committed."""
+
+    exit_code = 130
+
+
+class RunTimedOut(RunStopped):
+    """The run waited for the batch API longer than its completion timeout; rerun to resume."""
 
 
 class ApiError(GigabatchError):
@@ -282,3 +323,23 @@ def error_in_success_body(data: Any, *, payload_keys: tuple[str, ...]) -> bool:
         and "status" in data
         and not any(key in data for key in payload_keys)
     )
+
+
+def single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What to raise for an exception group out of a task group: its first domain error
+    (a run stops for its first reason), else a KeyboardInterrupt in it, else its only
+    exception; the group itself when it holds several exceptions of other kinds."""
+    leaves = list(_leaves(group))
+    for wanted in (GigabatchError, KeyboardInterrupt):
+        for leaf in leaves:
+            if isinstance(leaf, wanted):
+                return leaf
+    return leaves[0] if len(leaves) == 1 else group
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

@@ -1,6 +1,6 @@
 """An estimate for people (a plain-text table) and for machines (`--json`).
 
-Rendering only: the numbers come from batch/estimate.py. JSON values are rounded to what
+Rendering only: the numbers come from batch/estimate_math.py. JSON values are rounded to what
 they mean (whole tokens, costs to 1e-6 of a currency unit) so a float's binary noise
 (`62.625600000000006`) never reaches a report.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from batch.estimate import (
+from batch.estimate_math import (
     CHARS_PER_TOKEN,
     BalanceReport,
     Calibration,

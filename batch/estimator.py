@@ -3,7 +3,7 @@
 Input tokens come from `/tokens/count` (exact) or from characters (no client settings);
 output tokens from the jobs' output bounds, or from a random sample of jobs answered for
 real through the run engine (`sample`), checkpointed in `out` so the run does not pay for
-them twice. The arithmetic is in batch/estimate.py, the counting pass in batch/counting.py;
+them twice. The arithmetic is in batch/estimate_math.py, the counting pass in batch/counting.py;
 this module drives them, and is what `gigabatch estimate` calls.
 """
 
@@ -32,7 +32,7 @@ from batch.counting import (
     measure_overhead,
 )
 from batch.errors import ApiError, PermissionDenied
-from batch.estimate import (
+from batch.estimate_math import (
     BalanceReport,
     Calibration,
     Estimate,

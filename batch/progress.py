@@ -1,5 +1,6 @@
 """Progress of a running batch on stderr: a live line on a terminal, a log line every few
-seconds otherwise (cron, CI), nothing with --quiet."""
+seconds otherwise (cron, CI), nothing with --quiet; a text bar (tqdm, no widgets) for the
+Python API in a notebook or a terminal."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import anyio
 
 from batch.summary import RunStats
 
-ProgressMode = Literal["auto", "tty", "log", "off"]
+ProgressMode = Literal["auto", "tty", "log", "bar", "off"]
 
 
 def _duration(seconds: float) -> str:
@@ -62,10 +63,14 @@ class Progress:
         if mode == "auto":
             mode = "tty" if self.stream.isatty() else "log"
         self.mode = mode
-        self.interval = interval if interval is not None else (0.5 if mode == "tty" else 5.0)
+        self.interval = interval if interval is not None else (5.0 if mode == "log" else 0.5)
         self._drawn = False
+        self._bar = ProgressBar(stats, self.stream) if mode == "bar" else None
 
     def draw(self) -> None:
+        if self._bar is not None:
+            self._bar.draw()
+            return
         line = progress_line(self.stats)
         if self.mode == "tty":
             self.stream.write("\r\x1b[2K" + line)
@@ -83,7 +88,38 @@ class Progress:
 
     def close(self) -> None:
         """End the live line so what follows starts on a fresh line."""
+        if self._bar is not None:
+            self._bar.close()
+            return
         if self.mode == "tty" and self._drawn:
             self.draw()
             self.stream.write("\n")
             self.stream.flush()
+
+
+class ProgressBar:
+    """`progress_line`'s figures as a tqdm text bar: jobs done of the input's total."""
+
+    def __init__(self, stats: RunStats, stream: TextIO) -> None:
+        from tqdm import tqdm
+
+        self.stats = stats
+        self._bar = tqdm(total=stats.total_jobs, unit="job", file=stream, dynamic_ncols=True)
+
+    def draw(self) -> None:
+        self._update()
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._update()
+        self._bar.close()  # draws the final state once
+
+    def _update(self) -> None:
+        s = self.stats
+        self._bar.n = s.skipped + s.succeeded + s.failed
+        self._bar.set_postfix_str(
+            f"{s.failed} failed, {_count(s.tokens.total_tokens)} tokens, "
+            f"{s.cost:.2f} {s.prices.currency}, 429s {s.rate_limited}, "
+            f"concurrency {s.concurrency}/{s.max_concurrency}",
+            refresh=False,
+        )

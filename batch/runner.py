@@ -248,6 +248,7 @@ class _Run:
             limit_found=self.limiter.found_limit,
             out_dir=self.config.out_dir,
         )
+        summary.error = stop.error
         await anyio.to_thread.run_sync(summary.write, self.config.out_dir)
         return summary
 

@@ -6,6 +6,7 @@ workers are cancelled. Whatever was answered is still committed by the writer.
 from __future__ import annotations
 
 import signal
+import threading
 
 import anyio
 
@@ -50,7 +51,11 @@ class RunStop:
         self.workers_scope.cancel()
 
     async def watch_signals(self) -> None:
-        """Ctrl-C or SIGTERM stops the run; a second one stops waiting for requests in flight."""
+        """Ctrl-C or SIGTERM stops the run; a second one stops waiting for requests in flight.
+        Only the main thread can install signal handlers: a run in another thread (an
+        Airflow worker, `batch.run` in a thread pool) leaves signals to its host."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 if self.stopping:

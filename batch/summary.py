@@ -12,6 +12,14 @@ import orjson
 
 from batch.api_types import Usage
 from batch.checkpoint import SUMMARY, Totals, write_atomic
+from batch.errors import (
+    BudgetExhausted,
+    GigabatchError,
+    RowsFailed,
+    RunInterrupted,
+    RunStopped,
+    RunTimedOut,
+)
 from batch.pricing import PriceTable
 
 
@@ -58,11 +66,99 @@ class RunStats:
 class RunSummary:
     """How a run ended and what it did. `status` is one of: completed (every job answered
     successfully), failed_rows (finished, some rows failed), fatal, budget, interrupted,
-    terminated; `message` is one line saying why."""
+    terminated, timeout; `message` is one line saying why. `data` is summary.json; the
+    properties are its main figures, typed. `error` is the error that stopped a fatal or
+    budget-stopped run, when the engine had one."""
 
     status: str
     message: str
     data: dict[str, Any]
+    error: GigabatchError | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        """Every job of the input succeeded."""
+        return self.status == "completed"
+
+    @property
+    def out(self) -> Path:
+        return Path(self.data["out"])
+
+    @property
+    def total_jobs(self) -> int:
+        return int(self.data["jobs"]["total"])
+
+    @property
+    def succeeded(self) -> int:
+        """Jobs in results/ (this run and earlier ones in the same output directory)."""
+        return int(self.data["jobs"]["succeeded"])
+
+    @property
+    def failed(self) -> int:
+        """Jobs in failed/."""
+        return int(self.data["jobs"]["failed"])
+
+    @property
+    def remaining(self) -> int:
+        """Jobs not answered yet: a rerun sends them."""
+        return int(self.data["jobs"]["remaining"])
+
+    @property
+    def tokens(self) -> Usage:
+        """What this run was billed, all models together."""
+        t: dict[str, int] = next(iter(self.data["tokens"].values()), {})
+        return Usage(t.get("prompt", 0), t.get("completion", 0), t.get("precached", 0))
+
+    @property
+    def cost(self) -> float:
+        """What this run cost, in `currency`."""
+        return float(self.data["cost"]["this_run"])
+
+    @property
+    def total_cost(self) -> float:
+        """What every run into the output directory cost together."""
+        return float(self.data["cost"]["total"])
+
+    @property
+    def currency(self) -> str:
+        return str(self.data["cost"]["currency"])
+
+    @property
+    def wall_time_s(self) -> float:
+        return float(self.data["wall_time_s"])
+
+    @property
+    def requests(self) -> int:
+        return int(self.data["requests"])
+
+    @property
+    def rate_limited(self) -> int:
+        """429s received."""
+        return int(self.data["rate_limited"])
+
+    def raise_for_status(self) -> None:
+        """Raise what `gigabatch run` exits non-zero for: RowsFailed (3), the FatalError
+        or RunStopped (1), BudgetExhausted (4), RunInterrupted (130, 143), RunTimedOut (1).
+        Returns when every job succeeded (0)."""
+        if self.ok:
+            return
+        if self.status in ("fatal", "budget") and self.error is not None:
+            raise self.error
+        raise self._stopped()
+
+    def _stopped(self) -> GigabatchError:
+        message = f"{self.status}: {self.message}"
+        if self.status == "failed_rows":
+            return RowsFailed(message, self)
+        if self.status == "budget":
+            return BudgetExhausted(message)
+        if self.status in ("interrupted", "terminated"):
+            return RunInterrupted(
+                message, self, exit_code=130 if self.status == "interrupted" else 143
+            )
+        if self.status == "timeout":
+            return RunTimedOut(message, self)
+        return RunStopped(message, self)
 
     def write(self, out_dir: Path) -> None:
         write_atomic(out_dir / SUMMARY, orjson.dumps(self.data, option=orjson.OPT_INDENT_2))

@@ -11,7 +11,7 @@ import pytest
 from batch.api_types import TokenCount
 from batch.counting import InputCounter, count_jobs, count_offline, limited_counter
 from batch.errors import BadRequest, RateLimited, ServerError
-from batch.estimate import Tally, approximate_tokens
+from batch.estimate_math import Tally, approximate_tokens
 from batch.limiter import AdaptiveLimiter
 from batch.projection import Reservoir
 from batch.retry import RetryPolicy

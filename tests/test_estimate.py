@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from batch.api_types import BalanceEntry
-from batch.estimate import (
+from batch.estimate_math import (
     BalanceReport,
     Calibration,
     SampleReport,

@@ -8,85 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import click
-
 from batch.batch_journal import recorded_batches
-from batch.batches_settings import BatchesSettings
+from batch.cli.common import click_options
+from batch.command_options import BATCHES_OPTIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_OPTIONS = (
-    click.option(
-        "--mode",
-        type=click.Choice(["online", "batches"]),
-        default="online",
-        show_default=True,
-        help="online: a request per batch of jobs; batches: GigaChat's batch API (files of "
-        "tasks answered server-side, without holding streams).",
-    ),
-    click.option(
-        "--batch-lines",
-        type=click.IntRange(1, 500),
-        default=500,
-        show_default=True,
-        help="Batches: task lines per uploaded file (the API allows 500).",
-    ),
-    click.option(
-        "--batch-bytes",
-        type=click.IntRange(min=1),
-        default=20 * 1024 * 1024,
-        show_default=True,
-        help="Batches: most bytes per uploaded file (undocumented by GigaChat).",
-    ),
-    click.option(
-        "--completion-window",
-        type=click.FloatRange(min=0, min_open=True),
-        default=24 * 3600.0,
-        show_default=True,
-        help="Batches: seconds after which a batch still not completed fails its jobs.",
-    ),
-    click.option(
-        "--completion-timeout",
-        type=click.FloatRange(min=0),
-        default=24 * 3600.0,
-        show_default=True,
-        help="Batches: seconds this run waits; then it stops (exit 1) and a rerun resumes.",
-    ),
-    click.option(
-        "--poll-interval",
-        type=click.FloatRange(min=0, min_open=True),
-        default=2.0,
-        show_default=True,
-        help="Batches: first wait between status polls; it grows x1.5 up to --poll-max.",
-    ),
-    click.option(
-        "--poll-max",
-        type=click.FloatRange(min=0, min_open=True),
-        default=60.0,
-        show_default=True,
-        help="Batches: longest wait between status polls.",
-    ),
-)
-
 
 def batches_options(f: F) -> F:
-    for option in reversed(_OPTIONS):
-        f = option(f)
-    return f
-
-
-def pop_batches_options(options: dict[str, Any]) -> tuple[str, BatchesSettings]:
-    """Pop the bundle's values out of a command's keyword arguments: the mode, the settings."""
-    mode = str(options.pop("mode"))
-    settings = BatchesSettings(
-        max_lines=options.pop("batch_lines"),
-        max_bytes=options.pop("batch_bytes"),
-        completion_window_s=options.pop("completion_window"),
-        completion_timeout_s=options.pop("completion_timeout"),
-        poll_initial_s=options.pop("poll_interval"),
-        poll_max_s=options.pop("poll_max"),
-    )
-    return mode, settings
+    """`--mode` and the batch API's options (declared in batch/command_options.py)."""
+    return click_options(BATCHES_OPTIONS)(f)
 
 
 def batches_status(out_dir: Path) -> list[dict[str, Any]]:

@@ -12,8 +12,6 @@ import anyio
 import click
 import orjson
 
-from batch.batch_journal import prepare_online_run
-from batch.batches_mode import run_batches
 from batch.checkpoint import read_status
 from batch.cli import (
     EXIT_BUDGET,
@@ -25,20 +23,14 @@ from batch.cli import (
     EXIT_USAGE,
     main,
 )
-from batch.cli.batches import batches_lines, batches_options, batches_status, pop_batches_options
-from batch.cli.common import (
-    api_options,
-    api_settings,
-    build_kind,
-    cli_errors,
-    kind_options,
-    max_concurrency_option,
-)
+from batch.cli.batches import batches_lines, batches_options, batches_status
+from batch.cli.common import api_options, build_kind, cli_errors, click_options, kind_options
+from batch.command_options import RUN_OPTIONS
+from batch.launch import execute_run, planned_run
 from batch.pricing import PriceTable
-from batch.retry import RetryPolicy
-from batch.runner import RunConfig, run_jobs
+from batch.progress import ProgressMode
 from jobs.readers import validate_jobs
-from jobs.sources import SPOOL_DIR, spooled_input, temporary_spool
+from jobs.sources import temporary_spool
 
 EXIT_CODES = {
     "completed": EXIT_OK,
@@ -61,92 +53,11 @@ EXIT_CODES = {
     help="Output directory (created; resumed when it holds a run of the same input).",
 )
 @kind_options
-@max_concurrency_option
-@click.option(
-    "--max-attempts",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Sends per request for 5xx, resets and timeouts (429s wait instead and don't count).",
-)
-@click.option(
-    "--max-elapsed",
-    type=click.FloatRange(min=0, min_open=True),
-    default=300.0,
-    show_default=True,
-    help="Seconds after which a request's retries (429s included) give up.",
-)
-@click.option(
-    "--flush-interval",
-    type=click.FloatRange(min=0, min_open=True),
-    default=2.0,
-    show_default=True,
-    help="Seconds between committed parts: the most answered work a crash can lose.",
-)
-@click.option(
-    "--grace-period",
-    type=click.FloatRange(min=0),
-    default=5.0,
-    show_default=True,
-    help="On Ctrl-C/SIGTERM/fatal errors, seconds to let requests in flight finish.",
-)
-@click.option(
-    "--skip-invalid", is_flag=True, help="Run the valid jobs, list the rest in invalid.jsonl."
-)
-@click.option("--restart", is_flag=True, help="Delete the output directory's previous run first.")
-@click.option("--retry-failed", is_flag=True, help="Send the jobs in failed/ again.")
-@click.option(
-    "--prices",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Price table JSON (default: the built-in one).",
-)
-@click.option("--max-cost", type=click.FloatRange(min=0), default=None, help="Budget in RUB.")
-@click.option(
-    "--max-tokens",
-    "max_tokens_budget",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Budget in billed tokens (not the answers' length: see --max-completion-tokens).",
-)
-@click.option("--quiet", "-q", is_flag=True, help="No progress and no summary (errors still show).")
-@click.option("--emulator", is_flag=True, help="Run against a local emulator started in-process.")
-@click.option(
-    "--emulator-profile",
-    default="b2b",
-    show_default=True,
-    help="Emulator profile for --emulator: pers, b2b, corp, storm, flaky, fast.",
-)
-@click.option(
-    "--emulator-option",
-    "emulator_knobs",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="An emulator knob for --emulator (e.g. stream_limit=4); repeatable.",
-)
+@click_options(RUN_OPTIONS)
 @batches_options
 @api_options
 @cli_errors
-def run(
-    jobs: Path,
-    out_dir: Path,
-    max_concurrency: int,
-    max_attempts: int,
-    max_elapsed: float,
-    flush_interval: float,
-    grace_period: float,
-    skip_invalid: bool,
-    restart: bool,
-    retry_failed: bool,
-    prices: Path | None,
-    max_cost: float | None,
-    max_tokens_budget: int | None,
-    quiet: bool,
-    emulator: bool,
-    emulator_profile: str,
-    emulator_knobs: tuple[str, ...],
-    **options: Any,
-) -> None:
+def run(jobs: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
     """Answer every job of JOBS into --out: JSONL (also .gz, .zst), Parquet, a directory of
     them, or `-` for standard input (spooled into --out/input/, which a resume reuses).
 
@@ -168,37 +79,13 @@ def run(
       gigabatch run texts.parquet --kind embed --text-column body --out out/emb \\
           --max-concurrency 32 --max-cost 50
     """
-    mode, batch_settings = pop_batches_options(options)
-    price_table = PriceTable.load(prices)
-    jobs = spooled_input(jobs, out_dir / SPOOL_DIR)
-    with api_settings(options, emulator, emulator_profile, emulator_knobs) as settings:
-        kind = build_kind(options, settings.model)
-        config = RunConfig(
-            jobs_path=jobs,
-            out_dir=out_dir,
-            kind=kind,
-            client_settings=settings,
-            max_concurrency=max_concurrency,
-            retry=RetryPolicy(max_attempts=max_attempts, max_elapsed=max_elapsed),
-            flush_interval=flush_interval,
-            grace_period=grace_period,
-            skip_invalid=skip_invalid,
-            restart=restart,
-            retry_failed=retry_failed,
-            prices=price_table,
-            max_cost=max_cost,
-            max_tokens=max_tokens_budget,
-            progress="off" if quiet else "auto",
-        )
+    progress: ProgressMode = "off" if quiet else "auto"
+    with planned_run(jobs, out_dir, options, progress=progress) as plan:
         # Everything alive now (modules, settings, the job kind) lives as long as the run:
         # kept out of the collector's scans, a full collection stalls every request in
         # flight for ~17 ms instead of ~50 ms.
         gc.freeze()
-        if mode == "batches":
-            summary = anyio.run(run_batches, config, batch_settings)
-        else:
-            prepare_online_run(out_dir, restart=restart)
-            summary = anyio.run(run_jobs, config)
+        summary = anyio.run(execute_run, plan)
     if not quiet:
         summary.print(sys.stderr)
     elif summary.status != "completed":

@@ -1,0 +1,313 @@
+"""What `gigabatch run` and `gigabatch estimate` take, declared once (see batch/options.py):
+the command line builds its Click options from these tables, and `batch.run`/`batch.estimate`
+check their keyword arguments against them. The job kinds' options come from the registry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from batch.options import Option
+
+# Connection and credentials: None leaves the `GIGACHAT_*` variable in force.
+API_OPTIONS = (
+    Option("--base-url", "API base URL [env GIGACHAT_BASE_URL].", show_default=False),
+    Option("--auth-url", "OAuth URL [env GIGACHAT_AUTH_URL].", show_default=False),
+    Option(
+        "--credentials",
+        "Authorization key, base64 [env GIGACHAT_CREDENTIALS]. Prefer the variable: "
+        "options show up in the process list.",
+        show_default=False,
+    ),
+    Option(
+        "--scope",
+        "GIGACHAT_API_PERS, GIGACHAT_API_B2B or GIGACHAT_API_CORP [env GIGACHAT_SCOPE].",
+        show_default=False,
+    ),
+    Option("--user", "User for password auth [env GIGACHAT_USER].", show_default=False),
+    Option("--password", "Password [env GIGACHAT_PASSWORD].", show_default=False),
+    Option(
+        "--access-token", "A ready access token [env GIGACHAT_ACCESS_TOKEN].", show_default=False
+    ),
+    Option(
+        "--cert-file",
+        "Client certificate for mTLS [env GIGACHAT_CERT_FILE].",
+        path="file",
+        show_default=False,
+    ),
+    Option(
+        "--key-file",
+        "Client private key for mTLS [env GIGACHAT_KEY_FILE].",
+        path="file",
+        show_default=False,
+    ),
+    Option(
+        "--key-file-password",
+        "Password of the private key [env GIGACHAT_KEY_FILE_PASSWORD].",
+        show_default=False,
+    ),
+    Option(
+        "--ca-bundle-file",
+        "CA bundle to verify the server with, e.g. the Russian Trusted Root CA "
+        "[env GIGACHAT_CA_BUNDLE_FILE].",
+        path="file",
+        show_default=False,
+    ),
+    Option(
+        "--verify-ssl/--no-verify-ssl",
+        "Verify the server's TLS certificate (default on) [env GIGACHAT_VERIFY_SSL_CERTS].",
+        dest="verify_ssl_certs",
+        type=bool,
+        show_default=False,
+    ),
+    Option(
+        "--timeout",
+        "Seconds to wait for an answer (read timeout) [env GIGACHAT_TIMEOUT].",
+        type=float,
+        show_default=False,
+        minimum=0,
+        min_open=True,
+    ),
+)
+API_OPTION_NAMES = tuple(o.field for o in API_OPTIONS)
+
+MAX_CONCURRENCY = Option(
+    "--max-concurrency",
+    "Ceiling on requests in flight; the run finds the server's limit below it.",
+    type=int,
+    default=16,
+    minimum=1,
+)
+
+BATCHES_OPTIONS = (
+    Option(
+        "--mode",
+        "online: a request per batch of jobs; batches: GigaChat's batch API (files of "
+        "tasks answered server-side, without holding streams).",
+        default="online",
+        choices=("online", "batches"),
+    ),
+    Option(
+        "--batch-lines",
+        "Batches: task lines per uploaded file (the API allows 500).",
+        type=int,
+        default=500,
+        minimum=1,
+        maximum=500,
+    ),
+    Option(
+        "--batch-bytes",
+        "Batches: most bytes per uploaded file (undocumented by GigaChat).",
+        type=int,
+        default=20 * 1024 * 1024,
+        minimum=1,
+    ),
+    Option(
+        "--completion-window",
+        "Batches: seconds after which a batch still not completed fails its jobs.",
+        type=float,
+        default=24 * 3600.0,
+        minimum=0,
+        min_open=True,
+    ),
+    Option(
+        "--completion-timeout",
+        "Batches: seconds this run waits; then it stops (exit 1) and a rerun resumes.",
+        type=float,
+        default=24 * 3600.0,
+        minimum=0,
+    ),
+    Option(
+        "--poll-interval",
+        "Batches: first wait between status polls; it grows x1.5 up to --poll-max.",
+        type=float,
+        default=2.0,
+        minimum=0,
+        min_open=True,
+    ),
+    Option(
+        "--poll-max",
+        "Batches: longest wait between status polls.",
+        type=float,
+        default=60.0,
+        minimum=0,
+        min_open=True,
+    ),
+)
+
+PRICES = Option(
+    "--prices",
+    "Price table JSON (default: the built-in one).",
+    type=Path,
+    path="existing_file",
+)
+EMULATOR_PROFILE = Option(
+    "--emulator-profile",
+    "Emulator profile for --emulator: pers, b2b, corp, storm, flaky, fast.",
+    default="b2b",
+)
+EMULATOR_OPTION = Option(
+    "--emulator-option",
+    "An emulator knob for --emulator (e.g. stream_limit=4); repeatable.",
+    dest="emulator_knobs",
+    multiple=True,
+    metavar="KEY=VALUE",
+)
+# In the Python API: a text bar (tqdm) in a notebook or a terminal, nothing elsewhere.
+PROGRESS = Option(
+    "--progress",
+    "Progress: auto (a text bar when interactive, else none), bar, log or off.",
+    default="auto",
+    choices=("auto", "bar", "log", "off"),
+    surface="api",
+)
+
+# `gigabatch run`'s own options, in --help order (the kind's options and the connection's
+# come from KIND/the registry and API_OPTIONS).
+RUN_OPTIONS = (
+    MAX_CONCURRENCY,
+    Option(
+        "--max-attempts",
+        "Sends per request for 5xx, resets and timeouts (429s wait instead and don't count).",
+        type=int,
+        default=5,
+        minimum=1,
+    ),
+    Option(
+        "--max-elapsed",
+        "Seconds after which a request's retries (429s included) give up.",
+        type=float,
+        default=300.0,
+        minimum=0,
+        min_open=True,
+    ),
+    Option(
+        "--flush-interval",
+        "Seconds between committed parts: the most answered work a crash can lose.",
+        type=float,
+        default=2.0,
+        minimum=0,
+        min_open=True,
+    ),
+    Option(
+        "--grace-period",
+        "On Ctrl-C/SIGTERM/fatal errors, seconds to let requests in flight finish.",
+        type=float,
+        default=5.0,
+        minimum=0,
+    ),
+    Option(
+        "--skip-invalid",
+        "Run the valid jobs, list the rest in invalid.jsonl.",
+        switch=True,
+        default=False,
+    ),
+    Option(
+        "--restart",
+        "Delete the output directory's previous run first.",
+        switch=True,
+        default=False,
+    ),
+    Option("--retry-failed", "Send the jobs in failed/ again.", switch=True, default=False),
+    PRICES,
+    Option("--max-cost", "Budget in RUB.", type=float, minimum=0),
+    Option(
+        "--max-tokens",
+        "Budget in billed tokens (not the answers' length: see --max-completion-tokens).",
+        dest="max_tokens_budget",
+        type=int,
+        minimum=0,
+    ),
+    Option(
+        "--quiet",
+        "No progress and no summary (errors still show).",
+        short="-q",
+        switch=True,
+        default=False,
+    ),
+    Option(
+        "--emulator",
+        "Run against a local emulator started in-process.",
+        switch=True,
+        default=False,
+    ),
+    EMULATOR_PROFILE,
+    EMULATOR_OPTION,
+    PROGRESS,
+)
+
+# `gigabatch estimate`'s own options, in --help order.
+ESTIMATE_OPTIONS = (
+    Option(
+        "--prices",
+        "Price table JSON overriding the built-in one (rubles per 1M tokens per model).",
+        dest="prices_path",
+        type=Path,
+        path="existing_file",
+    ),
+    Option(
+        "--sample",
+        "Answer N random chat jobs for real to project output tokens with an interval.",
+        type=int,
+        minimum=1,
+    ),
+    Option("--seed", "Seed for choosing the sample (reproducible estimates).", type=int),
+    Option(
+        "--confidence",
+        "Confidence level of the output interval.",
+        type=float,
+        default=0.95,
+        minimum=0.5,
+        maximum=1.0,
+        min_open=True,
+        max_open=True,
+    ),
+    Option(
+        "--out",
+        "Keep the sampled answers here, as a run checkpoint: `gigabatch run` with the "
+        "same --out and settings does not pay for them again.",
+        type=Path,
+        path="dir",
+    ),
+    Option(
+        "--json",
+        "Print JSON instead of a table.",
+        dest="as_json",
+        switch=True,
+        default=False,
+        surface="cli",
+    ),
+    Option(
+        "--offline",
+        "No credentials, no requests: approximate input tokens from characters.",
+        switch=True,
+        default=False,
+    ),
+    Option(
+        "--emulator",
+        "Estimate against a local emulator (b2b profile).",
+        switch=True,
+        default=False,
+    ),
+    MAX_CONCURRENCY,
+    Option(
+        "--message-overhead",
+        "Tokens billed per chat message beyond its content (default: the kind's measured "
+        "3; calibrate from one answer's prompt_tokens).",
+        type=int,
+        minimum=0,
+    ),
+    Option(
+        "--skip-invalid",
+        "Leave invalid lines out instead of stopping.",
+        switch=True,
+        default=False,
+    ),
+    Option("--quiet", "No progress on stderr.", short="-q", switch=True, default=False),
+    Option(
+        "--mode",
+        "batches: price with the price table's batch prices (where it has them).",
+        default="online",
+        choices=("online", "batches"),
+    ),
+)
