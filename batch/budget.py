@@ -119,6 +119,11 @@ class Budget:
         why = self.crossing(ceiling, model)
         if why is not None:
             raise BudgetExhausted(f"budget reached: {why}; {self.describe()}")
+        return self.hold(ceiling, model)
+
+    def hold(self, ceiling: Usage, model: str) -> Reservation:
+        """Hold `ceiling` without asking whether it fits: for a request already sent (a
+        batch of an earlier run, re-attached), whose cost will come whatever the budget."""
         reservation = Reservation(
             id=next(self._ids),
             model=model,
