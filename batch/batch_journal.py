@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
+import anyio
 import orjson
 
 from batch.api_types import BatchInfo
@@ -26,6 +29,7 @@ JOURNAL = "batches.sqlite"
 # (clock skew) and still be taken for that record's lost batch.
 ORPHAN_SLACK_S = 600.0
 SUBMITTING, ACTIVE, COLLECTED = "submitting", "active", "collected"
+T = TypeVar("T")
 
 _SCHEMA = """
 create table if not exists batches (
@@ -167,6 +171,12 @@ class BatchJournal:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+async def in_thread(method: Callable[..., T], *args: Any) -> T:
+    """A journal call from async code, in a worker thread: a commit waits for the disk
+    (synchronous=FULL), which must not stall the event loop."""
+    return await anyio.to_thread.run_sync(partial(method, *args))
 
 
 class _Transaction:

@@ -19,32 +19,25 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 
 from batch import batches_wire
 from batch.api_types import BatchInfo
-from batch.batch_files import BatchFile, FileSource, repack
-from batch.batch_journal import (
-    ACTIVE,
-    SUBMITTING,
-    BatchJournal,
-    RecordedBatch,
-    orphan_match,
-)
+from batch.batch_files import BatchFile, FileSource
+from batch.batch_journal import BatchJournal, RecordedBatch, in_thread
 from batch.batch_results import TaskRows
 from batch.batches_budget import FileFit, TaskBudget
 from batch.batches_polling import PatientApi, poll_statuses
+from batch.batches_resume import reattach
 from batch.batches_settings import BatchesSettings, PollPacing
 from batch.budget import Budget
 from batch.checkpoint import Checkpoint
 from batch.errors import (
     ApiError,
-    ConfigError,
     FatalError,
     NotFound,
     PermanentError,
@@ -55,11 +48,10 @@ from batch.progress import Progress
 from batch.runner import RunConfig, open_client
 from batch.summary import RunStats, RunSummary, build_summary
 from batch.writer import PartWriter
-from jobs.base import Batch, Job
+from jobs.base import Batch
 from jobs.readers import read_jobs, validate_jobs
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass
@@ -171,11 +163,6 @@ class _BatchesRun:
             exclude=self.duplicates,
         )
 
-    async def _journal(self, method: Callable[..., T], *args: Any) -> T:
-        """A journal call in a worker thread: a commit waits for the disk (synchronous=FULL),
-        which must not stall the event loop."""
-        return await anyio.to_thread.run_sync(partial(method, *args))
-
     async def execute(self) -> RunSummary:
         config = self.config
         progress = Progress(self.stats, config.progress, interval=config.progress_interval)
@@ -272,58 +259,12 @@ class _BatchesRun:
     # --- re-attaching and submitting -------------------------------------------------
 
     async def _reattach(self, client: Any) -> None:
-        """Rebuild every recorded batch's tasks from the job file, after looking for the
-        batches of `submitting` records (killed between upload and answer) on the server."""
-        journal = self.journal
-        recorded = await self._journal(journal.batches, (SUBMITTING, ACTIVE))
-        if any(r.state == SUBMITTING for r in recorded):
-            await self._adopt_orphans(client, recorded)
-            recorded = await self._journal(journal.batches, (ACTIVE,))
-        active = [r for r in recorded if r.state == ACTIVE]
-        if not active:
-            return
-        tasks = {r.seq: await self._journal(journal.tasks, r.seq) for r in active}
-        wanted = {j for t in tasks.values() for ids in t.values() for j in ids}
-        jobs = await anyio.to_thread.run_sync(self._read_jobs, wanted)
-        for record in active:
-            rebuilt = {
-                task_id: repack(self.kind, [jobs[j] for j in ids])
-                for task_id, ids in tasks[record.seq].items()
-            }
+        found = await reattach(self.journal, self.api, client, self.kind, self._jobs)
+        self.adopted = found.adopted
+        for record, tasks in found.active:
             if self.budget is not None:
-                self.budget.hold(rebuilt)
-            self.waiting[record.seq] = _Waiting(record, rebuilt)
-
-    async def _adopt_orphans(self, client: Any, recorded: list[RecordedBatch]) -> None:
-        """Record the batch each `submitting` record created, found in the list of all
-        batches; a record without one is forgotten and its jobs are submitted again."""
-        try:
-            listed = await self.api(client.batch_status)
-        except (RetryableError, PermanentError) as exc:
-            logger.warning("cannot list the server's batches: %s", exc)
-            listed = []
-        known = {r.id for r in await self._journal(self.journal.batches) if r.id}
-        for record in (r for r in recorded if r.state == SUBMITTING):
-            match = orphan_match(record, listed, known)
-            if match is None:
-                logger.warning(
-                    "a file of %d jobs was being uploaded when the last run stopped and no "
-                    "batch on the server matches it: submitting those jobs again", record.jobs
-                )
-                await self._journal(self.journal.forget, record.seq)
-                continue
-            await self._journal(self.journal.created, record.seq, match)
-            known.add(match.id)
-            self.adopted += 1
-
-    def _read_jobs(self, wanted: set[str]) -> dict[str, Job]:
-        found = {job.id: job for job in self._jobs() if job.id in wanted}
-        missing = wanted - found.keys()
-        if missing:
-            raise ConfigError(
-                f"{len(missing)} jobs of recorded batches are not in the input any more"
-            )
-        return found
+                self.budget.hold(tasks)
+            self.waiting[record.seq] = _Waiting(record, tasks)
 
     async def _submit(self, client: Any, file: BatchFile) -> None:
         """Record the file, upload it, record the batch id: shielded, so a signal never
@@ -331,17 +272,17 @@ class _BatchesRun:
         lines = bytes(file.lines)
         journal = self.journal
         with anyio.CancelScope(shield=True):
-            seq = await self._journal(journal.begin, file.method, file.job_ids())
+            seq = await in_thread(journal.begin, file.method, file.job_ids())
             try:
                 info = await self.api(partial(client.create_batch, file.method, lines))
             except (PermanentError, RetryableError) as exc:
-                await self._journal(journal.forget, seq)
+                await in_thread(journal.forget, seq)
                 await self.rows.failed(file.tasks, exc)
                 return
             except BaseException:
-                await self._journal(journal.forget, seq)
+                await in_thread(journal.forget, seq)
                 raise
-            record = await self._journal(journal.created, seq, info)
+            record = await in_thread(journal.created, seq, info)
         self.created += 1
         self.waiting[seq] = _Waiting(record, dict(file.tasks), info)
 
@@ -360,7 +301,7 @@ class _BatchesRun:
                 logger.warning("polling batch %s failed, trying later: %s", batch_id, answer)
                 continue
             if waiting.info is None or _progress(waiting.info) != _progress(answer):
-                await self._journal(self.journal.polled, seq, answer)
+                await in_thread(self.journal.polled, seq, answer)
             waiting.info = answer
             if answer.status == "completed" and answer.output_file_id:
                 await self._collect(client, seq, waiting, answer.output_file_id)
@@ -395,7 +336,7 @@ class _BatchesRun:
         """Batch `seq` is done with: commit its rows, then say so in the journal."""
         self.waiting.pop(seq, None)
         await self.writer.flush()
-        await self._journal(self.journal.collected, seq)
+        await in_thread(self.journal.collected, seq)
 
     async def _summary(self) -> RunSummary:
         if self.status == "completed" and self.checkpoint.totals.failed:
