@@ -105,17 +105,13 @@ async def run_batches(config: RunConfig, settings: BatchesSettings) -> RunSummar
     )
     budget = None
     if budgeted:
-        spent = checkpoint.totals.tokens
-        budget = TaskBudget(
-            Budget(
-                max_cost=config.max_cost,
-                max_tokens=config.max_tokens,
-                prices=prices,
-                spent_cost=checkpoint.totals.cost(prices),
-                spent_tokens=spent.prompt_tokens + spent.completion_tokens,
-            ),
-            kind,
+        limits = Budget.over_output(
+            max_cost=config.max_cost,
+            max_tokens=config.max_tokens,
+            prices=prices,
+            totals=checkpoint.totals,
         )
+        budget = TaskBudget(limits, kind)
     journal = await anyio.to_thread.run_sync(BatchJournal.open, config.out_dir)
     try:
         run = _BatchesRun(config, settings, checkpoint, journal, stats, budget, report.duplicates)

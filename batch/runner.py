@@ -137,13 +137,11 @@ async def run_jobs(config: RunConfig) -> RunSummary:
     )
     budget = None
     if budgeted:
-        spent = checkpoint.totals.tokens
-        budget = Budget(
+        budget = Budget.over_output(
             max_cost=config.max_cost,
             max_tokens=config.max_tokens,
             prices=prices,
-            spent_cost=checkpoint.totals.cost(prices),
-            spent_tokens=spent.prompt_tokens + spent.completion_tokens,
+            totals=checkpoint.totals,
         )
     events = await anyio.to_thread.run_sync(
         partial(
