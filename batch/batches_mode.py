@@ -235,6 +235,8 @@ class _BatchesRun:
         if self.budget is None:
             return FileFit.RESERVED
         fit = self.budget.reserve_file(file.tasks)
+        if fit is FileFit.WAIT and not self.waiting:  # nothing left that could settle
+            fit = FileFit.NEVER
         if fit is FileFit.NEVER:
             self.status = "budget"
             self.message = (
