@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
+import anyio
 import orjson
 
 from batch.api_types import BatchInfo
@@ -26,6 +29,7 @@ JOURNAL = "batches.sqlite"
 # (clock skew) and still be taken for that record's lost batch.
 ORPHAN_SLACK_S = 600.0
 SUBMITTING, ACTIVE, COLLECTED = "submitting", "active", "collected"
+T = TypeVar("T")
 
 _SCHEMA = """
 create table if not exists batches (
@@ -77,7 +81,8 @@ class BatchJournal:
     @classmethod
     def open(cls, out_dir: Path) -> BatchJournal:
         out_dir.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(out_dir / JOURNAL, isolation_level=None)
+        # Used from worker threads (a run's commits), one call at a time.
+        db = sqlite3.connect(out_dir / JOURNAL, isolation_level=None, check_same_thread=False)
         db.execute("pragma journal_mode=wal")
         db.execute("pragma synchronous=full")
         db.executescript(_SCHEMA)
@@ -112,7 +117,7 @@ class BatchJournal:
             )
         return seq
 
-    def created(self, seq: int, info: BatchInfo) -> None:
+    def created(self, seq: int, info: BatchInfo) -> RecordedBatch:
         """The server created batch `seq` as `info.id`: recorded before anything else."""
         with self._transaction():
             self._db.execute(
@@ -120,6 +125,8 @@ class BatchJournal:
                 "where seq = ?",
                 (info.id, ACTIVE, info.status, time.time(), seq),
             )
+        [record] = self._select("where seq = ?", (seq,))
+        return record
 
     def forget(self, seq: int) -> None:
         """Drop a batch the server did not create (its jobs are pending again)."""
@@ -146,13 +153,14 @@ class BatchJournal:
     def batches(
         self, states: Iterable[str] = (SUBMITTING, ACTIVE, COLLECTED)
     ) -> list[RecordedBatch]:
-        wanted = list(states)
-        marks = ",".join("?" * len(wanted))
+        wanted = tuple(states)
+        return self._select(f"where state in ({','.join('?' * len(wanted))})", wanted)
+
+    def _select(self, where: str, parameters: tuple[object, ...]) -> list[RecordedBatch]:
         rows = self._db.execute(
             "select seq, id, method, state, tasks, jobs, recorded_at, server_status, "
-            f"completed, failed, output_file_id from batches where state in ({marks}) "
-            "order by seq",
-            wanted,
+            f"completed, failed, output_file_id from batches {where} order by seq",
+            parameters,
         ).fetchall()
         return [RecordedBatch(*row) for row in rows]
 
@@ -163,6 +171,12 @@ class BatchJournal:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+async def in_thread(method: Callable[..., T], *args: Any) -> T:
+    """A journal call from async code, in a worker thread: a commit waits for the disk
+    (synchronous=FULL), which must not stall the event loop."""
+    return await anyio.to_thread.run_sync(partial(method, *args))
 
 
 class _Transaction:

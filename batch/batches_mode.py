@@ -2,61 +2,56 @@
 
     validate -> open the checkpoint and the journal (DIR/batches.sqlite)
     re-attach to the batches the journal records (their jobs are never submitted again)
-    loop: upload files of new tasks while fewer than `max_active` batches wait
-          poll each waiting batch (backoff with jitter, 429 / Retry-After honoured)
+    loop: upload files of new tasks while fewer than `max_active` batches wait (with a
+          budget: while the file's ceilings fit, `batch.batches_budget`)
+          poll the waiting batches (`batch.batches_polling`: one list request per round)
           completed -> stream its output file -> parts (results/, failed/) -> `collected`
-    until nothing waits, the completion timeout passes (exit 1, resumable), or a signal.
+    until nothing waits, the completion timeout passes (exit 1, resumable), the budget is
+    reached (exit 4, after collecting what waits), or a signal.
 
-Rows have the online columns (usage per row, the model version); `latency_ms` is null, as
-no request of the run waited for an answer.
+Rows have the online columns (usage per row, the model version); `latency_ms` is the time
+from the file's submission to its collection. Journal commits (fsync) run in a thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 
 from batch import batches_wire
 from batch.api_types import BatchInfo
-from batch.batch_files import BatchFile, FileSource, repack
-from batch.batch_journal import (
-    ACTIVE,
-    SUBMITTING,
-    BatchJournal,
-    RecordedBatch,
-    orphan_match,
-)
+from batch.batch_files import BatchFile, FileSource
+from batch.batch_journal import BatchJournal, RecordedBatch, in_thread
 from batch.batch_results import TaskRows
+from batch.batches_budget import FileFit, TaskBudget
+from batch.batches_polling import PatientApi, poll_statuses
+from batch.batches_resume import reattach
 from batch.batches_settings import BatchesSettings, PollPacing
+from batch.budget import Budget
 from batch.checkpoint import Checkpoint
 from batch.errors import (
     ApiError,
-    ConfigError,
     FatalError,
     NotFound,
     PermanentError,
-    RateLimited,
     RetryableError,
 )
 from batch.pricing import PriceTable
 from batch.progress import Progress
-from batch.retry import call_with_retry
-from batch.runner import RunConfig
+from batch.runner import RunConfig, open_client
 from batch.summary import RunStats, RunSummary, build_summary
 from batch.writer import PartWriter
-from jobs.base import Batch, Job
+from jobs.base import Batch
 from jobs.readers import read_jobs, validate_jobs
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass
@@ -73,21 +68,17 @@ class _Waiting:
         return self.record.id
 
 
-def _open_client(config: RunConfig) -> AbstractAsyncContextManager[Any]:
-    if config.client_factory is not None:
-        return config.client_factory()
-    from batch.client import GigaChatClient
-    from batch.settings import ClientSettings
-
-    settings = config.client_settings or ClientSettings.from_env()
-    return GigaChatClient(settings, max_connections=4)
+# Connections a batch run needs: one call at a time, and the token refresh beside it.
+_CONNECTIONS = 4
 
 
 async def run_batches(config: RunConfig, settings: BatchesSettings) -> RunSummary:
-    """Run `config` through the batch API to its end, a timeout or a signal; the summary is
-    also written to summary.json. Budgets (--max-cost, --max-tokens) are online-only for now."""
-    if config.max_cost is not None or config.max_tokens is not None:
-        raise ConfigError("--max-cost / --max-tokens work with --mode online only")
+    """Run `config` through the batch API to its end, a timeout, the budget or a signal; the
+    summary is also written to summary.json. With `max_cost`/`max_tokens` the kind is
+    `kind.bounded()` (chat requests carry max_tokens), as online."""
+    budgeted = config.max_cost is not None or config.max_tokens is not None
+    if budgeted:
+        config = dataclasses.replace(config, kind=config.kind.bounded())
     kind = config.kind
     prices = (config.prices if config.prices is not None else PriceTable.load()).for_batches()
     report = await anyio.to_thread.run_sync(partial(validate_jobs, config.jobs_path, kind))
@@ -106,14 +97,24 @@ async def run_batches(config: RunConfig, settings: BatchesSettings) -> RunSummar
             total_jobs=report.jobs,
             restart=config.restart,
             retry_failed=config.retry_failed,
+            setting_hints=kind.setting_hints(),
         )
     )
     stats = RunStats(
         kind=kind.name, prices=prices, total_jobs=report.jobs, done_before=len(checkpoint.done)
     )
-    journal = BatchJournal.open(config.out_dir)
+    budget = None
+    if budgeted:
+        limits = Budget.over_output(
+            max_cost=config.max_cost,
+            max_tokens=config.max_tokens,
+            prices=prices,
+            totals=checkpoint.totals,
+        )
+        budget = TaskBudget(limits, kind)
+    journal = await anyio.to_thread.run_sync(BatchJournal.open, config.out_dir)
     try:
-        run = _BatchesRun(config, settings, checkpoint, journal, stats, report.duplicates)
+        run = _BatchesRun(config, settings, checkpoint, journal, stats, budget, report.duplicates)
         return await run.execute()
     finally:
         journal.close()
@@ -127,6 +128,7 @@ class _BatchesRun:
         checkpoint: Checkpoint,
         journal: BatchJournal,
         stats: RunStats,
+        budget: TaskBudget | None,
         duplicates: list[Any],
     ) -> None:
         self.config = config
@@ -135,13 +137,17 @@ class _BatchesRun:
         self.checkpoint = checkpoint
         self.journal = journal
         self.stats = stats
+        self.budget = budget
         self.duplicates = duplicates
         self.waiting: dict[int, _Waiting] = {}
         self.pacing = PollPacing(settings.poll_initial_s, settings.poll_max_s)
+        self.api = PatientApi(config.retry, self.pacing, stats)
         self.writer = PartWriter(
             checkpoint, self.kind.result_schema(), flush_rows=config.flush_rows
         )
-        self.rows = TaskRows(self.kind, self.writer, checkpoint.done, stats, config.flush_rows)
+        self.rows = TaskRows(
+            self.kind, self.writer, checkpoint.done, stats, config.flush_rows, budget
+        )
         self.status, self.message = "completed", ""
         self.created = self.collected = self.adopted = 0
 
@@ -156,7 +162,8 @@ class _BatchesRun:
     async def execute(self) -> RunSummary:
         config = self.config
         progress = Progress(self.stats, config.progress, interval=config.progress_interval)
-        async with _open_client(config) as client, anyio.create_task_group() as tg:
+        client_context = open_client(config, _CONNECTIONS)
+        async with client_context as client, anyio.create_task_group() as tg:
             if config.handle_signals:
                 tg.start_soon(self._watch_signals, tg.cancel_scope)
             tg.start_soon(progress.run)
@@ -197,11 +204,17 @@ class _BatchesRun:
             max_bytes=self.settings.max_bytes,
         )
         deadline = time.monotonic() + self.settings.completion_timeout_s
+        held: BatchFile | None = None  # read, but waiting for the budget to have room
         exhausted = False
         while True:
             while not exhausted and len(self.waiting) < self.settings.max_active:
-                file = await anyio.to_thread.run_sync(source.next_file)
-                if file is None:
+                file = held or await anyio.to_thread.run_sync(source.next_file)
+                held = None
+                fit = FileFit.NEVER if file is None else self._fits(file)
+                if fit is FileFit.WAIT:
+                    held = file
+                    break
+                if file is None or fit is FileFit.NEVER:
                     exhausted = True
                 else:
                     await self._submit(client, file)
@@ -216,6 +229,22 @@ class _BatchesRun:
                 return
             await anyio.sleep(self.pacing.next_round())
 
+    def _fits(self, file: BatchFile) -> FileFit:
+        """Reserve the file's ceilings (with a budget); a file that can never fit stops
+        the submissions, and the run ends with status `budget` once what waits is in."""
+        if self.budget is None:
+            return FileFit.RESERVED
+        fit = self.budget.reserve_file(file.tasks)
+        if fit is FileFit.WAIT and not self.waiting:  # nothing left that could settle
+            fit = FileFit.NEVER
+        if fit is FileFit.NEVER:
+            self.status = "budget"
+            self.message = (
+                f"budget reached; {self.budget.describe()}; the next file of "
+                f"{sum(len(b.jobs) for b in file.tasks.values())} jobs could cross it"
+            )
+        return fit
+
     def _timed_out(self) -> None:
         jobs = sum(w.record.jobs for w in self.waiting.values())
         self.status = "timeout"
@@ -225,140 +254,87 @@ class _BatchesRun:
             "waiting (nothing is submitted twice)"
         )
 
-    async def _api(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """One API call with the run's retries; a 429 waits for Retry-After (or a backoff)."""
-
-        async def patient() -> T:
-            self.stats.requests += 1
-            try:
-                return await attempt()
-            except RateLimited as exc:
-                self.stats.rate_limited += 1
-                await anyio.sleep(self.pacing.after_429(exc.retry_after))
-                raise
-
-        return await call_with_retry(patient, self.config.retry)
-
     # --- re-attaching and submitting -------------------------------------------------
 
     async def _reattach(self, client: Any) -> None:
-        """Rebuild every recorded batch's tasks from the job file, after looking for the
-        batches of `submitting` records (killed between upload and answer) on the server."""
-        recorded = self.journal.batches((SUBMITTING, ACTIVE))
-        if any(r.state == SUBMITTING for r in recorded):
-            await self._adopt_orphans(client, recorded)
-            recorded = self.journal.batches((ACTIVE,))
-        active = [r for r in recorded if r.state == ACTIVE]
-        if not active:
-            return
-        tasks = {r.seq: self.journal.tasks(r.seq) for r in active}
-        wanted = {j for t in tasks.values() for ids in t.values() for j in ids}
-        jobs = await anyio.to_thread.run_sync(self._read_jobs, wanted)
-        for record in active:
-            rebuilt = {
-                task_id: repack(self.kind, [jobs[j] for j in ids])
-                for task_id, ids in tasks[record.seq].items()
-            }
-            self.waiting[record.seq] = _Waiting(record, rebuilt)
-
-    async def _adopt_orphans(self, client: Any, recorded: list[RecordedBatch]) -> None:
-        """Record the batch each `submitting` record created, found in the list of all
-        batches; a record without one is forgotten and its jobs are submitted again."""
-        try:
-            listed = await self._api(client.batch_status)
-        except (RetryableError, PermanentError) as exc:
-            logger.warning("cannot list the server's batches: %s", exc)
-            listed = []
-        known = {r.id for r in self.journal.batches() if r.id}
-        for record in (r for r in recorded if r.state == SUBMITTING):
-            match = orphan_match(record, listed, known)
-            if match is None:
-                logger.warning(
-                    "a file of %d jobs was being uploaded when the last run stopped and no "
-                    "batch on the server matches it: submitting those jobs again", record.jobs
-                )
-                self.journal.forget(record.seq)
-                continue
-            self.journal.created(record.seq, match)
-            known.add(match.id)
-            self.adopted += 1
-
-    def _read_jobs(self, wanted: set[str]) -> dict[str, Job]:
-        found = {job.id: job for job in self._jobs() if job.id in wanted}
-        missing = wanted - found.keys()
-        if missing:
-            raise ConfigError(
-                f"{len(missing)} jobs of recorded batches are not in the input any more"
-            )
-        return found
+        found = await reattach(self.journal, self.api, client, self.kind, self._jobs)
+        self.adopted = found.adopted
+        for record, tasks in found.active:
+            if self.budget is not None:
+                self.budget.hold(tasks)
+            self.waiting[record.seq] = _Waiting(record, tasks)
 
     async def _submit(self, client: Any, file: BatchFile) -> None:
         """Record the file, upload it, record the batch id: shielded, so a signal never
         lands between the server creating a batch and its id reaching the journal."""
         lines = bytes(file.lines)
+        journal = self.journal
         with anyio.CancelScope(shield=True):
-            seq = self.journal.begin(file.method, file.job_ids())
+            seq = await in_thread(journal.begin, file.method, file.job_ids())
             try:
-                info = await self._api(partial(client.create_batch, file.method, lines))
+                info = await self.api(partial(client.create_batch, file.method, lines))
             except (PermanentError, RetryableError) as exc:
-                self.journal.forget(seq)
-                await self.rows.fail_with(list(file.tasks.values()), exc)
+                await in_thread(journal.forget, seq)
+                await self.rows.failed(file.tasks, exc)
                 return
             except BaseException:
-                self.journal.forget(seq)
+                await in_thread(journal.forget, seq)
                 raise
-            self.journal.created(seq, info)
+            record = await in_thread(journal.created, seq, info)
         self.created += 1
-        [record] = [r for r in self.journal.batches((ACTIVE,)) if r.seq == seq]
         self.waiting[seq] = _Waiting(record, dict(file.tasks), info)
 
     # --- polling and collecting ------------------------------------------------------
 
     async def _poll_round(self, client: Any) -> None:
-        for seq, waiting in list(self.waiting.items()):
-            try:
-                [info] = await self._api(partial(client.batch_status, waiting.id))
-            except NotFound as exc:  # gone from the server (retention is undocumented)
-                await self.rows.fail_with(list(waiting.tasks.values()), exc)
+        by_id = {w.id: seq for seq, w in self.waiting.items()}
+        polled = await poll_statuses(self.api, client, list(by_id))
+        for batch_id, seq in by_id.items():
+            waiting, answer = self.waiting[seq], polled[batch_id]
+            if isinstance(answer, NotFound):  # gone from the server (retention unknown)
+                await self.rows.lost(waiting.tasks, "NotFound", answer.message, 404)
                 await self._close(seq)
                 continue
-            except (RetryableError, PermanentError, ValueError) as exc:
-                logger.warning("polling batch %s failed, trying later: %s", waiting.id, exc)
+            if not isinstance(answer, BatchInfo):
+                logger.warning("polling batch %s failed, trying later: %s", batch_id, answer)
                 continue
-            waiting.info = info
-            self.journal.polled(seq, info)
-            if info.status == "completed" and info.output_file_id:
-                await self._collect(client, seq, waiting, info.output_file_id)
+            if waiting.info is None or _progress(waiting.info) != _progress(answer):
+                await in_thread(self.journal.polled, seq, answer)
+            waiting.info = answer
+            if answer.status == "completed" and answer.output_file_id:
+                await self._collect(client, seq, waiting, answer.output_file_id)
             elif time.time() - waiting.record.recorded_at > self.settings.completion_window_s:
                 await self._expire(seq, waiting)
 
     async def _collect(self, client: Any, seq: int, waiting: _Waiting, file_id: str) -> None:
         """Stream the output file into parts; tasks left without a line fail."""
         self.stats.requests += 1
+        latency = time.time() - waiting.record.recorded_at
         try:
             async for line in client.download_batch_results(file_id):
-                await self.rows.task_done(waiting.tasks, batches_wire.parse_task_result(line))
+                result = batches_wire.parse_task_result(line)
+                await self.rows.task_done(waiting.tasks, result, latency)
         except ApiError as exc:
             logger.warning("downloading batch %s failed, trying later: %s", waiting.id, exc)
             await self.writer.flush()
             return
         if waiting.tasks:
             message = f"the output file of batch {waiting.id} has no line for this task"
-            await self.rows.fail(list(waiting.tasks.values()), "BatchTaskMissing", message)
+            await self.rows.lost(waiting.tasks, "BatchTaskMissing", message, None)
         await self._close(seq)
         self.collected += 1
 
     async def _expire(self, seq: int, waiting: _Waiting) -> None:
         window = self.settings.completion_window_s
         message = f"batch {waiting.id} not completed within the {window:g} s completion window"
-        await self.rows.fail(list(waiting.tasks.values()), "BatchExpired", message)
+        await self.rows.lost(waiting.tasks, "BatchExpired", message, None)
         await self._close(seq)
 
     async def _close(self, seq: int) -> None:
         """Batch `seq` is done with: commit its rows, then say so in the journal."""
         self.waiting.pop(seq, None)
         await self.writer.flush()
-        self.journal.collected(seq)
+        await in_thread(self.journal.collected, seq)
 
     async def _summary(self) -> RunSummary:
         if self.status == "completed" and self.checkpoint.totals.failed:
@@ -387,3 +363,8 @@ class _BatchesRun:
         }
         await anyio.to_thread.run_sync(summary.write, self.config.out_dir)
         return summary
+
+
+def _progress(info: BatchInfo) -> tuple[str, int, int, str | None]:
+    """What the journal keeps of a poll: a poll that changes none of it is not committed."""
+    return info.status, info.completed, info.failed, info.output_file_id

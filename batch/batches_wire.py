@@ -17,7 +17,7 @@ import orjson
 
 from batch.api_types import BatchInfo, TaskResult
 from batch.errors import ServerError
-from batch.wire import ApiRequest, _malformed, _payload
+from batch.wire import ApiRequest, json_payload, malformed
 
 METHODS = ("chat_completions", "embedder")
 OCTET_STREAM = "application/octet-stream"
@@ -73,23 +73,23 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def parse_created(response: httpx.Response) -> BatchInfo:
-    data = _payload(response, ("id",))
+    data = json_payload(response, ("id",))
     try:
         return batch_info(data)
     except (ValueError, TypeError):
-        raise _malformed(response, "a created batch needs an id") from None
+        raise malformed(response, "a created batch needs an id") from None
 
 
 def parse_status(response: httpx.Response) -> list[BatchInfo]:
     """Both shapes official clients disagree on: `{"batches": [...]}` and a bare array."""
-    data = _payload(response, ("batches",))
+    data = json_payload(response, ("batches",))
     items = data.get("batches") if isinstance(data, dict) else data
     if not isinstance(items, list):
-        raise _malformed(response, "batch status answers {batches: [...]} or [...]")
+        raise malformed(response, "batch status answers {batches: [...]} or [...]")
     try:
         return [batch_info(item) for item in items]
     except (ValueError, TypeError):
-        raise _malformed(response, "every batch item needs an id") from None
+        raise malformed(response, "every batch item needs an id") from None
 
 
 def parse_task_result(line: str | bytes) -> TaskResult:

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from batch.api_types import Usage
 from batch.errors import BudgetExhausted
 from batch.pricing import PriceTable
+
+if TYPE_CHECKING:
+    from batch.checkpoint import Totals
 
 _MILLION = 1_000_000
 
@@ -75,6 +79,21 @@ class Budget:
         self._reserved_tokens = 0
         self._ids = itertools.count()
 
+    @classmethod
+    def over_output(
+        cls, *, max_cost: float | None, max_tokens: int | None, prices: PriceTable, totals: Totals
+    ) -> Budget:
+        """The budget of a run into an output directory: what its committed rows cost at
+        `prices` counts as spent already (the budget covers the whole directory)."""
+        spent = totals.tokens
+        return cls(
+            max_cost=max_cost,
+            max_tokens=max_tokens,
+            prices=prices,
+            spent_cost=totals.cost(prices),
+            spent_tokens=spent.prompt_tokens + spent.completion_tokens,
+        )
+
     @property
     def spent_cost(self) -> float:
         return self._spent_micro / _MILLION
@@ -119,6 +138,11 @@ class Budget:
         why = self.crossing(ceiling, model)
         if why is not None:
             raise BudgetExhausted(f"budget reached: {why}; {self.describe()}")
+        return self.hold(ceiling, model)
+
+    def hold(self, ceiling: Usage, model: str) -> Reservation:
+        """Hold `ceiling` without asking whether it fits: for a request already sent (a
+        batch of an earlier run, re-attached), whose cost will come whatever the budget."""
         reservation = Reservation(
             id=next(self._ids),
             model=model,

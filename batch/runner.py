@@ -82,6 +82,23 @@ class RunConfig:
     handle_signals: bool = True
 
 
+def open_client(
+    config: RunConfig, max_connections: int
+) -> AbstractAsyncContextManager[GigaChatClient]:
+    """The client of a run: `config.client_factory`'s, else one from `config.client_settings`
+    (else the environment) with a pool of `max_connections`."""
+    if config.client_factory is not None:
+        return config.client_factory()
+    from batch.client import GigaChatClient
+
+    settings = config.client_settings
+    if settings is None:
+        from batch.settings import ClientSettings
+
+        settings = ClientSettings.from_env()
+    return GigaChatClient(settings, max_connections=max_connections)
+
+
 async def run_jobs(config: RunConfig) -> RunSummary:
     """Run `config` to its end and return its summary (also written to summary.json).
     Raises JobFileError, RunRefused or ConfigError before anything is sent."""
@@ -120,13 +137,11 @@ async def run_jobs(config: RunConfig) -> RunSummary:
     )
     budget = None
     if budgeted:
-        spent = checkpoint.totals.tokens
-        budget = Budget(
+        budget = Budget.over_output(
             max_cost=config.max_cost,
             max_tokens=config.max_tokens,
             prices=prices,
-            spent_cost=checkpoint.totals.cost(prices),
-            spent_tokens=spent.prompt_tokens + spent.completion_tokens,
+            totals=checkpoint.totals,
         )
     events = await anyio.to_thread.run_sync(
         partial(
@@ -182,16 +197,7 @@ class _Run:
         )
 
     def _client(self) -> AbstractAsyncContextManager[GigaChatClient]:
-        if self.config.client_factory is not None:
-            return self.config.client_factory()
-        from batch.client import GigaChatClient
-
-        settings = self.config.client_settings
-        if settings is None:
-            from batch.settings import ClientSettings
-
-            settings = ClientSettings.from_env()
-        return GigaChatClient(settings, max_connections=self.config.max_concurrency)
+        return open_client(self.config, self.config.max_concurrency)
 
     async def execute(self) -> RunSummary:
         config = self.config

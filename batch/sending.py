@@ -149,8 +149,13 @@ class BatchSender:
 
     def model(self, batch: Batch) -> str:
         """The model a batch is priced at before it is answered."""
-        model = batch.jobs[0].request.get("model") if batch.jobs else None
-        return str(model) if model else self._default_model
+        return priced_model(batch, self._default_model)
+
+
+def priced_model(batch: Batch, default_model: str) -> str:
+    """The model a batch is priced at before it is answered: its jobs', else the kind's."""
+    model = batch.jobs[0].request.get("model") if batch.jobs else None
+    return str(model) if model else default_model
 
 
 class _Attempt:

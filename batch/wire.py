@@ -106,14 +106,15 @@ def _request_id(response: httpx.Response) -> str | None:
     return value
 
 
-def _malformed(response: httpx.Response, what: str) -> ServerError:
+def malformed(response: httpx.Response, what: str) -> ServerError:
+    """The error for an answer that is not of its endpoint's shape (`what` says which)."""
     # An answer we cannot read is treated like a server fault: it may well be transient.
     return ServerError(
         f"malformed answer: {what}", status=response.status_code, request_id=_request_id(response)
     )
 
 
-def _payload(response: httpx.Response, payload_keys: tuple[str, ...]) -> Any:
+def json_payload(response: httpx.Response, payload_keys: tuple[str, ...]) -> Any:
     """The decoded JSON of a success, or the error the answer really is (a non-2xx status, or
     a 200 carrying `{status, message}` and none of `payload_keys`)."""
     if not 200 <= response.status_code < 300:
@@ -121,7 +122,7 @@ def _payload(response: httpx.Response, payload_keys: tuple[str, ...]) -> Any:
     try:
         data = orjson.loads(response.content)
     except orjson.JSONDecodeError:
-        raise _malformed(response, "not JSON") from None
+        raise malformed(response, "not JSON") from None
     if error_in_success_body(data, payload_keys=payload_keys):
         raise error_from_response(response.status_code, response.headers, response.content)
     return data
@@ -165,7 +166,7 @@ def _parsed(
     from_json: Callable[[Any, str | None], T],
 ) -> T:
     """The answer `from_json` reads in a success body; a malformed one carries the status."""
-    data = _payload(response, payload_keys)
+    data = json_payload(response, payload_keys)
     try:
         return from_json(data, _request_id(response))
     except ServerError as exc:
@@ -200,15 +201,15 @@ def parse_embeddings(response: httpx.Response) -> Embeddings:
 
 
 def parse_tokens_count(response: httpx.Response) -> list[TokenCount]:
-    data = _payload(response, ())
+    data = json_payload(response, ())
     try:
         return [TokenCount(tokens=int(c["tokens"]), characters=int(c["characters"])) for c in data]
     except (KeyError, TypeError, ValueError):
-        raise _malformed(response, "tokens/count answers a list of {tokens, characters}") from None
+        raise malformed(response, "tokens/count answers a list of {tokens, characters}") from None
 
 
 def parse_models(response: httpx.Response) -> list[ModelInfo]:
-    data = _payload(response, ("data",))
+    data = json_payload(response, ("data",))
     try:
         return [
             ModelInfo(
@@ -219,17 +220,17 @@ def parse_models(response: httpx.Response) -> list[ModelInfo]:
             for m in data["data"]
         ]
     except (KeyError, TypeError, AttributeError):
-        raise _malformed(response, "models answers {data: [{id, type, owned_by}]}") from None
+        raise malformed(response, "models answers {data: [{id, type, owned_by}]}") from None
 
 
 def parse_balance(response: httpx.Response) -> list[BalanceEntry]:
-    data = _payload(response, ("balance",))
+    data = json_payload(response, ("balance",))
     try:
         return [
             BalanceEntry(usage=str(b["usage"]), value=float(b["value"])) for b in data["balance"]
         ]
     except (KeyError, TypeError, ValueError):
-        raise _malformed(response, "balance answers {balance: [{usage, value}]}") from None
+        raise malformed(response, "balance answers {balance: [{usage, value}]}") from None
 
 
 def _expiry_seconds(value: Any) -> float:
@@ -243,7 +244,7 @@ def parse_token(response: httpx.Response) -> AccessToken:
     """The answer of OAuth (`{access_token, expires_at}`) or of /token (`{tok, exp}`).
     Rejected credentials (any non-retryable error) are AuthenticationFailed."""
     try:
-        data = _payload(response, ("access_token", "tok"))
+        data = json_payload(response, ("access_token", "tok"))
     except PermanentError as exc:
         raise _rejected(exc) from None
     except ApiError as exc:
@@ -255,7 +256,7 @@ def parse_token(response: httpx.Response) -> AccessToken:
             return AccessToken(str(data["access_token"]), _expiry_seconds(data["expires_at"]))
         return AccessToken(str(data["tok"]), _expiry_seconds(data["exp"]))
     except (KeyError, TypeError, ValueError):
-        raise _malformed(response, "a token answer needs access_token and expires_at") from None
+        raise malformed(response, "a token answer needs access_token and expires_at") from None
 
 
 def _rejected(error: ApiError) -> AuthenticationFailed:

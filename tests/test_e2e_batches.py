@@ -8,6 +8,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +150,13 @@ def test_a_bare_array_status_shape_works_too(tmp_path: Path) -> None:
     assert set(ids(tmp_path / "out", "results")) == expected
 
 
-def test_429s_on_polling_are_waited_out(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lines", ["500", "10"], ids=["one-batch-by-id", "three-by-list"])
+def test_429s_on_polling_are_waited_out(tmp_path: Path, lines: str) -> None:
     expected = chat_jobs(tmp_path / "jobs.jsonl", 30)
     with batch_emulator(batch_poll_429_rate=0.7, retry_after="none") as emu:
-        code, err = batches_run(emu, tmp_path / "jobs.jsonl", tmp_path / "out")
+        code, err = batches_run(
+            emu, tmp_path / "jobs.jsonl", tmp_path / "out", "--batch-lines", lines
+        )
     assert code == 0, err
     assert set(ids(tmp_path / "out", "results")) == expected
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -246,3 +250,23 @@ def test_a_batch_past_its_completion_window_fails_its_jobs(tmp_path: Path) -> No
     assert {row["id"] for row in failed} == expected
     assert {row["error_class"] for row in failed} == {"BatchExpired"}
     assert [state for _, state, _ in journal(out)] == ["collected"]
+
+
+def test_several_waiting_batches_are_polled_with_one_request_per_round(tmp_path: Path) -> None:
+    expected = chat_jobs(tmp_path / "jobs.jsonl", 50)
+    out = tmp_path / "out"
+    pace = ("--poll-interval", "0.1", "--poll-max", "0.1", "--batch-lines", "10")
+    with batch_emulator(batch_processing_s=1.0) as emu:
+        code, err = gigabatch(
+            emu, "run", str(tmp_path / "jobs.jsonl"), "--out", str(out), "--mode", "batches",
+            *pace,
+        )
+        arrivals = [a["t"] for a in emu.stats()["arrivals"] if a["path"] == "/api/v1/batches"]
+    assert code == 0, err
+    assert Counter(ids(out, "results")) == Counter(expected)
+    # The five files are created first; then each round sends one GET /batches (the list,
+    # or by id once one batch waits), never one per batch: rounds start >= 0.08 s apart.
+    polls = arrivals[5:]
+    assert len(polls) >= 5
+    gaps = [b - a for a, b in pairwise(polls)]
+    assert min(gaps) >= 0.02  # a request per batch would come ~1 ms apart

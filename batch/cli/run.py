@@ -161,7 +161,10 @@ def status(out_dir: Path, prices: Path | None, as_json: bool) -> None:
       gigabatch status out/chat
     """
     manifest, totals = read_status(out_dir)
+    batches = batches_status(out_dir)
     table = PriceTable.load(prices)
+    if batches:  # the batch API bills at the table's batch prices, as the run priced it
+        table = table.for_batches()
     total_jobs = int(manifest.get("total_jobs", 0))
     tokens = totals.tokens
     data = {
@@ -182,7 +185,6 @@ def status(out_dir: Path, prices: Path | None, as_json: bool) -> None:
         "currency": table.currency,
         "updated_at": manifest.get("updated_at"),
     }
-    batches = batches_status(out_dir)
     if batches:
         data["batches"] = batches
     if as_json:
