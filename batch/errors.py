@@ -7,6 +7,8 @@ The engine acts on the branch an error sits in, never on a status code:
     ├── JobFileError                   a job file that fails validation (exit 2)
     ├── RunRefused                     a resume that would mix answers of other settings (exit 2)
     ├── BudgetExhausted                the next request could cross --max-cost / --max-tokens
+    ├── OutputError                    the output directory cannot be read or written (exit 1)
+    ├── OutputLocked                   another run holds the output directory (exit 5)
     └── ApiError                       the API answered with an error, or could not be reached
         ├── RetryableError             try the same request again later
         │   ├── RateLimited            429; carries retry_after seconds when the server said
@@ -21,7 +23,8 @@ The engine acts on the branch an error sits in, never on a status code:
         └── FatalError                 nothing more will succeed: stop the run, commit, exit 1
             ├── AuthenticationFailed   401 after one refresh, or credentials rejected by OAuth
             ├── PaymentRequired        402: the prepaid balance is exhausted
-            └── PermissionDenied       403
+            ├── PermissionDenied       403
+            └── RetryAfterTooLong      429 asking for a longer pause than --max-retry-after
 """
 
 from __future__ import annotations
@@ -58,6 +61,15 @@ class RunRefused(GigabatchError):
 
 class BudgetExhausted(GigabatchError):
     """The next request could cross the run's cost or token budget."""
+
+
+class OutputError(GigabatchError):
+    """The output directory cannot be read or written: the message names the path and the
+    errno, or the file that is damaged and what to do about it."""
+
+
+class OutputLocked(GigabatchError):
+    """Another process runs into the same output directory; the message names it."""
 
 
 class ApiError(GigabatchError):
@@ -161,6 +173,19 @@ class PermissionDenied(FatalError):
     """403: this account may not do this."""
 
 
+class RetryAfterTooLong(FatalError):
+    """A 429 asked for a pause longer than the run may wait: stop now, resume later."""
+
+    def __init__(self, retry_after: float, cap: float, cause: RateLimited) -> None:
+        super().__init__(
+            f"the server asked to wait {retry_after:.0f} s (Retry-After), over "
+            f"--max-retry-after {cap:.0f} s; answered jobs are committed, run again later",
+            status=cause.status,
+            request_id=cause.request_id,
+        )
+        self.retry_after = retry_after
+
+
 _BY_STATUS: dict[int, type[ApiError]] = {
     400: BadRequest,
     401: AuthenticationFailed,
@@ -199,6 +224,18 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)
+
+
+def retry_after_of(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """The pause a 429 asks for: `retry-after-ms` (milliseconds, as OpenAI's servers send)
+    wins over `Retry-After` (seconds or an HTTP date); None when neither says."""
+    try:
+        millis = float(headers.get("retry-after-ms") or "nan")
+    except ValueError:
+        millis = math.nan
+    if math.isfinite(millis):
+        return max(0.0, millis / 1000)
+    return parse_retry_after(headers.get("retry-after"), now=now)
 
 
 def _body_message(body: bytes) -> tuple[int | None, str | None]:
@@ -256,7 +293,7 @@ def error_from_response(
             message,
             status=effective,
             request_id=request_id,
-            retry_after=parse_retry_after(headers.get("retry-after"), now=now),
+            retry_after=retry_after_of(headers, now=now),
         )
     cls = _BY_STATUS.get(effective)
     if cls is None:

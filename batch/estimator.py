@@ -22,7 +22,6 @@ import anyio.to_thread
 import pyarrow.parquet as pq
 
 from batch.api_types import Usage
-from batch.checkpoint import FAILED, RESULTS
 from batch.client import GigaChatClient
 from batch.counting import (
     InputCounter,
@@ -41,6 +40,7 @@ from batch.estimate import (
     build_estimate,
     check_balance,
 )
+from batch.layout import FAILED, RESULTS
 from batch.limiter import AdaptiveLimiter
 from batch.pricing import PriceTable
 from batch.projection import Reservoir

@@ -12,7 +12,7 @@ from typing import IO
 
 import orjson
 
-from batch.checkpoint import INVALID
+from batch.layout import INVALID
 from jobs.base import Problem
 
 OnProblem = Callable[[Problem], None]

@@ -11,7 +11,8 @@ from typing import Any, TextIO
 import orjson
 
 from batch.api_types import Usage
-from batch.checkpoint import SUMMARY, Totals, write_atomic
+from batch.checkpoint import Totals
+from batch.layout import SUMMARY, write_atomic
 from batch.pricing import PriceTable
 
 

@@ -16,8 +16,15 @@ from typing import Any, TypeVar, cast
 import click
 import orjson
 
-from batch.cli import EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE
-from batch.errors import BudgetExhausted, ConfigError, GigabatchError, JobFileError, RunRefused
+from batch.cli import EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_USAGE
+from batch.errors import (
+    BudgetExhausted,
+    ConfigError,
+    GigabatchError,
+    JobFileError,
+    OutputLocked,
+    RunRefused,
+)
 from batch.settings import ClientSettings
 from jobs.base import JobKind, KindOption
 from jobs.registry import DEFAULT_KIND, cli_options, kind_from_values, kind_names, kinds
@@ -118,6 +125,8 @@ def exit_code_for(error: GigabatchError) -> int:
         return EXIT_USAGE
     if isinstance(error, BudgetExhausted):
         return EXIT_BUDGET
+    if isinstance(error, OutputLocked):
+        return EXIT_LOCKED
     return EXIT_FATAL
 
 
