@@ -9,6 +9,7 @@ The engine acts on the branch an error sits in, never on a status code:
     ├── BudgetExhausted                the next request could cross --max-cost / --max-tokens
     ├── OutputError                    the output directory cannot be read or written (exit 1)
     ├── OutputLocked                   another run holds the output directory (exit 5)
+    ├── Interrupted                    a signal before anything was sent (exit 130 / 143)
     └── ApiError                       the API answered with an error, or could not be reached
         ├── RetryableError             try the same request again later
         │   ├── RateLimited            429; carries retry_after seconds when the server said
@@ -32,6 +33,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import math
+import signal
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -70,6 +72,15 @@ class OutputError(GigabatchError):
 
 class OutputLocked(GigabatchError):
     """Another process runs into the same output directory; the message names it."""
+
+
+class Interrupted(GigabatchError):
+    """Ctrl-C or SIGTERM while the run was still validating: nothing was sent."""
+
+    def __init__(self, signum: int) -> None:
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        super().__init__(f"interrupted ({name}) while validating; nothing was sent")
+        self.signum = signum
 
 
 class ApiError(GigabatchError):

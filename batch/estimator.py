@@ -190,6 +190,7 @@ async def _run_sample(
         job_filter=lambda job: job.id in wanted,
         progress="off" if request.quiet else "auto",
         handle_signals=False,
+        command="estimate --sample",
     )
     summary = await run_jobs(config)
     if summary.status == "fatal":

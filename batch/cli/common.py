@@ -21,6 +21,7 @@ from batch.errors import (
     BudgetExhausted,
     ConfigError,
     GigabatchError,
+    Interrupted,
     JobFileError,
     OutputLocked,
     RunRefused,
@@ -127,6 +128,8 @@ def exit_code_for(error: GigabatchError) -> int:
         return EXIT_BUDGET
     if isinstance(error, OutputLocked):
         return EXIT_LOCKED
+    if isinstance(error, Interrupted):
+        return 128 + error.signum
     return EXIT_FATAL
 
 

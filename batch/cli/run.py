@@ -72,6 +72,14 @@ EXIT_CODES = {
     help="Seconds after which a request's retries (429s included) give up.",
 )
 @click.option(
+    "--max-retry-after",
+    type=click.FloatRange(min=0),
+    default=120.0,
+    show_default=True,
+    help="Longest Retry-After pause to honour; a longer one stops the run (exit 1) so it "
+    "can be run again later.",
+)
+@click.option(
     "--flush-interval",
     type=click.FloatRange(min=0, min_open=True),
     default=2.0,
@@ -127,6 +135,7 @@ def run(
     max_concurrency: int,
     max_attempts: int,
     max_elapsed: float,
+    max_retry_after: float,
     flush_interval: float,
     grace_period: float,
     skip_invalid: bool,
@@ -145,7 +154,13 @@ def run(
 
     Resumable: run the same command again after a crash, Ctrl-C or a budget stop and only
     the jobs not yet answered are sent. Exit codes: 0 all succeeded, 3 some rows failed,
-    1 fatal error, 2 usage or invalid input, 4 budget reached, 130/143 interrupted.
+    1 fatal error (the API, the disk, a Retry-After over --max-retry-after), 2 usage or
+    invalid input, 4 budget reached, 5 another run holds --out (nothing sent or changed),
+    130/143 interrupted.
+
+    One run at a time per --out: a second one exits 5 at once, naming the process that
+    holds the directory. A full disk stops sending; the answered rows are kept and
+    committed as soon as there is room (for up to 10 minutes).
 
     A budget (--max-cost, --max-tokens) is never crossed: a request is sent only when its
     worst case still fits, so with a budget every chat request carries max_tokens (the
@@ -172,6 +187,7 @@ def run(
             retry=RetryPolicy(max_attempts=max_attempts, max_elapsed=max_elapsed),
             flush_interval=flush_interval,
             grace_period=grace_period,
+            max_retry_after=max_retry_after,
             skip_invalid=skip_invalid,
             restart=restart,
             retry_failed=retry_failed,
