@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from batch.errors import OutputLocked
+from batch.errors import OutputError, OutputLocked
 from batch.storage import output_errors
 
 LOCK = "gigabatch.lock"
@@ -35,7 +35,7 @@ class RunLock:
         path = out_dir / LOCK
         with output_errors("create"):
             out_dir.mkdir(parents=True, exist_ok=True)
-        with output_errors("open"):
+        with output_errors("open", path):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -50,8 +50,12 @@ class RunLock:
             os.close(fd)
             raise
         lock = cls(path, fd)
-        with output_errors("write"):
-            lock._write_holder(command)
+        try:
+            with output_errors("write", path):
+                lock._write_holder(command)
+        except OutputError:
+            lock.release()
+            raise
         return lock
 
     def _write_holder(self, command: str) -> None:

@@ -115,22 +115,38 @@ class BatchSender:
             await attempt.reserve()
             answers = await call_with_retry(attempt, self.retry)
         except _Stopped:
-            attempt.release()
-            return None
+            return self._unanswered(attempt, None)
         except FatalError as exc:
-            attempt.release()
             self.stop.stop("fatal", str(exc), exc)
-            return None
+            return self._unanswered(attempt, None)
         except ApiError as exc:  # permanent, or retryable and out of attempts
-            attempt.release()
             self.stats.retries += max(0, attempt.count - 1)
-            self.stats.failed += len(batch.jobs)
-            return failed_batch(batch, exc, attempt.count)
+            return self._unanswered(attempt, exc)
         except BaseException:
             attempt.release()
             raise
         self.stats.retries += attempt.count - 1
         return self._answered(answers, attempt)
+
+    def _unanswered(self, attempt: _Attempt, failure: ApiError | None) -> Outcomes | None:
+        """A batch not answered as a whole. Jobs an earlier try got answers for (billed)
+        are results all the same, counted in the summary and the budget; the others fail
+        with `failure`, or stay pending when the run stops (None: nothing to write)."""
+        batch = attempt.batch
+        received = self.kind.received(batch)
+        if received:
+            out = self._answered(received, attempt)
+        else:
+            attempt.release()
+            if failure is None:
+                return None
+            out = Outcomes()
+        if failure is not None:
+            answered = {id(outcome.job) for outcome in received}
+            rest = Batch([job for job in batch.jobs if id(job) not in answered], batch.payload)
+            self.stats.failed += len(rest.jobs)
+            out.failures.extend(failed_batch(rest, failure, attempt.count).failures)
+        return out
 
     def _answered(self, answers: Sequence[JobOutcome], attempt: _Attempt) -> Outcomes:
         out = answered_batch(answers, attempt.count, attempt.latency)

@@ -30,23 +30,27 @@ _ADVICE = {
 }
 
 
-def describe(exc: OSError, doing: str = "write") -> str:
-    """'cannot write PATH: No space left on device (ENOSPC); free some space ...'."""
-    path = exc.filename if exc.filename is not None else "the output directory"
+def describe(exc: OSError, doing: str = "write", path: Path | None = None) -> str:
+    """'cannot write PATH: No space left on device (ENOSPC); free some space ...'; `path`
+    names the file when the error does not (a write to an open file)."""
+    if exc.filename is not None:
+        path = exc.filename
+    where = path if path is not None else "the output directory"
     code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
     reason = exc.strerror or str(exc)
     advice = _ADVICE.get(exc.errno or 0)
-    line = f"cannot {doing} {path}: {reason} ({code})"
+    line = f"cannot {doing} {where}: {reason} ({code})"
     return f"{line}; {advice}" if advice else line
 
 
 @contextlib.contextmanager
-def output_errors(doing: str = "write") -> Iterator[None]:
-    """Turn an OSError inside the block into an OutputError of one line."""
+def output_errors(doing: str = "write", path: Path | None = None) -> Iterator[None]:
+    """Turn an OSError inside the block into an OutputError of one line (naming `path`
+    when the error names no file)."""
     try:
         yield
     except OSError as exc:
-        raise OutputError(describe(exc, doing)) from None
+        raise OutputError(describe(exc, doing, path)) from None
 
 
 def is_disk_full(exc: OSError) -> bool:
@@ -60,7 +64,7 @@ def check_writable(out_dir: Path, min_free: int = MIN_FREE_BYTES) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
     probe = out_dir / _PROBE
     try:
-        with output_errors("write"), probe.open("wb") as f:
+        with output_errors("write", probe), probe.open("wb") as f:
             f.write(b"\0" * _PROBE_BYTES)
             f.flush()
             os.fsync(f.fileno())

@@ -239,6 +239,13 @@ class JobKind(abc.ABC):
         """Send one request for `batch`; one outcome per job. Raises ApiError when the request
         as a whole fails (the engine retries or fails every job in the batch)."""
 
+    def received(self, batch: Batch) -> Sequence[JobOutcome]:
+        """Outcomes of the jobs of `batch` that an earlier try already got (and was billed
+        for) although the request as a whole then failed, e.g. half of a bisection. The
+        engine writes them when the batch fails or the run stops, so an answer received is
+        never paid for twice; a kind that sends one request per batch has none."""
+        return ()
+
     @abc.abstractmethod
     def result_schema(self) -> pa.Schema:
         """The Arrow schema of results/ rows, including `id` (and `attempts`, `latency_ms`

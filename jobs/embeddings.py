@@ -236,25 +236,30 @@ class EmbeddingsKind(JobKind):
         return Usage(prompt_tokens=tokens)
 
     async def send(self, client: EmbeddingsClient, batch: Batch) -> Sequence[JobOutcome]:
+        """Answers from an earlier try of this batch (billed then, counted now), from the
+        cache (billed to another job), and from requests for the rest."""
         payload: EmbeddingPayload = batch.payload
-        answers: dict[int, _Answer] = {}
+        answers: dict[int, _Answer] = dict(payload.received)
         todo: dict[int, str] = {}
         for slot, text in enumerate(payload.texts):
+            if slot in answers:
+                continue
             cached = self.cache.get(VectorCache.key(payload.model, text))
             if cached is None:
                 todo[slot] = text
             else:
                 answers[slot] = cached
+        billable = set(payload.received) | set(todo)
         if todo:
             sendable, rejected = await self._fit(client, payload.model, todo)
             answers.update(rejected)
             if sendable:
-                embedded = await self._embed(client, payload.model, list(sendable.items()))
-                for slot, answer in embedded.items():
-                    if isinstance(answer, _Vector):
-                        self.cache.put(VectorCache.key(payload.model, todo[slot]), answer)
-                answers.update(embedded)
-        return self._outcomes(batch, answers, billable=set(todo))
+                answers.update(await self._embed(client, payload, list(sendable.items())))
+        return self._outcomes(batch, answers, billable=billable)
+
+    def received(self, batch: Batch) -> Sequence[JobOutcome]:
+        payload: EmbeddingPayload = batch.payload
+        return self._outcomes(batch, payload.received, set(payload.received), partial=True)
 
     def request_body(self, batch: Batch) -> dict[str, Any]:
         payload: EmbeddingPayload = batch.payload
@@ -297,12 +302,20 @@ class EmbeddingsKind(JobKind):
         )
 
     def _outcomes(
-        self, batch: Batch, answers: Mapping[int, _Answer], billable: set[int]
+        self,
+        batch: Batch,
+        answers: Mapping[int, _Answer],
+        billable: set[int],
+        *,
+        partial: bool = False,
     ) -> list[JobOutcome]:
-        """One outcome per job; a text sent for several jobs is billed to the first."""
+        """One outcome per job (`partial`: per job whose text has an answer); a text sent
+        for several jobs is billed to the first."""
         payload: EmbeddingPayload = batch.payload
         outcomes: list[JobOutcome] = []
         for job, slot in zip(batch.jobs, payload.slots, strict=True):
+            if partial and slot not in answers:
+                continue
             answer = answers[slot]
             if isinstance(answer, _Rejected):
                 outcomes.append(
@@ -358,24 +371,34 @@ class EmbeddingsKind(JobKind):
         return sendable, rejected
 
     async def _embed(
-        self, client: EmbeddingsClient, model: str, items: list[tuple[int, str]]
+        self, client: EmbeddingsClient, payload: EmbeddingPayload, items: list[tuple[int, str]]
     ) -> dict[int, _Answer]:
-        """Vectors for `items` (slot, text); a 413 is bisected to the text that causes it."""
+        """Answers for `items` (slot, text); a 413 is bisected to the text that causes it.
+        Each answer is kept in `payload.received` (and vectors in the cache) as soon as it
+        arrives, so when a later half fails, a retry of the batch sends only the rest."""
+        model = payload.model
         try:
             answer = await client.embeddings([text for _, text in items], model)
         except PayloadTooLarge as exc:
             if len(items) == 1:
-                return {
+                rejected: dict[int, _Answer] = {
                     items[0][0]: _Rejected(
                         f"the API refused the text as too large: {exc.message}",
                         exc.status,
                         exc.request_id,
                     )
                 }
+                payload.received.update(rejected)
+                return rejected
             middle = len(items) // 2
-            first = await self._embed(client, model, items[:middle])
-            return first | await self._embed(client, model, items[middle:])
-        return self._vectors(answer, items)
+            first = await self._embed(client, payload, items[:middle])
+            return first | await self._embed(client, payload, items[middle:])
+        vectors = self._vectors(answer, items)
+        payload.received.update(vectors)
+        for slot, vector in vectors.items():
+            if isinstance(vector, _Vector):
+                self.cache.put(VectorCache.key(model, payload.texts[slot]), vector)
+        return vectors
 
     def _vectors(self, answer: Embeddings, items: list[tuple[int, str]]) -> dict[int, _Answer]:
         found: dict[int, _Answer] = {}

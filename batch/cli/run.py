@@ -94,6 +94,14 @@ EXIT_CODES = {
     help="On Ctrl-C/SIGTERM/fatal errors, seconds to let requests in flight finish.",
 )
 @click.option(
+    "--disk-wait",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="On a full disk, seconds to keep the answered rows and retry committing them "
+    "while space is freed.",
+)
+@click.option(
     "--skip-invalid", is_flag=True, help="Run the valid jobs, list the rest in invalid.jsonl."
 )
 @click.option("--restart", is_flag=True, help="Delete the output directory's previous run first.")
@@ -138,6 +146,7 @@ def run(
     max_retry_after: float,
     flush_interval: float,
     grace_period: float,
+    disk_wait: float,
     skip_invalid: bool,
     restart: bool,
     retry_failed: bool,
@@ -160,7 +169,7 @@ def run(
 
     One run at a time per --out: a second one exits 5 at once, naming the process that
     holds the directory. A full disk stops sending; the answered rows are kept and
-    committed as soon as there is room (for up to 10 minutes).
+    committed as soon as there is room (for --disk-wait seconds).
 
     A budget (--max-cost, --max-tokens) is never crossed: a request is sent only when its
     worst case still fits, so with a budget every chat request carries max_tokens (the
@@ -188,6 +197,7 @@ def run(
             flush_interval=flush_interval,
             grace_period=grace_period,
             max_retry_after=max_retry_after,
+            disk_wait=disk_wait,
             skip_invalid=skip_invalid,
             restart=restart,
             retry_failed=retry_failed,
