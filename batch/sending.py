@@ -150,6 +150,8 @@ class BatchSender:
 
     def _answered(self, answers: Sequence[JobOutcome], attempt: _Attempt) -> Outcomes:
         out = answered_batch(answers, attempt.count, attempt.latency)
+        if out.unknown_usage:
+            self._at_ceiling(out, attempt.batch)
         for model, usage in out.usage.items():
             self.stats.add_usage(model, usage)
         self.stats.succeeded += len(out.results)
@@ -162,6 +164,16 @@ class BatchSender:
             )
             self.budget.settle(reservation, total, answered_by or reservation.model)
         return out
+
+    def _at_ceiling(self, out: Outcomes, batch: Batch) -> None:
+        """An answer without a readable usage is counted at its batch's ceiling (the
+        budget's reservation) in the parts, the summary and the budget: never as free."""
+        ceiling = self.kind.reserve(batch)
+        known = sum(out.usage.values(), Usage())
+        if ceiling.total_tokens > known.total_tokens:
+            model = next(iter(out.usage), self.model(batch))
+            out.usage = {model: ceiling}
+        self.stats.unknown_usage += out.unknown_usage
 
     def model(self, batch: Batch) -> str:
         """The model a batch is priced at before it is answered."""

@@ -32,6 +32,7 @@ class RunStats:
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
+    unknown_usage: int = 0  # answers without a readable usage, counted at their ceiling
     cost: float = 0.0
     usage: dict[str, Usage] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
@@ -82,6 +83,11 @@ class RunSummary:
             lines.append(
                 f"  tokens ({kind}, this run): {t['prompt']} prompt, {t['completion']} completion, "
                 f"{t['precached']} precached"
+            )
+        if d.get("unknown_usage"):
+            lines.append(
+                f"  usage: {d['unknown_usage']} answers came without a readable usage; "
+                "they are counted at their ceiling (the most they could cost)"
             )
         cost = d["cost"]
         lines.append(
@@ -160,6 +166,7 @@ def build_summary(
         "requests": stats.requests,
         "rate_limited": stats.rate_limited,
         "retries": stats.retries,
+        "unknown_usage": stats.unknown_usage,
         "concurrency": {
             "settled": settled,
             "max": stats.max_concurrency,

@@ -32,6 +32,7 @@ class Outcomes:
     results: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, Usage] = field(default_factory=dict)
+    unknown_usage: int = 0  # answers whose usage the API did not say in a readable form
 
 
 def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:

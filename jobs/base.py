@@ -86,6 +86,7 @@ class JobResult:
     row: dict[str, Any]
     usage: Usage
     model: str
+    usage_known: bool = True  # False: the API gave no readable usage; counted at the ceiling
 
 
 @dataclass(frozen=True, slots=True)

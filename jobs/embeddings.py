@@ -35,9 +35,10 @@ from jobs.base import (
     KindOptions,
     SourceLocation,
 )
+from jobs.embedding_limits import fit_input_limit
 from jobs.embedding_packing import EmbeddingPacker, EmbeddingPayload
 from jobs.registry import register
-from jobs.tokens import surely_fits, token_ceiling
+from jobs.tokens import token_ceiling
 from jobs.validation import RecordFields, json_text
 
 
@@ -65,9 +66,6 @@ EMBEDDING_OVERHEAD = 5
 # The LRU of recent vectors holds at most this many bytes of float32 (4,096 vectors of 1024
 # floats, 1,638 of 2560), so memory stays flat however long the run.
 CACHE_BYTES = 16 * 1024 * 1024
-# Truncation aims this many tokens under the limit, and gives up after this many rounds.
-TRUNCATE_MARGIN = 16
-TRUNCATE_ROUNDS = 4
 _FIELDS = ("id", "text", "model", "metadata")
 
 
@@ -112,6 +110,7 @@ class _Vector:
     values: array[float]
     tokens: int
     model: str
+    usage_known: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +323,8 @@ class EmbeddingsKind(JobKind):
                     )
                 )
                 continue
-            usage = Usage(prompt_tokens=answer.tokens) if slot in billable else Usage()
+            billed = slot in billable
+            usage = Usage(prompt_tokens=answer.tokens) if billed else Usage()
             billable.discard(slot)
             row = {
                 "embedding": answer.values,
@@ -332,43 +332,19 @@ class EmbeddingsKind(JobKind):
                 "model": answer.model,
                 "metadata": json_text(job.metadata),
             }
-            outcomes.append(JobResult(job=job, row=row, usage=usage, model=answer.model))
+            outcomes.append(
+                JobResult(job, row, usage, answer.model, answer.usage_known or not billed)
+            )
         return outcomes
 
     async def _fit(
         self, client: EmbeddingsClient, model: str, texts: dict[int, str]
     ) -> tuple[dict[int, str], dict[int, _Answer]]:
-        """The texts to send (truncated where allowed) and the rejected ones. Only texts the
-        character heuristic cannot clear are counted, all in one `/tokens/count` call."""
-        limit = self.max_input_tokens(model)
-        unsure = {i: t for i, t in texts.items() if not surely_fits(len(t), limit)}
-        if not unsure:
-            return texts, {}
-        sendable = dict(texts)
-        over = await _over_limit(client, model, unsure, limit)
-        if self.options.on_long_text == "truncate":
-            target = limit - TRUNCATE_MARGIN
-            for _ in range(TRUNCATE_ROUNDS):
-                if not over:
-                    break
-                shorter = {
-                    i: sendable[i][: max(1, len(sendable[i]) * target // tokens)]
-                    for i, tokens in over.items()
-                }
-                sendable.update(shorter)
-                over = await _over_limit(client, model, shorter, limit)
-        rejected: dict[int, _Answer] = {}
-        for i, tokens in over.items():
-            del sendable[i]
-            rejected[i] = _Rejected(
-                f"text has {tokens} tokens, over the {limit}-token input limit of {model}"
-                + (
-                    " after truncation"
-                    if self.options.on_long_text == "truncate"
-                    else " (use --on-long-text truncate to cut it)"
-                )
-            )
-        return sendable, rejected
+        """The texts to send (truncated where allowed) and the rejected ones."""
+        sendable, reasons = await fit_input_limit(
+            client, model, texts, self.max_input_tokens(model), self.options.on_long_text
+        )
+        return sendable, {i: _Rejected(reason) for i, reason in reasons.items()}
 
     async def _embed(
         self, client: EmbeddingsClient, payload: EmbeddingPayload, items: list[tuple[int, str]]
@@ -415,7 +391,7 @@ class EmbeddingsKind(JobKind):
                     request_id=answer.request_id,
                 )
             found[items[item.index][0]] = _Vector(
-                array("f", item.embedding), item.prompt_tokens, answer.model
+                array("f", item.embedding), item.prompt_tokens, answer.model, item.usage_known
             )
         if len(found) != len(items):
             raise ServerError(
@@ -436,13 +412,3 @@ class EmbeddingsKind(JobKind):
                 pa.field("metadata", pa.string()),
             ]
         )
-
-
-async def _over_limit(
-    client: EmbeddingsClient, model: str, texts: Mapping[int, str], limit: int
-) -> dict[int, int]:
-    """Exact token counts of `texts`, keeping those over `limit`."""
-    counts = await client.tokens_count(list(texts.values()), model)
-    if len(counts) != len(texts):
-        raise ServerError(f"tokens/count answered {len(counts)} counts for {len(texts)} texts")
-    return {i: c.tokens for i, c in zip(texts, counts, strict=True) if c.tokens > limit}
