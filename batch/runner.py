@@ -80,7 +80,6 @@ class RunConfig:
     progress: ProgressMode = "auto"
     progress_interval: float | None = None
     handle_signals: bool = True
-    max_retry_after: float = 120.0
     disk_wait: float = 600.0
     command: str = "run"
 
@@ -197,7 +196,6 @@ class _Run:
             stats=stats,
             stop=self.stop,
             budget=BudgetGate(budget, self.stop) if budget is not None else None,
-            max_retry_after=config.max_retry_after,
         )
 
     def _client(self) -> AbstractAsyncContextManager[GigaChatClient]:

@@ -23,11 +23,10 @@ from batch.errors import (
     FatalError,
     RateLimited,
     RequestTimedOut,
-    RetryAfterTooLong,
 )
 from batch.limiter import AdaptiveLimiter
 from batch.outcomes import answered_batch, failed_batch
-from batch.retry import RetryPolicy, call_with_retry
+from batch.retry import RetryPolicy, call_with_retry, retry_after_capped
 from batch.stopping import RunStop
 from batch.summary import RunStats
 from batch.writer import Outcomes
@@ -97,7 +96,6 @@ class BatchSender:
         stats: RunStats,
         stop: RunStop,
         budget: BudgetGate | None,
-        max_retry_after: float = 120.0,
     ) -> None:
         self.kind = kind
         self.limiter = limiter
@@ -105,7 +103,6 @@ class BatchSender:
         self.stats = stats
         self.stop = stop
         self.budget = budget
-        self.max_retry_after = max_retry_after
         self._default_model = str(kind.answer_settings().get("model") or "")
 
     async def send(self, client: GigaChatClient, batch: Batch) -> Outcomes | None:
@@ -213,15 +210,8 @@ class _Attempt:
                 self.count += 1
                 sender.stats.requests += 1
                 sender.stats.concurrency = sender.limiter.limit
-                try:
+                with retry_after_capped(sender.retry):
                     answers = await sender.kind.send(self.client, self.batch)
-                except RateLimited as exc:
-                    # Over the cap, the pause would hold every worker for longer than the
-                    # run may wait: it is not recorded, and the run stops (exit 1) instead.
-                    wait = exc.retry_after
-                    if wait is not None and wait > sender.max_retry_after:
-                        raise RetryAfterTooLong(wait, sender.max_retry_after, exc) from None
-                    raise
                 self.latency = time.monotonic() - slot.sent_at
         except ApiError as exc:
             self._failed_try(exc)
