@@ -194,7 +194,8 @@ class Checkpoint:
         }
         checkpoint = cls(out_dir, manifest, DoneIds())
         checkpoint._scan()
-        checkpoint.write_manifest()
+        with output_errors("write"):
+            checkpoint.write_manifest()
         return checkpoint
 
     def _scan(self) -> None:

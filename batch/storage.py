@@ -27,6 +27,9 @@ _ADVICE = {
     errno.EPERM: "check the directory's permissions or use another --out",
     errno.ENOTDIR: "a part of the path is a file, not a directory: use another --out",
     errno.EEXIST: "a file of that name is in the way: use another --out",
+    # after mkdir -p: a filesystem that makes no files there (/proc), or a file removed
+    errno.ENOENT: "the path is gone or cannot exist there: use another --out",
+    errno.EIO: "the disk reports an I/O error: check it, or use another --out",
 }
 
 
