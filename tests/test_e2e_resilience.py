@@ -59,17 +59,18 @@ def test_a_second_run_on_the_same_out_is_refused_and_nothing_is_billed_twice(
     tmp_path: Path,
 ) -> None:
     jobs = tmp_path / "jobs.jsonl"
-    expected = chat_jobs(jobs, 300)
+    expected = chat_jobs(jobs, 240)
     out = tmp_path / "out"
     args = ("run", str(jobs), "--out", str(out), "-q", "--flush-interval", "0.1")
-    cfg = profile("b2b", stream_limit=4, **{**FAST, "latency_base_ms": 30.0})
+    # Two streams of 60 ms: the first run takes over 7 s, the second starts inside it.
+    cfg = profile("b2b", stream_limit=2, **{**FAST, "latency_base_ms": 60.0})
     with serve_emulator(cfg) as emu:
         first = start(emu, *args)
         wait_for(lambda: (out / "results").is_dir())
+        status, status_err = gigabatch(emu, "status", str(out))  # while the run holds it
         started = time.monotonic()
         code, err = gigabatch(emu, *args)
         refused_in = time.monotonic() - started
-        status, status_err = gigabatch(emu, "status", str(out))
         _, first_err = first.communicate(timeout=120)
         stats = emu.stats()
     assert code == EXIT_LOCKED, err
