@@ -45,6 +45,7 @@ from batch.limiter import AdaptiveLimiter
 from batch.pricing import PriceTable
 from batch.projection import Reservoir
 from batch.retry import RetryPolicy
+from batch.run_lock import RunLock
 from batch.runner import RunConfig, run_jobs
 from batch.settings import ClientSettings
 from jobs.base import Job, JobKind
@@ -190,7 +191,7 @@ async def _run_sample(
         job_filter=lambda job: job.id in wanted,
         progress="off" if request.quiet else "auto",
         handle_signals=False,
-        command="estimate --sample",
+        locked_by_caller=request.out is not None,  # estimate_jobs holds it
     )
     summary = await run_jobs(config)
     if summary.status == "fatal":
@@ -271,7 +272,19 @@ def _counting_notes(kind: JobKind, counter: InputCounter) -> list[str]:
 
 
 def estimate_jobs(request: EstimateRequest) -> Estimate:
-    """Validate, count, sample and price a job file, then check the prepaid balance."""
+    """Validate, count, sample and price a job file, then check the prepaid balance. A
+    sample into `out` holds that directory's run lock from the start (OutputLocked, before
+    anything is counted, when a run holds it)."""
+    if request.sample and request.out is not None:
+        lock = RunLock.acquire(request.out, "estimate --sample")
+        try:
+            return _estimate(request)
+        finally:
+            lock.release()
+    return _estimate(request)
+
+
+def _estimate(request: EstimateRequest) -> Estimate:
     kind = request.make_kind()
     report = validate_jobs(request.jobs_path, kind)
     if not request.skip_invalid:

@@ -81,7 +81,7 @@ class RunConfig:
     progress_interval: float | None = None
     handle_signals: bool = True
     disk_wait: float = 600.0
-    command: str = "run"
+    locked_by_caller: bool = False  # the caller holds out_dir's RunLock (estimate --sample)
 
 
 async def run_jobs(config: RunConfig) -> RunSummary:
@@ -96,13 +96,16 @@ async def run_jobs(config: RunConfig) -> RunSummary:
         # A reservation only bounds what a request can cost when the request itself is
         # bounded (chat: max_tokens on every request); the cap is then in the fingerprint.
         config = dataclasses.replace(config, kind=config.kind.bounded())
-    lock = await anyio.to_thread.run_sync(RunLock.acquire, config.out_dir, config.command)
+    lock = None
+    if not config.locked_by_caller:
+        lock = await anyio.to_thread.run_sync(RunLock.acquire, config.out_dir)
     try:
         await anyio.to_thread.run_sync(check_writable, config.out_dir)
         run = await _prepare_watching_signals(config)
         return await run.execute()
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 async def _prepare_watching_signals(config: RunConfig) -> _Run:

@@ -18,6 +18,7 @@ import pytest
 from test_e2e_run import FAST, chat_jobs, emulator, gigabatch, ids, start
 
 from batch.emulator import RunningEmulator, profile, serve_emulator
+from batch.run_lock import RunLock
 
 pytestmark = pytest.mark.e2e
 
@@ -298,3 +299,22 @@ def test_a_retry_after_over_the_cap_stops_the_run_with_the_time_named(tmp_path: 
     assert took < 20
     done = ids(out, "results")
     assert len(done) == len(set(done)) and set(done) <= expected
+
+
+def test_estimate_sample_into_an_out_held_by_a_run_is_refused(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    chat_jobs(jobs, 20)
+    out = tmp_path / "out"
+    held = RunLock.acquire(out)
+    try:
+        code, err = gigabatch(
+            emulator, "estimate", str(jobs), "--sample", "3", "--out", str(out)
+        )
+    finally:
+        held.release()
+    assert code == EXIT_LOCKED, err
+    assert f"pid {os.getpid()}" in err
+    requests = emulator.stats()["requests"]
+    assert not requests.get("/api/v1/chat/completions") and not requests.get("/api/v1/tokens/count")
