@@ -250,11 +250,11 @@ class _Run:
         return await self._summarise()
 
     def _commit_failed(self, progress: Progress, error: OutputError) -> None:
-        """A part could not be committed: stop sending, keep the answered rows."""
+        """The disk is (nearly) full: stop sending, commit or keep the answered rows."""
         self.stop.stop("fatal", str(error), error)
         progress.notice(
-            f"{error}; the run stops sending, and the answered rows are kept and "
-            f"committed as soon as there is room (waiting up to {self.config.disk_wait:.0f} s)"
+            f"{error}; the run stops sending, and the answered rows are kept until they are "
+            f"committed (on a full disk, waiting up to {self.config.disk_wait:.0f} s for room)"
         )
 
     async def _summarise(self) -> RunSummary:

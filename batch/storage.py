@@ -56,6 +56,12 @@ def output_errors(doing: str = "write", path: Path | None = None) -> Iterator[No
         raise OutputError(describe(exc, doing, path)) from None
 
 
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer may still use on `directory`'s filesystem."""
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize
+
+
 def is_disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -75,8 +81,7 @@ def check_writable(out_dir: Path, min_free: int = MIN_FREE_BYTES) -> None:
         with contextlib.suppress(OSError):
             probe.unlink()
     with output_errors("check the free space of"):
-        stat = os.statvfs(out_dir)
-    free = stat.f_bavail * stat.f_frsize
+        free = free_bytes(out_dir)
     if free < min_free:
         raise OutputError(
             f"cannot write {out_dir}: only {free // 1024} KiB free, a run needs at least "

@@ -22,7 +22,7 @@ from batch.api_types import Usage
 from batch.checkpoint import FAILED_SCHEMA, Checkpoint, PartInfo
 from batch.errors import OutputError
 from batch.layout import FAILED, RESULTS
-from batch.storage import describe, is_disk_full
+from batch.storage import describe, free_bytes, is_disk_full
 
 
 @dataclass(slots=True)
@@ -66,10 +66,12 @@ def _column(values: list[Any], type_: pa.DataType) -> pa.Array:
 class PartWriter:
     """Buffers outcomes and commits them through the checkpoint; `run` is the writer task.
 
-    Rows leave the buffer only once their part is committed. When a commit fails (a full
-    disk), `on_error` hears it once (the run stops sending), the rows stay buffered, and
-    the commit is tried again every `retry_interval` seconds; on a full disk, for
-    `disk_wait` seconds after the last worker is done: freeing space then loses nothing."""
+    Rows leave the buffer only once their part is committed. When less room is left than
+    two of the largest parts so far, `on_error` hears it (the run stops sending while the
+    answered rows still fit). When a commit fails all the same, `on_error` hears it (once
+    in all), the rows stay buffered, and the commit is tried again every `retry_interval`
+    seconds; on a full disk, for `disk_wait` seconds after the last worker is done:
+    freeing space then loses nothing."""
 
     def __init__(
         self,
@@ -98,6 +100,8 @@ class PartWriter:
         self.parts_committed = 0
         self.error: OutputError | None = None
         self._space_may_come = False
+        self._largest_part = 0
+        self._free = -1  # bytes left after the last commit; -1 before any
 
     @property
     def buffered(self) -> int:
@@ -123,15 +127,26 @@ class PartWriter:
         self.parts_committed += len(committed)
         if committed and self.on_commit is not None:
             self.on_commit(committed)
+        if 0 <= self._free < 2 * self._largest_part:
+            self._stop(
+                OutputError(
+                    f"cannot keep writing {self.checkpoint.out_dir}: only "
+                    f"{self._free // 1024} KiB left, less than two parts of "
+                    f"{self._largest_part // 1024} KiB (ENOSPC ahead); free some space or "
+                    "use another --out"
+                )
+            )
         return not self.buffered and not self._manifest_stale
 
     def _failed(self, exc: OSError) -> None:
-        if self.error is not None:
-            return
-        self.error = OutputError(describe(exc))
-        self._space_may_come = is_disk_full(exc)
-        if self.on_error is not None:
-            self.on_error(self.error)
+        self._space_may_come = self._space_may_come or is_disk_full(exc)
+        self._stop(OutputError(describe(exc)))
+
+    def _stop(self, error: OutputError) -> None:
+        if self.error is None:
+            self.error = error
+            if self.on_error is not None:
+                self.on_error(error)
 
     def outcome(self) -> OutputError | None:
         """After `run`: the first commit error, saying whether every answered row was
@@ -164,6 +179,11 @@ class PartWriter:
         if self._manifest_stale:
             checkpoint.write_manifest()
             self._manifest_stale = False
+        for info in committed:
+            size = (checkpoint.out_dir / info.path).stat().st_size
+            self._largest_part = max(self._largest_part, size)
+        if committed:
+            self._free = free_bytes(checkpoint.out_dir)
 
     async def run(self, receive: ObjectReceiveStream[Outcomes]) -> None:
         """Take outcomes until the stream closes, committing on time or size (while commits

@@ -182,33 +182,62 @@ def leftovers(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
+def run_onto_tiny_disk(
+    emu: RunningEmulator, jobs: Path, out: Path, *extra: str
+) -> tuple[subprocess.Popen[str], str]:
+    """Start an embedding run into `out`; its first line on stderr (the disk's notice)."""
+    args = ("run", str(jobs), "--kind", "embed", "--out", str(out), "-q", "--batch-size", "16")
+    proc = start(emu, *args, *extra)
+    assert proc.stderr is not None
+    return proc, proc.stderr.readline()
+
+
+def resume_exactly_once(emu: RunningEmulator, jobs: Path, out: Path, expected: set[str]) -> None:
+    code, err = gigabatch(emu, "run", str(jobs), "--kind", "embed", "--out", str(out), "-q")
+    assert code == 0, err
+    assert Counter(ids(out, "results")) == Counter(expected)
+    assert emu.stats()["tokens"]["embedding"] == billed_rows(out)
+
+
 def test_a_full_disk_keeps_the_answered_rows_until_space_is_freed(
     tiny_disk: Path, tmp_path: Path
 ) -> None:
     jobs = tmp_path / "jobs.jsonl"
     expected = embed_jobs(jobs, 6000)  # about 5 MB of parts: more than twice the disk
+    (tiny_disk / "filler").write_bytes(b"\0" * 900 * 1024)  # ~1.1 MiB left: the run starts
     out = tiny_disk / "out"
-    args = ("run", str(jobs), "--kind", "embed", "--out", str(out), "-q")
     with serve_emulator(profile("b2b", stream_limit=4, **FAST)) as emu:
-        proc = start(emu, *args, "--flush-interval", "0.2", "--batch-size", "16")
-        assert proc.stderr is not None
-        first = proc.stderr.readline()
+        # The first part (2,000 rows, about 1.8 MB) does not fit.
+        proc, first = run_onto_tiny_disk(emu, jobs, out, "--flush-interval", "30")
         assert "No space left on device (ENOSPC)" in first, first
         assert str(out) in first
         subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
         _, err = proc.communicate(timeout=60)
-        billed = emu.stats()["tokens"]["embedding"]
         assert proc.returncode == 1, err
         lines = err.strip().splitlines()
         assert len(lines) == 1 and "every answered row is committed" in lines[0], err
         assert "Traceback" not in first + err
         assert leftovers(out) == []
-        assert billed == billed_rows(out)  # every billed answer is in results/
-        code, err = gigabatch(emu, *args)
-        billed = emu.stats()["tokens"]["embedding"]
-    assert code == 0, err
-    assert Counter(ids(out, "results")) == Counter(expected)
-    assert billed == billed_rows(out)
+        assert emu.stats()["tokens"]["embedding"] == billed_rows(out)  # none lost
+        resume_exactly_once(emu, jobs, out, expected)
+
+
+def test_a_disk_about_to_fill_stops_the_run_while_the_rows_still_fit(
+    tiny_disk: Path, tmp_path: Path
+) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    expected = embed_jobs(jobs, 6000)
+    out = tiny_disk / "out"
+    with serve_emulator(profile("b2b", stream_limit=4, **FAST)) as emu:
+        proc, first = run_onto_tiny_disk(emu, jobs, out, "--flush-interval", "0.2")
+        assert "less than two parts" in first and str(out) in first, first
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        assert "every answered row is committed" in err and "Traceback" not in err, err
+        assert leftovers(out) == []
+        assert emu.stats()["tokens"]["embedding"] == billed_rows(out)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
+        resume_exactly_once(emu, jobs, out, expected)
 
 
 def test_a_run_on_a_full_disk_stops_before_sending_anything(

@@ -237,3 +237,25 @@ def test_rows_that_never_find_space_are_reported_as_lost(tmp_path: Path) -> None
     run_writer(writer, [outcome(0)], free_after=None)
     final = writer.outcome()
     assert final is not None and "2 answered rows could not be committed" in str(final)
+
+
+def test_a_disk_about_to_fill_stops_the_run_while_the_rows_still_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("batch.writer.free_bytes", lambda _: 1024)
+    errors: list[OutputError] = []
+    writer = PartWriter(
+        checkpoint(tmp_path), SCHEMA, flush_interval=0.01, flush_rows=2, on_error=errors.append
+    )
+    run_writer(writer, [outcome(i) for i in range(3)], free_after=None)
+    assert len(errors) == 1 and "only 1 KiB left, less than two parts" in str(errors[0])
+    assert written_ids(tmp_path, "results") == ["r0", "r1", "r2"]
+    final = writer.outcome()
+    assert final is not None and "every answered row is committed" in str(final)
+
+
+def test_plenty_of_room_does_not_stop_anything(tmp_path: Path) -> None:
+    errors: list[OutputError] = []
+    writer = PartWriter(checkpoint(tmp_path), SCHEMA, flush_interval=0.01, on_error=errors.append)
+    run_writer(writer, [outcome(i) for i in range(3)], free_after=None)
+    assert errors == [] and writer.outcome() is None
