@@ -100,6 +100,7 @@ class PartWriter:
         self.parts_committed = 0
         self.error: OutputError | None = None
         self._space_may_come = False
+        self._failing = False  # a commit has failed (and was reported)
         self._largest_part = 0
         self._free = -1  # bytes left after the last commit; -1 before any
 
@@ -128,7 +129,7 @@ class PartWriter:
         if committed and self.on_commit is not None:
             self.on_commit(committed)
         if 0 <= self._free < 2 * self._largest_part:
-            self._stop(
+            self._low_space(
                 OutputError(
                     f"cannot keep writing {self.checkpoint.out_dir}: only "
                     f"{self._free // 1024} KiB left, less than two parts of "
@@ -139,14 +140,24 @@ class PartWriter:
         return not self.buffered and not self._manifest_stale
 
     def _failed(self, exc: OSError) -> None:
-        self._space_may_come = self._space_may_come or is_disk_full(exc)
-        self._stop(OutputError(describe(exc)))
+        """A commit failed: reported once, even after an early stop for space (so the
+        user hears that rows now wait for room)."""
+        if self._failing:
+            return
+        self._failing = True
+        self._space_may_come = is_disk_full(exc)
+        error = OutputError(describe(exc))
+        self.error = self.error or error
+        self._report(error)
 
-    def _stop(self, error: OutputError) -> None:
+    def _low_space(self, error: OutputError) -> None:
         if self.error is None:
             self.error = error
-            if self.on_error is not None:
-                self.on_error(error)
+            self._report(error)
+
+    def _report(self, error: OutputError) -> None:
+        if self.on_error is not None:
+            self.on_error(error)
 
     def outcome(self) -> OutputError | None:
         """After `run`: the first commit error, saying whether every answered row was

@@ -231,12 +231,14 @@ def test_a_disk_about_to_fill_stops_the_run_while_the_rows_still_fit(
     with serve_emulator(profile("b2b", stream_limit=4, **FAST)) as emu:
         proc, first = run_onto_tiny_disk(emu, jobs, out, "--flush-interval", "0.2")
         assert "less than two parts" in first and str(out) in first, first
+        # Room for what is still in flight, should a loaded machine let more in than two
+        # parts' worth (the rows would then wait for room, not be lost).
+        subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 1, err
         assert "every answered row is committed" in err and "Traceback" not in err, err
         assert leftovers(out) == []
         assert emu.stats()["tokens"]["embedding"] == billed_rows(out)
-        subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
         resume_exactly_once(emu, jobs, out, expected)
 
 
