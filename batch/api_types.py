@@ -41,6 +41,7 @@ class ChatCompletion:
     function_call: dict[str, Any] | None = None
     functions_state_id: str | None = None
     request_id: str | None = None
+    usage_known: bool = True  # False: the answer's usage was missing or malformed
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class EmbeddingItem:
     index: int
     embedding: list[float]
     prompt_tokens: int
+    usage_known: bool = True  # False: the item's usage was missing or malformed
 
 
 @dataclass(frozen=True, slots=True)

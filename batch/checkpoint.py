@@ -14,15 +14,12 @@ so totals can always be rebuilt from the parts themselves, whatever the manifest
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import time
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -31,14 +28,23 @@ import pyarrow.parquet as pq
 from batch.api_types import Usage
 from batch.errors import RunRefused
 from batch.id_hashes import IdHashSet, id_hash
+from batch.layout import (
+    FAILED,
+    MANIFEST,
+    RESULTS,
+    atomic_file,
+    clear_output,
+    damaged_part,
+    part_files,
+    part_number,
+    prepare_directory,
+    read_manifest,
+    set_failed_aside,
+    write_atomic,
+)
 from batch.pricing import PriceTable
+from batch.storage import output_errors
 
-MANIFEST = "manifest.json"
-SUMMARY = "summary.json"
-INVALID = "invalid.jsonl"
-RESULTS = "results"
-FAILED = "failed"
-SUPERSEDED = "superseded"
 FORMAT = 1
 _USAGE_KEY = b"gigabatch.usage"
 
@@ -83,50 +89,9 @@ def _usage_from(data: Mapping[str, Any]) -> dict[str, Usage]:
     return {str(m): Usage(int(v[0]), int(v[1]), int(v[2])) for m, v in data.items()}
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A file that appears at `path` whole or not at all: written under a dot-name (which a
-    later open clears if a crash left it), fsynced, renamed over `path`, directory fsynced.
-    Nothing is renamed into place if the block raises."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    fsync_dir(path.parent)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (see `atomic_file`)."""
-    with atomic_file(path) as f:
-        f.write(data)
-
-
-def _part_number(path: Path) -> int:
-    try:
-        return int(path.stem.split("-", 1)[1])
-    except (IndexError, ValueError):
-        return 0
-
-
-def _parts(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    return sorted(directory.glob("part-*.parquet"), key=_part_number)
-
-
 def _read_part_info(path: Path, out_dir: Path) -> PartInfo:
-    meta = pq.read_metadata(path)
+    with damaged_part(path):
+        meta = pq.read_metadata(path)
     kv = meta.metadata or {}
     raw = kv.get(_USAGE_KEY)
     usage = _usage_from(orjson.loads(raw)) if raw else {}
@@ -213,15 +178,12 @@ class Checkpoint:
             clear_output(out_dir)
         previous: dict[str, Any] | None = None
         if manifest_path.exists():
-            previous = orjson.loads(manifest_path.read_bytes())
+            previous = read_manifest(manifest_path)
             _check_resumable(previous, input_fingerprint, settings_now, setting_hints)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for sub in (RESULTS, FAILED):
-            (out_dir / sub).mkdir(exist_ok=True)
-            for stale in (out_dir / sub).glob(".*.tmp"):
-                stale.unlink()
-        if retry_failed:
-            set_failed_aside(out_dir)
+        with output_errors("write"):
+            prepare_directory(out_dir)
+            if retry_failed:
+                set_failed_aside(out_dir)
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "kind": kind,
@@ -232,19 +194,25 @@ class Checkpoint:
         }
         checkpoint = cls(out_dir, manifest, DoneIds())
         checkpoint._scan()
-        checkpoint.write_manifest()
+        with output_errors("write"):
+            checkpoint.write_manifest()
         return checkpoint
 
     def _scan(self) -> None:
+        with output_errors("read"):
+            self._scan_parts()
+
+    def _scan_parts(self) -> None:
         hashes: array[int] = array("Q")
         highest = 0
         for sub in (RESULTS, FAILED):
-            for path in _parts(self.out_dir / sub):
+            for path in part_files(self.out_dir / sub):
                 info = _read_part_info(path, self.out_dir)
                 self.parts[sub].append(info)
                 self.totals.add(sub, info)
-                highest = max(highest, _part_number(path))
-                ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
+                highest = max(highest, part_number(path))
+                with damaged_part(path):
+                    ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
                 hashes.extend(id_hash(i) for i in ids)
         self.done = DoneIds.from_hashes(hashes)
         self._next = highest + 1
@@ -259,15 +227,20 @@ class Checkpoint:
             (RESULTS, results, usage),
             (FAILED, failures, {}),
         ):
-            if table is None or table.num_rows == 0:
-                continue
-            info = self._write_part(sub, table, part_usage)
-            self.parts[sub].append(info)
-            self.totals.add(sub, info)
-            committed.append(info)
+            if table is not None and table.num_rows > 0:
+                committed.append(self.commit_part(sub, table, part_usage))
         if committed:
             self.write_manifest()
         return committed
+
+    def commit_part(self, sub: str, table: pa.Table, usage: Mapping[str, Usage]) -> PartInfo:
+        """Commit one part of `sub` (RESULTS or FAILED): once this returns its rows are done,
+        whatever happens to the manifest (a resume reads the parts). Raises OSError with
+        nothing written."""
+        info = self._write_part(sub, table, usage)
+        self.parts[sub].append(info)
+        self.totals.add(sub, info)
+        return info
 
     def ensure_datasets(self, result_schema: pa.Schema) -> None:
         """Give results/ and failed/ at least one part (an empty one if need be), so each
@@ -331,40 +304,17 @@ def _check_resumable(
         )
 
 
-def clear_output(out_dir: Path) -> None:
-    """Delete what a previous run wrote in `out_dir` (for --restart); nothing else."""
-    for sub in (RESULTS, FAILED, SUPERSEDED):
-        shutil.rmtree(out_dir / sub, ignore_errors=True)
-    for name in (MANIFEST, SUMMARY, INVALID):
-        with contextlib.suppress(FileNotFoundError):
-            (out_dir / name).unlink()
-
-
-def set_failed_aside(out_dir: Path) -> Path | None:
-    """Move failed/ to superseded/failed-<n>/ in one rename, leaving an empty failed/."""
-    failed = out_dir / FAILED
-    if not _parts(failed):
-        return None
-    superseded = out_dir / SUPERSEDED
-    superseded.mkdir(exist_ok=True)
-    n = 1 + max((_part_number(p) for p in superseded.glob("failed-*")), default=0)
-    target = superseded / f"failed-{n}"
-    failed.replace(target)
-    fsync_dir(out_dir)
-    failed.mkdir()
-    return target
-
-
 def read_status(out_dir: Path) -> tuple[dict[str, Any], Totals]:
     """The manifest and totals rebuilt from the committed parts (for `gigabatch status`)."""
     manifest_path = out_dir / MANIFEST
     if not manifest_path.exists():
         raise RunRefused(f"{out_dir} has no {MANIFEST}: not a gigabatch output directory")
-    manifest: dict[str, Any] = orjson.loads(manifest_path.read_bytes())
+    manifest = read_manifest(manifest_path)
     totals = Totals()
-    for sub in (RESULTS, FAILED):
-        for path in _parts(out_dir / sub):
-            totals.add(sub, _read_part_info(path, out_dir))
+    with output_errors("read"):
+        for sub in (RESULTS, FAILED):
+            for path in part_files(out_dir / sub):
+                totals.add(sub, _read_part_info(path, out_dir))
     return manifest, totals
 
 

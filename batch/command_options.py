@@ -182,6 +182,14 @@ RUN_OPTIONS = (
         min_open=True,
     ),
     Option(
+        "--max-retry-after",
+        "Longest Retry-After pause to honour; a longer one stops the run (exit 1) so it "
+        "can be run again later.",
+        type=float,
+        default=120.0,
+        minimum=0,
+    ),
+    Option(
         "--flush-interval",
         "Seconds between committed parts: the most answered work a crash can lose.",
         type=float,
@@ -194,6 +202,14 @@ RUN_OPTIONS = (
         "On Ctrl-C/SIGTERM/fatal errors, seconds to let requests in flight finish.",
         type=float,
         default=5.0,
+        minimum=0,
+    ),
+    Option(
+        "--disk-wait",
+        "On a full disk, seconds to keep the answered rows and retry committing them "
+        "while space is freed.",
+        type=float,
+        default=600.0,
         minimum=0,
     ),
     Option(

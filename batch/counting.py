@@ -33,7 +33,7 @@ from batch.limiter import AdaptiveLimiter
 from batch.lru import Lru, text_key
 from batch.pipeline import run_pipeline
 from batch.projection import Reservoir
-from batch.retry import RetryPolicy, call_with_retry
+from batch.retry import RetryPolicy, call_with_retry, retry_after_capped
 from jobs.base import BilledInput, Job, JobKind
 
 # Counted texts remembered (by digest) so a text repeated across the file is counted once.
@@ -282,7 +282,8 @@ def limited_counter(
     async def count(texts: Sequence[str], model: str) -> list[int]:
         async def attempt() -> list[int]:
             async with limiter.slot():
-                answer = await tokens_count(texts, model)
+                with retry_after_capped(policy):
+                    answer = await tokens_count(texts, model)
             return [item.tokens for item in answer]
 
         return await call_with_retry(attempt, policy)

@@ -13,6 +13,9 @@ The engine acts on the branch an error sits in, never on a status code:
     │   ├── RowsFailed                 it finished, some rows failed (exit 3)
     │   ├── RunInterrupted             Ctrl-C or SIGTERM stopped it (exit 130 / 143)
     │   └── RunTimedOut                it waited longer than --completion-timeout (exit 1)
+    ├── OutputError                    the output directory cannot be read or written (exit 1)
+    ├── OutputLocked                   another run holds the output directory (exit 5)
+    ├── Interrupted                    a signal before anything was sent (exit 130 / 143)
     └── ApiError                       the API answered with an error, or could not be reached
         ├── RetryableError             try the same request again later
         │   ├── RateLimited            429; carries retry_after seconds when the server said
@@ -27,7 +30,8 @@ The engine acts on the branch an error sits in, never on a status code:
         └── FatalError                 nothing more will succeed: stop the run, commit, exit 1
             ├── AuthenticationFailed   401 after one refresh, or credentials rejected by OAuth
             ├── PaymentRequired        402: the prepaid balance is exhausted
-            └── PermissionDenied       403
+            ├── PermissionDenied       403
+            └── RetryAfterTooLong      429 asking for a longer pause than --max-retry-after
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import math
+import signal
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -109,6 +114,24 @@ class RunInterrupted(RunStopped):
 
 class RunTimedOut(RunStopped):
     """The run waited for the batch API longer than its completion timeout; rerun to resume."""
+
+
+class OutputError(GigabatchError):
+    """The output directory cannot be read or written: the message names the path and the
+    errno, or the file that is damaged and what to do about it."""
+
+
+class OutputLocked(GigabatchError):
+    """Another process runs into the same output directory; the message names it."""
+
+
+class Interrupted(GigabatchError):
+    """Ctrl-C or SIGTERM while the run was still validating: nothing was sent."""
+
+    def __init__(self, signum: int) -> None:
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        super().__init__(f"interrupted ({name}) while validating; nothing was sent")
+        self.signum = signum
 
 
 class ApiError(GigabatchError):
@@ -212,6 +235,19 @@ class PermissionDenied(FatalError):
     """403: this account may not do this."""
 
 
+class RetryAfterTooLong(FatalError):
+    """A 429 asked for a pause longer than the run may wait: stop now, resume later."""
+
+    def __init__(self, retry_after: float, cap: float, cause: RateLimited) -> None:
+        super().__init__(
+            f"the server asked to wait {retry_after:.0f} s (Retry-After), over "
+            f"--max-retry-after {cap:.0f} s; answered jobs are committed, run again later",
+            status=cause.status,
+            request_id=cause.request_id,
+        )
+        self.retry_after = retry_after
+
+
 _BY_STATUS: dict[int, type[ApiError]] = {
     400: BadRequest,
     401: AuthenticationFailed,
@@ -250,6 +286,18 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)
+
+
+def retry_after_of(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """The pause a 429 asks for: `retry-after-ms` (milliseconds, as OpenAI's servers send)
+    wins over `Retry-After` (seconds or an HTTP date); None when neither says."""
+    try:
+        millis = float(headers.get("retry-after-ms") or "nan")
+    except ValueError:
+        millis = math.nan
+    if math.isfinite(millis):
+        return max(0.0, millis / 1000)
+    return parse_retry_after(headers.get("retry-after"), now=now)
 
 
 def _body_message(body: bytes) -> tuple[int | None, str | None]:
@@ -307,7 +355,7 @@ def error_from_response(
             message,
             status=effective,
             request_id=request_id,
-            retry_after=parse_retry_after(headers.get("retry-after"), now=now),
+            retry_after=retry_after_of(headers, now=now),
         )
     cls = _BY_STATUS.get(effective)
     if cls is None:

@@ -22,7 +22,6 @@ import anyio.to_thread
 import pyarrow.parquet as pq
 
 from batch.api_types import Usage
-from batch.checkpoint import FAILED, RESULTS
 from batch.client import GigaChatClient
 from batch.counting import (
     InputCounter,
@@ -41,10 +40,12 @@ from batch.estimate_math import (
     build_estimate,
     check_balance,
 )
+from batch.layout import FAILED, RESULTS
 from batch.limiter import AdaptiveLimiter
 from batch.pricing import PriceTable
 from batch.projection import Reservoir
 from batch.retry import RetryPolicy
+from batch.run_lock import RunLock
 from batch.runner import RunConfig, run_jobs
 from batch.settings import ClientSettings
 from jobs.base import Job, JobKind
@@ -190,6 +191,7 @@ async def _run_sample(
         job_filter=lambda job: job.id in wanted,
         progress="off" if request.quiet else "auto",
         handle_signals=False,
+        locked_by_caller=request.out is not None,  # estimate_jobs holds it
     )
     summary = await run_jobs(config)
     if summary.status == "fatal":
@@ -270,7 +272,19 @@ def _counting_notes(kind: JobKind, counter: InputCounter) -> list[str]:
 
 
 def estimate_jobs(request: EstimateRequest) -> Estimate:
-    """Validate, count, sample and price a job file, then check the prepaid balance."""
+    """Validate, count, sample and price a job file, then check the prepaid balance. A
+    sample into `out` holds that directory's run lock from the start (OutputLocked, before
+    anything is counted, when a run holds it)."""
+    if request.sample and request.out is not None:
+        lock = RunLock.acquire(request.out, "estimate --sample")
+        try:
+            return _estimate(request)
+        finally:
+            lock.release()
+    return _estimate(request)
+
+
+def _estimate(request: EstimateRequest) -> Estimate:
     kind = request.make_kind()
     report = validate_jobs(request.jobs_path, kind)
     if not request.skip_invalid:

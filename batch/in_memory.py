@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch.api import arun, refuse_in_event_loop
-from batch.checkpoint import FAILED, RESULTS
 from batch.errors import ConfigError
+from batch.layout import FAILED, RESULTS
 
 ITEMS = "items.jsonl"
 # What a failed row adds to the kind's result columns (null for answered rows).

@@ -12,7 +12,8 @@ from typing import IO
 
 import orjson
 
-from batch.checkpoint import INVALID
+from batch.layout import INVALID
+from batch.storage import output_errors
 from jobs.base import Problem
 
 OnProblem = Callable[[Problem], None]
@@ -22,7 +23,9 @@ OnProblem = Callable[[Problem], None]
 def invalid_log(out_dir: Path, on_logged: Callable[[], None]) -> Iterator[OnProblem]:
     """Open OUT/invalid.jsonl for the run; the yielded function logs one problem (and
     calls `on_logged`, for the run's count)."""
-    with (out_dir / INVALID).open("wb") as handle:
+    with output_errors("write"):
+        handle = (out_dir / INVALID).open("wb")
+    with handle:
         yield partial(_log_problem, handle, on_logged)
 
 

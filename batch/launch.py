@@ -138,10 +138,13 @@ def planned_run(
             client_settings=settings,
             max_concurrency=values.pop("max_concurrency"),
             retry=RetryPolicy(
-                max_attempts=values.pop("max_attempts"), max_elapsed=values.pop("max_elapsed")
+                max_attempts=values.pop("max_attempts"),
+                max_elapsed=values.pop("max_elapsed"),
+                max_retry_after=values.pop("max_retry_after"),
             ),
             flush_interval=values.pop("flush_interval"),
             grace_period=values.pop("grace_period"),
+            disk_wait=values.pop("disk_wait"),
             skip_invalid=values.pop("skip_invalid"),
             restart=values.pop("restart"),
             retry_failed=values.pop("retry_failed"),

@@ -75,4 +75,5 @@ def answered_batch(answers: Sequence[JobOutcome], attempts: int, latency: float)
         row["latency_ms"] = latency_ms
         out.results.append(row)
         out.usage[outcome.model] = out.usage.get(outcome.model, Usage()) + outcome.usage
+        out.unknown_usage += not outcome.usage_known
     return out

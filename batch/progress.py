@@ -79,6 +79,13 @@ class Progress:
             self.stream.write(time.strftime("%H:%M:%S ") + line + "\n")
         self.stream.flush()
 
+    def notice(self, message: str) -> None:
+        """A line about the run that shows in every mode, --quiet included (a full disk)."""
+        if self._drawn:
+            self.stream.write("\r\x1b[2K")
+        self.stream.write(time.strftime("%H:%M:%S ") + message + "\n")
+        self.stream.flush()
+
     async def run(self) -> None:
         if self.mode == "off":
             return

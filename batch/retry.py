@@ -10,8 +10,9 @@ the server's health (5xx, resets, timeouts). A request stuck behind 429s still g
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -19,7 +20,7 @@ import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from batch.backoff import backoff_delay
-from batch.errors import RateLimited, RetryableError
+from batch.errors import RateLimited, RetryableError, RetryAfterTooLong
 
 T = TypeVar("T")
 
@@ -31,10 +32,26 @@ class RetryPolicy:
     initial: float = 0.5
     max_wait: float = 20.0
     jitter: float = 0.5
+    # The longest Retry-After a run waits out; a longer one stops it (RetryAfterTooLong).
+    max_retry_after: float = 120.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+
+
+@contextlib.contextmanager
+def retry_after_capped(policy: RetryPolicy) -> Iterator[None]:
+    """Around a send inside a limiter slot: a 429 asking for a pause longer than the
+    policy's `max_retry_after` leaves as RetryAfterTooLong (fatal), so the slot never
+    records that pause and no worker waits an hour for it: the run stops, to run later."""
+    try:
+        yield
+    except RateLimited as exc:
+        wait = exc.retry_after
+        if wait is not None and wait > policy.max_retry_after:
+            raise RetryAfterTooLong(wait, policy.max_retry_after, exc) from None
+        raise
 
 
 class _Budget:

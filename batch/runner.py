@@ -29,7 +29,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from batch.budget import Budget
 from batch.checkpoint import Checkpoint
-from batch.errors import ApiError, BudgetExhausted, GigabatchError
+from batch.errors import ApiError, BudgetExhausted, GigabatchError, OutputError
 from batch.eventlog import EventLog
 from batch.invalid_log import OnProblem, invalid_log
 from batch.limiter import AdaptiveLimiter
@@ -38,8 +38,10 @@ from batch.pricing import PriceTable
 from batch.progress import Progress, ProgressMode
 from batch.recording import AttemptRecorder
 from batch.retry import RetryPolicy
+from batch.run_lock import RunLock
 from batch.sending import BatchSender, BudgetGate
-from batch.stopping import RunStop
+from batch.stopping import EarlySignals, RunStop
+from batch.storage import check_writable, output_errors
 from batch.summary import RunStats, RunSummary, build_summary
 from batch.writer import Outcomes, PartWriter
 from jobs.base import Batch, Job, JobKind, Packer, Problem
@@ -80,6 +82,8 @@ class RunConfig:
     progress: ProgressMode = "auto"
     progress_interval: float | None = None
     handle_signals: bool = True
+    disk_wait: float = 600.0
+    locked_by_caller: bool = False  # the caller holds out_dir's RunLock (estimate --sample)
 
 
 def open_client(
@@ -101,17 +105,56 @@ def open_client(
 
 async def run_jobs(config: RunConfig) -> RunSummary:
     """Run `config` to its end and return its summary (also written to summary.json).
-    Raises JobFileError, RunRefused or ConfigError before anything is sent."""
+
+    The output directory is locked for the whole run (OutputLocked when another run holds
+    it). Raises JobFileError, RunRefused, ConfigError, OutputError or Interrupted before
+    anything is sent, and OutputError when answers could not be committed."""
     if config.max_concurrency < 1:
         raise ValueError("max_concurrency must be at least 1")
-    budgeted = config.max_cost is not None or config.max_tokens is not None
-    if budgeted:
+    if config.max_cost is not None or config.max_tokens is not None:
         # A reservation only bounds what a request can cost when the request itself is
         # bounded (chat: max_tokens on every request); the cap is then in the fingerprint.
         config = dataclasses.replace(config, kind=config.kind.bounded())
+    lock = None
+    if not config.locked_by_caller:
+        lock = await anyio.to_thread.run_sync(RunLock.acquire, config.out_dir)
+    try:
+        await anyio.to_thread.run_sync(check_writable, config.out_dir)
+        run = await _prepare_watching_signals(config)
+        try:
+            return await run.execute()
+        finally:
+            run.recorder.close()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+async def _prepare_watching_signals(config: RunConfig) -> _Run:
+    """`_prepare`, with Ctrl-C and SIGTERM turned into Interrupted meanwhile."""
+    early = EarlySignals()
+    prepared: _Run | GigabatchError
+    async with anyio.create_task_group() as signals:
+        if config.handle_signals:
+            signals.start_soon(early.watch)
+        try:
+            prepared = await _prepare(config, early)
+        except GigabatchError as exc:  # raised outside the group, not in an ExceptionGroup
+            prepared = exc
+        signals.cancel_scope.cancel()
+    if isinstance(prepared, GigabatchError):
+        raise prepared
+    return prepared
+
+
+async def _prepare(config: RunConfig, early: EarlySignals) -> _Run:
+    """Validate the input and open the checkpoint (in threads; a signal stops both)."""
     kind = config.kind
+    budgeted = config.max_cost is not None or config.max_tokens is not None
     prices = config.prices if config.prices is not None else PriceTable.load()
-    report = await anyio.to_thread.run_sync(partial(validate_jobs, config.jobs_path, kind))
+    report = await anyio.to_thread.run_sync(
+        partial(validate_jobs, config.jobs_path, kind, interrupt_check=early.check)
+    )
     if not config.skip_invalid:
         report.raise_for_problems()
     checkpoint = await anyio.to_thread.run_sync(
@@ -143,6 +186,7 @@ async def run_jobs(config: RunConfig) -> RunSummary:
             prices=prices,
             totals=checkpoint.totals,
         )
+    early.check()
     events = await anyio.to_thread.run_sync(
         partial(
             EventLog.open,
@@ -155,11 +199,7 @@ async def run_jobs(config: RunConfig) -> RunSummary:
             restart=config.restart,
         )
     )
-    run = _Run(config, checkpoint, stats, budget, report.duplicates, events)
-    try:
-        return await run.execute()
-    finally:
-        run.recorder.close()
+    return _Run(config, checkpoint, stats, budget, report.duplicates, events)
 
 
 class _Run:
@@ -207,6 +247,8 @@ class _Run:
             self.kind.result_schema(),
             flush_interval=config.flush_interval,
             flush_rows=config.flush_rows,
+            on_error=partial(self._commit_failed, progress),
+            disk_wait=config.disk_wait,
         )
         send_out, receive_out = anyio.create_memory_object_stream[Outcomes](
             config.max_concurrency * 2
@@ -228,7 +270,18 @@ class _Run:
                             )
                     side.cancel_scope.cancel()
         progress.close()
+        error = writer.outcome()
+        if error is not None:
+            raise error
         return await self._summarise()
+
+    def _commit_failed(self, progress: Progress, error: OutputError) -> None:
+        """The disk is (nearly) full: stop sending, commit or keep the answered rows."""
+        self.stop.stop("fatal", str(error), error)
+        progress.notice(
+            f"{error}; the run stops sending, and the answered rows are kept until they are "
+            f"committed (on a full disk, waiting up to {self.config.disk_wait:.0f} s for room)"
+        )
 
     async def _summarise(self) -> RunSummary:
         stop = self.stop
@@ -255,7 +308,8 @@ class _Run:
             out_dir=self.config.out_dir,
         )
         summary.error = stop.error
-        await anyio.to_thread.run_sync(summary.write, self.config.out_dir)
+        with output_errors("write"):
+            await anyio.to_thread.run_sync(summary.write, self.config.out_dir)
         return summary
 
     def _invalid_log(self) -> contextlib.AbstractContextManager[OnProblem | None]:

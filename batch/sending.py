@@ -26,7 +26,7 @@ from batch.errors import (
 )
 from batch.limiter import AdaptiveLimiter, Slot
 from batch.outcomes import answered_batch, failed_batch
-from batch.retry import RetryPolicy, call_with_retry
+from batch.retry import RetryPolicy, call_with_retry, retry_after_capped
 from batch.stopping import RunStop
 from batch.summary import RunStats
 from batch.writer import Outcomes
@@ -115,25 +115,43 @@ class BatchSender:
             await attempt.reserve()
             answers = await call_with_retry(attempt, self.retry)
         except _Stopped:
-            attempt.release()
-            return None
+            return self._unanswered(attempt, None)
         except FatalError as exc:
-            attempt.release()
             self.stop.stop("fatal", str(exc), exc)
-            return None
+            return self._unanswered(attempt, None)
         except ApiError as exc:  # permanent, or retryable and out of attempts
-            attempt.release()
             self.stats.retries += max(0, attempt.count - 1)
-            self.stats.failed += len(batch.jobs)
-            return failed_batch(batch, exc, attempt.count)
+            return self._unanswered(attempt, exc)
         except BaseException:
             attempt.release()
             raise
         self.stats.retries += attempt.count - 1
         return self._answered(answers, attempt)
 
+    def _unanswered(self, attempt: _Attempt, failure: ApiError | None) -> Outcomes | None:
+        """A batch not answered as a whole. Jobs an earlier try got answers for (billed)
+        are results all the same, counted in the summary and the budget; the others fail
+        with `failure`, or stay pending when the run stops (None: nothing to write)."""
+        batch = attempt.batch
+        received = self.kind.received(batch)
+        if received:
+            out = self._answered(received, attempt)
+        else:
+            attempt.release()
+            if failure is None:
+                return None
+            out = Outcomes()
+        if failure is not None:
+            answered = {id(outcome.job) for outcome in received}
+            rest = Batch([job for job in batch.jobs if id(job) not in answered], batch.payload)
+            self.stats.failed += len(rest.jobs)
+            out.failures.extend(failed_batch(rest, failure, attempt.count).failures)
+        return out
+
     def _answered(self, answers: Sequence[JobOutcome], attempt: _Attempt) -> Outcomes:
         out = answered_batch(answers, attempt.count, attempt.latency)
+        if out.unknown_usage:
+            self._at_ceiling(out, attempt.batch)
         for model, usage in out.usage.items():
             self.stats.add_usage(model, usage)
         self.stats.succeeded += len(out.results)
@@ -146,6 +164,16 @@ class BatchSender:
             )
             self.budget.settle(reservation, total, answered_by or reservation.model)
         return out
+
+    def _at_ceiling(self, out: Outcomes, batch: Batch) -> None:
+        """An answer without a readable usage is counted at its batch's ceiling (the
+        budget's reservation) in the parts, the summary and the budget: never as free."""
+        ceiling = self.kind.reserve(batch)
+        known = sum(out.usage.values(), Usage())
+        if ceiling.total_tokens > known.total_tokens:
+            model = next(iter(out.usage), self.model(batch))
+            out.usage = {model: ceiling}
+        self.stats.unknown_usage += out.unknown_usage
 
     def model(self, batch: Batch) -> str:
         """The model a batch is priced at before it is answered."""
@@ -193,7 +221,8 @@ class _Attempt:
                 self.count += 1
                 sender.stats.requests += 1
                 sender.stats.concurrency = sender.limiter.limit
-                answers = await sender.kind.send(self.client, self.batch)
+                with retry_after_capped(sender.retry):
+                    answers = await sender.kind.send(self.client, self.batch)
                 self.latency = time.monotonic() - slot.sent_at
         except BaseException as exc:
             # Recorded after the slot has told the limiter, so the log sees the new level.

@@ -10,8 +10,27 @@ import threading
 
 import anyio
 
-from batch.errors import GigabatchError
+from batch.errors import GigabatchError, Interrupted
 from batch.limiter import AdaptiveLimiter
+
+
+class EarlySignals:
+    """Ctrl-C and SIGTERM before the run's workers exist (validation, opening the
+    checkpoint): `watch` remembers the signal, and `check`, called by the validating thread
+    every few thousand records, stops it with Interrupted, so the process exits within a
+    moment with 130 or 143 and a message, having sent nothing."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+    async def watch(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                self.signum = signum
 
 
 class RunStop:

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import orjson
 
 from batch.api_types import Usage
-from batch.checkpoint import SUMMARY, Totals, write_atomic
+from batch.checkpoint import Totals
 from batch.errors import (
     BudgetExhausted,
     GigabatchError,
@@ -20,6 +20,7 @@ from batch.errors import (
     RunStopped,
     RunTimedOut,
 )
+from batch.layout import SUMMARY, write_atomic
 from batch.pricing import PriceTable
 
 
@@ -39,6 +40,7 @@ class RunStats:
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
+    unknown_usage: int = 0  # answers without a readable usage, counted at their ceiling
     cost: float = 0.0
     usage: dict[str, Usage] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
@@ -178,6 +180,11 @@ class RunSummary:
                 f"  tokens ({kind}, this run): {t['prompt']} prompt, {t['completion']} completion, "
                 f"{t['precached']} precached"
             )
+        if d.get("unknown_usage"):
+            lines.append(
+                f"  usage: {d['unknown_usage']} answers came without a readable usage; "
+                "they are counted at their ceiling (the most they could cost)"
+            )
         cost = d["cost"]
         lines.append(
             f"  cost: {cost['this_run']:.4f} {cost['currency']} this run, "
@@ -261,6 +268,7 @@ def build_summary(
         "requests": stats.requests,
         "rate_limited": stats.rate_limited,
         "retries": stats.retries,
+        "unknown_usage": stats.unknown_usage,
         "concurrency": {
             "settled": settled,
             "max": stats.max_concurrency,

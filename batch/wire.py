@@ -128,14 +128,28 @@ def json_payload(response: httpx.Response, payload_keys: tuple[str, ...]) -> Any
     return data
 
 
-def _usage(data: Any) -> Usage:
+def _usage(data: Any) -> Usage | None:
+    """An answer's usage; None when it is missing or malformed (the answer itself is fine,
+    but what it was billed is unknown: the engine counts it at its ceiling)."""
     if not isinstance(data, dict):
-        return Usage()
-    return Usage(
-        prompt_tokens=int(data.get("prompt_tokens") or 0),
-        completion_tokens=int(data.get("completion_tokens") or 0),
-        precached_prompt_tokens=int(data.get("precached_prompt_tokens") or 0),
-    )
+        return None
+    counts = [
+        _count(data.get(key, 0))
+        for key in ("prompt_tokens", "completion_tokens", "precached_prompt_tokens")
+    ]
+    if None in counts:
+        return None
+    prompt, completion, precached = (c or 0 for c in counts)
+    return Usage(prompt, completion, precached)
+
+
+def _count(value: Any) -> int | None:
+    """A token count: a non-negative integer (a whole float too), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if value < 0 or value != int(value):
+        return None
+    return int(value)
 
 
 def _malformed_body(what: str, request_id: str | None) -> ServerError:
@@ -147,11 +161,13 @@ def chat_from_json(data: Any, request_id: str | None = None) -> ChatCompletion:
     try:
         choice = data["choices"][0]
         message = choice["message"]
+        usage = _usage(data.get("usage"))
         return ChatCompletion(
             content=message.get("content") or "",
             finish_reason=str(choice.get("finish_reason") or ""),
             model=str(data.get("model") or ""),
-            usage=_usage(data.get("usage")),
+            usage=usage or Usage(),
+            usage_known=usage is not None,
             function_call=message.get("function_call"),
             functions_state_id=message.get("functions_state_id"),
             request_id=request_id,
@@ -182,18 +198,22 @@ def parse_chat(response: httpx.Response) -> ChatCompletion:
 def embeddings_from_json(data: Any, request_id: str | None = None) -> Embeddings:
     """Embeddings from their decoded JSON body, items in index order."""
     try:
-        items = [
-            EmbeddingItem(
-                index=int(item["index"]),
-                embedding=item["embedding"],
-                prompt_tokens=int((item.get("usage") or {}).get("prompt_tokens") or 0),
-            )
-            for item in data["data"]
-        ]
+        items = [_embedding_item(item) for item in data["data"]]
     except (KeyError, TypeError, AttributeError, ValueError):
         raise _malformed_body("embedding items need index and embedding", request_id) from None
     items.sort(key=lambda item: item.index)
     return Embeddings(model=str(data.get("model") or ""), items=items, request_id=request_id)
+
+
+def _embedding_item(item: Any) -> EmbeddingItem:
+    usage = item.get("usage")
+    tokens = _count(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
+    return EmbeddingItem(
+        index=int(item["index"]),
+        embedding=item["embedding"],
+        prompt_tokens=tokens or 0,
+        usage_known=tokens is not None,
+    )
 
 
 def parse_embeddings(response: httpx.Response) -> Embeddings:

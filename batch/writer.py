@@ -20,6 +20,9 @@ from anyio.abc import ObjectReceiveStream
 
 from batch.api_types import Usage
 from batch.checkpoint import FAILED_SCHEMA, Checkpoint, PartInfo
+from batch.errors import OutputError
+from batch.layout import FAILED, RESULTS
+from batch.storage import describe, free_bytes, is_disk_full
 
 
 @dataclass(slots=True)
@@ -29,11 +32,18 @@ class Outcomes:
     results: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, Usage] = field(default_factory=dict)
+    unknown_usage: int = 0  # answers whose usage the API did not say in a readable form
 
 
 def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     """Rows as a table of `schema`, column by column. Vectors that arrive as `array('f')`
-    are copied as one buffer: converting them float by float costs about 25 times more."""
+    are copied as one buffer: converting them float by float costs about 25 times more.
+    A row key that is not a column is an error, never a value silently dropped."""
+    extra = set().union(*rows) - set(schema.names)  # ~0.3 us a row
+    if extra:
+        raise ValueError(
+            f"row keys {sorted(extra)} are not columns of the schema {schema.names}"
+        )
     columns = [_column([row.get(f.name) for row in rows], f.type) for f in schema]
     return pa.Table.from_arrays(columns, schema=schema)
 
@@ -54,7 +64,14 @@ def _column(values: list[Any], type_: pa.DataType) -> pa.Array:
 
 
 class PartWriter:
-    """Buffers outcomes and commits them through the checkpoint; `run` is the writer task."""
+    """Buffers outcomes and commits them through the checkpoint; `run` is the writer task.
+
+    Rows leave the buffer only once their part is committed. When less room is left than
+    two of the largest parts so far, `on_error` hears it (the run stops sending while the
+    answered rows still fit). When a commit fails all the same, `on_error` hears it (once
+    in all), the rows stay buffered, and the commit is tried again every `retry_interval`
+    seconds; on a full disk, for `disk_wait` seconds after the last worker is done:
+    freeing space then loses nothing."""
 
     def __init__(
         self,
@@ -64,16 +81,28 @@ class PartWriter:
         flush_interval: float = 2.0,
         flush_rows: int = 5000,
         on_commit: Callable[[list[PartInfo]], None] | None = None,
+        on_error: Callable[[OutputError], None] | None = None,
+        retry_interval: float = 1.0,
+        disk_wait: float = 600.0,
     ) -> None:
         self.checkpoint = checkpoint
         self.result_schema = result_schema
         self.flush_interval = flush_interval
         self.flush_rows = flush_rows
         self.on_commit = on_commit
+        self.on_error = on_error
+        self.retry_interval = retry_interval
+        self.disk_wait = disk_wait
         self._results: list[dict[str, Any]] = []
         self._failures: list[dict[str, Any]] = []
         self._usage: dict[str, Usage] = {}
+        self._manifest_stale = False
         self.parts_committed = 0
+        self.error: OutputError | None = None
+        self._space_may_come = False
+        self._failing = False  # a commit has failed (and was reported)
+        self._largest_part = 0
+        self._free = -1  # bytes left after the last commit; -1 before any
 
     @property
     def buffered(self) -> int:
@@ -85,41 +114,98 @@ class PartWriter:
         for model, usage in outcomes.usage.items():
             self._usage[model] = self._usage.get(model, Usage()) + usage
 
-    async def flush(self) -> None:
-        """Commit everything buffered (nothing happens when the buffer is empty). The commit
-        is shielded: once started, a part is finished even if the run is being cancelled."""
-        if not self.buffered:
-            return
-        results, failures, usage = self._results, self._failures, self._usage
-        self._results, self._failures, self._usage = [], [], {}
+    async def flush(self) -> bool:
+        """Commit everything buffered; True when nothing is left uncommitted. The commit is
+        shielded: once started, a part is finished even if the run is being cancelled."""
+        if not self.buffered and not self._manifest_stale:
+            return True
+        committed: list[PartInfo] = []
         with anyio.CancelScope(shield=True):
-            committed = await anyio.to_thread.run_sync(
-                self._commit, results, failures, usage
-            )
+            try:
+                await anyio.to_thread.run_sync(self._commit, committed)
+            except OSError as exc:
+                self._failed(exc)
         self.parts_committed += len(committed)
-        if self.on_commit is not None:
+        if committed and self.on_commit is not None:
             self.on_commit(committed)
+        if 0 <= self._free < 2 * self._largest_part:
+            self._low_space(
+                OutputError(
+                    f"cannot keep writing {self.checkpoint.out_dir}: only "
+                    f"{self._free // 1024} KiB left, less than two parts of "
+                    f"{self._largest_part // 1024} KiB (ENOSPC ahead); free some space or "
+                    "use another --out"
+                )
+            )
+        return not self.buffered and not self._manifest_stale
 
-    def _commit(
-        self,
-        results: list[dict[str, Any]],
-        failures: list[dict[str, Any]],
-        usage: dict[str, Usage],
-    ) -> list[PartInfo]:
-        result_table = rows_to_table(results, self.result_schema) if results else None
-        failed_table = rows_to_table(failures, FAILED_SCHEMA) if failures else None
-        return self.checkpoint.commit(result_table, failed_table, usage)
+    def _failed(self, exc: OSError) -> None:
+        """A commit failed: reported once, even after an early stop for space (so the
+        user hears that rows now wait for room)."""
+        if self._failing:
+            return
+        self._failing = True
+        self._space_may_come = is_disk_full(exc)
+        error = OutputError(describe(exc))
+        self.error = self.error or error
+        self._report(error)
+
+    def _low_space(self, error: OutputError) -> None:
+        if self.error is None:
+            self.error = error
+            self._report(error)
+
+    def _report(self, error: OutputError) -> None:
+        if self.on_error is not None:
+            self.on_error(error)
+
+    def outcome(self) -> OutputError | None:
+        """After `run`: the first commit error, saying whether every answered row was
+        committed in the end or how many could not be."""
+        if self.error is None:
+            return None
+        if self.buffered:
+            return OutputError(
+                f"{self.error}; {self.buffered} answered rows could not be committed in "
+                f"{self.disk_wait:.0f} s and are lost"
+            )
+        return OutputError(
+            f"{self.error}; every answered row is committed: run again to continue"
+        )
+
+    def _commit(self, committed: list[PartInfo]) -> None:
+        """In a thread: each table is one part; its rows leave the buffer only once their
+        part is committed, so a failure (raised) leaves the rest buffered for a retry."""
+        checkpoint = self.checkpoint
+        if self._results:
+            table = rows_to_table(self._results, self.result_schema)
+            committed.append(checkpoint.commit_part(RESULTS, table, self._usage))
+            self._results, self._usage = [], {}
+            self._manifest_stale = True
+        if self._failures:
+            table = rows_to_table(self._failures, FAILED_SCHEMA)
+            committed.append(checkpoint.commit_part(FAILED, table, {}))
+            self._failures = []
+            self._manifest_stale = True
+        if self._manifest_stale:
+            checkpoint.write_manifest()
+            self._manifest_stale = False
+        for info in committed:
+            size = (checkpoint.out_dir / info.path).stat().st_size
+            self._largest_part = max(self._largest_part, size)
+        if committed:
+            self._free = free_bytes(checkpoint.out_dir)
 
     async def run(self, receive: ObjectReceiveStream[Outcomes]) -> None:
-        """Take outcomes until the stream closes, committing on time or size; then commit
-        the rest."""
+        """Take outcomes until the stream closes, committing on time or size (while commits
+        fail, on time only); then commit the rest, waiting for space if need be."""
         deadline = time.monotonic() + self.flush_interval
         async with receive:
             while True:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     await self.flush()
-                    deadline = time.monotonic() + self.flush_interval
+                    deadline = time.monotonic() + self._interval()
                     continue
                 with anyio.move_on_after(timeout):
                     try:
@@ -127,9 +213,24 @@ class PartWriter:
                     except anyio.EndOfStream:
                         break
                     self.add(outcomes)
-                    if self.buffered >= self.flush_rows:
+                    if self.buffered >= self.flush_rows and self.error is None:
                         await self.flush()
-                        deadline = time.monotonic() + self.flush_interval
-        await self.flush()
+                        deadline = time.monotonic() + self._interval()
+        await self._final_flush()
+
+    def _interval(self) -> float:
+        return self.flush_interval if self.error is None else self.retry_interval
+
+    async def _final_flush(self) -> None:
+        waited_until = time.monotonic() + self.disk_wait
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.checkpoint.ensure_datasets, self.result_schema)
+            while not await self.flush():
+                if not self._space_may_come or time.monotonic() >= waited_until:
+                    return
+                await anyio.sleep(self.retry_interval)
+            try:
+                await anyio.to_thread.run_sync(
+                    self.checkpoint.ensure_datasets, self.result_schema
+                )
+            except OSError as exc:
+                self._failed(exc)

@@ -86,6 +86,7 @@ class JobResult:
     row: dict[str, Any]
     usage: Usage
     model: str
+    usage_known: bool = True  # False: the API gave no readable usage; counted at the ceiling
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +246,13 @@ class JobKind(abc.ABC):
     async def send(self, client: GigaChatClient, batch: Batch) -> Sequence[JobOutcome]:
         """Send one request for `batch`; one outcome per job. Raises ApiError when the request
         as a whole fails (the engine retries or fails every job in the batch)."""
+
+    def received(self, batch: Batch) -> Sequence[JobOutcome]:
+        """Outcomes of the jobs of `batch` that an earlier try already got (and was billed
+        for) although the request as a whole then failed, e.g. half of a bisection. The
+        engine writes them when the batch fails or the run stops, so an answer received is
+        never paid for twice; a kind that sends one request per batch has none."""
+        return ()
 
     @abc.abstractmethod
     def result_schema(self) -> pa.Schema:

@@ -335,7 +335,9 @@ def _result(job: Job, answer: ChatCompletion) -> JobResult:
         "metadata": json_text(job.metadata),
         "function_call": json_text(answer.function_call),
     }
-    return JobResult(job=job, row=row, usage=answer.usage, model=answer.model)
+    return JobResult(
+        job=job, row=row, usage=answer.usage, model=answer.model, usage_known=answer.usage_known
+    )
 
 
 class SinglePacker:

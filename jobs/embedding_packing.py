@@ -6,6 +6,7 @@ sent once (`EmbeddingPayload.slots` maps each job to its text).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from jobs.base import Batch, Job
 
@@ -15,11 +16,15 @@ MAX_PENDING_MODELS = 8
 
 @dataclass(frozen=True, slots=True)
 class EmbeddingPayload:
-    """One request: distinct `texts` in `input` order; `slots[i]` is the text of job i."""
+    """One request: distinct `texts` in `input` order; `slots[i]` is the text of job i.
+    `received` holds the answers (by text index) that a try of this request already got,
+    e.g. the first half of a 413 bisection, so a retry of the batch never pays for them
+    twice."""
 
     model: str
     texts: list[str]
     slots: list[int]
+    received: dict[int, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

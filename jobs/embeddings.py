@@ -36,9 +36,10 @@ from jobs.base import (
     Problem,
     SourceLocation,
 )
+from jobs.embedding_limits import fit_input_limit
 from jobs.embedding_packing import EmbeddingPacker, EmbeddingPayload
 from jobs.registry import register
-from jobs.tokens import surely_fits, token_ceiling
+from jobs.tokens import token_ceiling
 from jobs.validation import RecordFields, json_text, token_limit_problem
 
 
@@ -66,9 +67,6 @@ EMBEDDING_OVERHEAD = 5
 # The LRU of recent vectors holds at most this many bytes of float32 (4,096 vectors of 1024
 # floats, 1,638 of 2560), so memory stays flat however long the run.
 CACHE_BYTES = 16 * 1024 * 1024
-# Truncation aims this many tokens under the limit, and gives up after this many rounds.
-TRUNCATE_MARGIN = 16
-TRUNCATE_ROUNDS = 4
 _FIELDS = ("id", "text", "model", "metadata")
 
 
@@ -113,6 +111,7 @@ class _Vector:
     values: array[float]
     tokens: int
     model: str
+    usage_known: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,25 +247,30 @@ class EmbeddingsKind(JobKind):
         return Usage(prompt_tokens=tokens)
 
     async def send(self, client: EmbeddingsClient, batch: Batch) -> Sequence[JobOutcome]:
+        """Answers from an earlier try of this batch (billed then, counted now), from the
+        cache (billed to another job), and from requests for the rest."""
         payload: EmbeddingPayload = batch.payload
-        answers: dict[int, _Answer] = {}
+        answers: dict[int, _Answer] = dict(payload.received)
         todo: dict[int, str] = {}
         for slot, text in enumerate(payload.texts):
+            if slot in answers:
+                continue
             cached = self.cache.get(VectorCache.key(payload.model, text))
             if cached is None:
                 todo[slot] = text
             else:
                 answers[slot] = cached
+        billable = set(payload.received) | set(todo)
         if todo:
             sendable, rejected = await self._fit(client, payload.model, todo)
             answers.update(rejected)
             if sendable:
-                embedded = await self._embed(client, payload.model, list(sendable.items()))
-                for slot, answer in embedded.items():
-                    if isinstance(answer, _Vector):
-                        self.cache.put(VectorCache.key(payload.model, todo[slot]), answer)
-                answers.update(embedded)
-        return self._outcomes(batch, answers, billable=set(todo))
+                answers.update(await self._embed(client, payload, list(sendable.items())))
+        return self._outcomes(batch, answers, billable=billable)
+
+    def received(self, batch: Batch) -> Sequence[JobOutcome]:
+        payload: EmbeddingPayload = batch.payload
+        return self._outcomes(batch, payload.received, set(payload.received), partial=True)
 
     def request_body(self, batch: Batch) -> dict[str, Any]:
         payload: EmbeddingPayload = batch.payload
@@ -309,12 +313,20 @@ class EmbeddingsKind(JobKind):
         )
 
     def _outcomes(
-        self, batch: Batch, answers: Mapping[int, _Answer], billable: set[int]
+        self,
+        batch: Batch,
+        answers: Mapping[int, _Answer],
+        billable: set[int],
+        *,
+        partial: bool = False,
     ) -> list[JobOutcome]:
-        """One outcome per job; a text sent for several jobs is billed to the first."""
+        """One outcome per job (`partial`: per job whose text has an answer); a text sent
+        for several jobs is billed to the first."""
         payload: EmbeddingPayload = batch.payload
         outcomes: list[JobOutcome] = []
         for job, slot in zip(batch.jobs, payload.slots, strict=True):
+            if partial and slot not in answers:
+                continue
             answer = answers[slot]
             if isinstance(answer, _Rejected):
                 outcomes.append(
@@ -323,7 +335,8 @@ class EmbeddingsKind(JobKind):
                     )
                 )
                 continue
-            usage = Usage(prompt_tokens=answer.tokens) if slot in billable else Usage()
+            billed = slot in billable
+            usage = Usage(prompt_tokens=answer.tokens) if billed else Usage()
             billable.discard(slot)
             row = {
                 "embedding": answer.values,
@@ -331,63 +344,49 @@ class EmbeddingsKind(JobKind):
                 "model": answer.model,
                 "metadata": json_text(job.metadata),
             }
-            outcomes.append(JobResult(job=job, row=row, usage=usage, model=answer.model))
+            outcomes.append(
+                JobResult(job, row, usage, answer.model, answer.usage_known or not billed)
+            )
         return outcomes
 
     async def _fit(
         self, client: EmbeddingsClient, model: str, texts: dict[int, str]
     ) -> tuple[dict[int, str], dict[int, _Answer]]:
-        """The texts to send (truncated where allowed) and the rejected ones. Only texts the
-        character heuristic cannot clear are counted, all in one `/tokens/count` call."""
-        limit = self.max_input_tokens(model)
-        unsure = {i: t for i, t in texts.items() if not surely_fits(len(t), limit)}
-        if not unsure:
-            return texts, {}
-        sendable = dict(texts)
-        over = await _over_limit(client, model, unsure, limit)
-        if self.options.on_long_text == "truncate":
-            target = limit - TRUNCATE_MARGIN
-            for _ in range(TRUNCATE_ROUNDS):
-                if not over:
-                    break
-                shorter = {
-                    i: sendable[i][: max(1, len(sendable[i]) * target // tokens)]
-                    for i, tokens in over.items()
-                }
-                sendable.update(shorter)
-                over = await _over_limit(client, model, shorter, limit)
-        rejected: dict[int, _Answer] = {}
-        for i, tokens in over.items():
-            del sendable[i]
-            rejected[i] = _Rejected(
-                f"text has {tokens} tokens, over the {limit}-token input limit of {model}"
-                + (
-                    " after truncation"
-                    if self.options.on_long_text == "truncate"
-                    else " (use --on-long-text truncate to cut it)"
-                )
-            )
-        return sendable, rejected
+        """The texts to send (truncated where allowed) and the rejected ones."""
+        sendable, reasons = await fit_input_limit(
+            client, model, texts, self.max_input_tokens(model), self.options.on_long_text
+        )
+        return sendable, {i: _Rejected(reason) for i, reason in reasons.items()}
 
     async def _embed(
-        self, client: EmbeddingsClient, model: str, items: list[tuple[int, str]]
+        self, client: EmbeddingsClient, payload: EmbeddingPayload, items: list[tuple[int, str]]
     ) -> dict[int, _Answer]:
-        """Vectors for `items` (slot, text); a 413 is bisected to the text that causes it."""
+        """Answers for `items` (slot, text); a 413 is bisected to the text that causes it.
+        Each answer is kept in `payload.received` (and vectors in the cache) as soon as it
+        arrives, so when a later half fails, a retry of the batch sends only the rest."""
+        model = payload.model
         try:
             answer = await client.embeddings([text for _, text in items], model)
         except PayloadTooLarge as exc:
             if len(items) == 1:
-                return {
+                rejected: dict[int, _Answer] = {
                     items[0][0]: _Rejected(
                         f"the API refused the text as too large: {exc.message}",
                         exc.status,
                         exc.request_id,
                     )
                 }
+                payload.received.update(rejected)
+                return rejected
             middle = len(items) // 2
-            first = await self._embed(client, model, items[:middle])
-            return first | await self._embed(client, model, items[middle:])
-        return self._vectors(answer, items)
+            first = await self._embed(client, payload, items[:middle])
+            return first | await self._embed(client, payload, items[middle:])
+        vectors = self._vectors(answer, items)
+        payload.received.update(vectors)
+        for slot, vector in vectors.items():
+            if isinstance(vector, _Vector):
+                self.cache.put(VectorCache.key(model, payload.texts[slot]), vector)
+        return vectors
 
     def _vectors(self, answer: Embeddings, items: list[tuple[int, str]]) -> dict[int, _Answer]:
         found: dict[int, _Answer] = {}
@@ -404,7 +403,7 @@ class EmbeddingsKind(JobKind):
                     request_id=answer.request_id,
                 )
             found[items[item.index][0]] = _Vector(
-                array("f", item.embedding), item.prompt_tokens, answer.model
+                array("f", item.embedding), item.prompt_tokens, answer.model, item.usage_known
             )
         if len(found) != len(items):
             raise ServerError(
@@ -425,13 +424,3 @@ class EmbeddingsKind(JobKind):
                 pa.field("metadata", pa.string()),
             ]
         )
-
-
-async def _over_limit(
-    client: EmbeddingsClient, model: str, texts: Mapping[int, str], limit: int
-) -> dict[int, int]:
-    """Exact token counts of `texts`, keeping those over `limit`."""
-    counts = await client.tokens_count(list(texts.values()), model)
-    if len(counts) != len(texts):
-        raise ServerError(f"tokens/count answered {len(counts)} counts for {len(texts)} texts")
-    return {i: c.tokens for i, c in zip(texts, counts, strict=True) if c.tokens > limit}

@@ -40,6 +40,8 @@ _CHUNK = 1 << 20
 # Names the fingerprint's recipe: those of other recipes (older versions hashed the file's
 # name too) are told apart on resume instead of looking like a changed input.
 FINGERPRINT_SCHEME = "content-blake2b"
+# Records between two calls of validate_jobs' interrupt_check (about 25 ms of validation).
+_CHECK_EVERY = 4096
 
 Record = dict[str, Any]
 
@@ -291,20 +293,31 @@ def _summary(path: Path, problems: list[Problem], count: int) -> str:
     return f"{path}: invalid job input: {first}{more}"
 
 
-def validate_jobs(path: Path, kind: JobKind, *, max_problems: int = 100) -> ValidationReport:
+def validate_jobs(
+    path: Path,
+    kind: JobKind,
+    *,
+    max_problems: int = 100,
+    interrupt_check: Callable[[], None] | None = None,
+) -> ValidationReport:
     """Validate every record of `path`, including duplicate ids, in constant memory plus
-    8 bytes per job; computes the input's fingerprint too."""
+    8 bytes per job; computes the input's fingerprint too. `interrupt_check` is called every
+    few thousand records: what it raises stops the validation."""
     hashes = array("Q")
     problems: list[Problem] = []
     problem_count = records = 0
     for _location, outcome in iter_outcomes(path, kind):
         records += 1
+        if interrupt_check is not None and records % _CHECK_EVERY == 0:
+            interrupt_check()
         if isinstance(outcome, Job):
             hashes.append(id_hash(outcome.id))
             continue
         problem_count += len(outcome)
         problems.extend(outcome[: max(0, max_problems - len(problems))])
     jobs = len(hashes)
+    if interrupt_check is not None:
+        interrupt_check()
     colliding = repeated_hashes(hashes)
     del hashes
     duplicates = _duplicate_ids(path, kind, colliding) if colliding else []

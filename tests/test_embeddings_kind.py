@@ -327,3 +327,35 @@ def test_truncate_mode_embeds_long_texts_against_the_emulator(emulator: RunningE
     (batch,) = _pack(kind, _jobs(kind, LONG, "short"))
     results = _results(_send_for_real(emulator, kind, batch))
     assert 500 <= results[0].row["prompt_tokens"] <= 512 + 5
+
+
+class FailsOnce(FakeEmbeddingsClient):
+    """A 503 the first time a request holds `text`."""
+
+    def __init__(self, text: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.text = text
+        self.failed = False
+
+    async def embeddings(self, inputs: Sequence[str], model: str) -> Embeddings:
+        if self.text in inputs and not self.failed and len(inputs) == 1:
+            self.embedded.append(list(inputs))
+            self.failed = True
+            raise ServerError("busy", status=503)
+        return await super().embeddings(inputs, model)
+
+
+def test_a_retry_after_a_5xx_inside_a_bisection_sends_only_what_is_unanswered() -> None:
+    kind = EmbeddingsKind(EmbeddingOptions())
+    texts = ["a1", "a2", "a3", "z" * 300]
+    client = FailsOnce("a3", limit=100)
+    (batch,) = _pack(kind, _jobs(kind, *texts))
+    with pytest.raises(ServerError):
+        _send(kind, client, batch)
+    first_try = len(client.embedded)
+    assert [o.job.id for o in kind.received(batch)] == ["j1", "j2"]  # kept for the engine
+    outcomes = _send(kind, client, batch)
+    retried = client.embedded[first_try:]
+    assert all("a1" not in sent and "a2" not in sent for sent in retried)
+    billed = {o.job.id: o.usage.prompt_tokens for o in outcomes if isinstance(o, JobResult)}
+    assert billed == {"j1": 7, "j2": 7, "j3": 7}  # each billed once, the earlier ones included

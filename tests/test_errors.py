@@ -217,3 +217,15 @@ def test_retry_after_http_date_in_minus_0000_form_is_utc_whatever_the_local_zone
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_retry_after_ms_is_milliseconds_and_wins_over_retry_after() -> None:
+    headers = httpx.Headers({"retry-after-ms": "1500", "retry-after": "60"})
+    error = error_from_response(429, headers, _json(429, "Too many requests"))
+    assert isinstance(error, RateLimited) and error.retry_after == 1.5
+
+
+def test_an_unreadable_retry_after_ms_falls_back_to_retry_after() -> None:
+    headers = httpx.Headers({"retry-after-ms": "soon", "retry-after": "3"})
+    error = error_from_response(429, headers, _json(429, "Too many requests"))
+    assert isinstance(error, RateLimited) and error.retry_after == 3.0

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from batch.backoff import backoff_delay
-from batch.checkpoint import atomic_file
 from batch.id_hashes import IdHashSet, id_hash, repeated_hashes
+from batch.layout import atomic_file
 from batch.lru import Lru, text_key
 
 

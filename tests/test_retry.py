@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 import anyio
 import pytest
 
-from batch.errors import BadRequest, RateLimited, ServerError
-from batch.retry import RetryPolicy, call_with_retry
+from batch.errors import BadRequest, FatalError, RateLimited, RetryAfterTooLong, ServerError
+from batch.retry import RetryPolicy, call_with_retry, retry_after_capped
 
 FAST = RetryPolicy(max_attempts=3, initial=0.001, max_wait=0.002, jitter=0.0)
 
@@ -67,3 +67,14 @@ def test_429s_stop_at_max_elapsed() -> None:
     with pytest.raises(RateLimited):
         anyio.run(call_with_retry, slow_attempt, policy)
     assert 3 <= calls[0] < 20
+
+
+def test_a_retry_after_over_the_cap_becomes_fatal_and_one_under_it_stays_a_429() -> None:
+    policy = RetryPolicy(max_retry_after=60)
+    with pytest.raises(RetryAfterTooLong) as stopped, retry_after_capped(policy):
+        raise RateLimited(retry_after=3600)
+    assert isinstance(stopped.value, FatalError)
+    assert "wait 3600 s (Retry-After), over --max-retry-after 60 s" in str(stopped.value)
+    with pytest.raises(RateLimited) as waited, retry_after_capped(policy):
+        raise RateLimited(retry_after=30)
+    assert waited.value.retry_after == 30

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ import pyarrow.dataset as ds
 import pytest
 from engine_fakes import FakeClient, FakeKind, write_jobs
 
+from batch.api_types import Usage
 from batch.errors import AuthenticationFailed, JobFileError, RunRefused
 from batch.retry import RetryPolicy
 from batch.runner import RunConfig, run_jobs
@@ -221,3 +223,25 @@ def test_summary_json_is_written_with_counts(tmp_path: Path) -> None:
     assert data["status"] == "failed_rows"
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["totals"]["succeeded"] == 1 and manifest["settings"]["model"] == "Fake"
+
+
+class NoUsageKind(FakeKind):
+    """Answers whose usage the API left out."""
+
+    def outcomes(self, batch: Any, body: Any) -> Any:
+        return [
+            dataclasses.replace(outcome, usage=Usage(), usage_known=False)
+            for outcome in super().outcomes(batch, body)
+        ]
+
+
+def test_an_answer_without_usage_counts_at_its_ceiling_not_as_free(tmp_path: Path) -> None:
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [f"t{i}" for i in range(6)])
+    summary = run(config(jobs, tmp_path / "out", FakeClient(), NoUsageKind(), max_tokens=1000))
+    assert summary.status == "completed"
+    # FakeKind reserves 10 prompt + 10 completion tokens a job.
+    assert summary.data["tokens"]["fake"]["total"] == 6 * 20
+    assert summary.data["unknown_usage"] == 6
+    out = io.StringIO()
+    summary.print(out)
+    assert "6 answers came without a readable usage" in out.getvalue()

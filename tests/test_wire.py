@@ -240,3 +240,25 @@ def test_rejected_credentials_are_authentication_failed(status: int) -> None:
 def test_token_endpoint_overload_stays_retryable(status: int) -> None:
     with pytest.raises((RateLimited, ServerError)):
         wire.parse_token(answer(status, {"code": status, "message": "busy"}))
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [None, "lots", {"prompt_tokens": "12", "completion_tokens": 3}, {"prompt_tokens": -1}],
+)
+def test_a_chat_answer_with_a_malformed_usage_says_its_usage_is_unknown(usage: Any) -> None:
+    body: dict[str, Any] = {
+        "choices": [{"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "model": "GigaChat:1",
+    }
+    if usage is not None:
+        body["usage"] = usage
+    answer = wire.chat_from_json(body)
+    assert answer.content == "hi" and not answer.usage_known and answer.usage == Usage()
+
+
+def test_an_embedding_item_without_usage_says_its_usage_is_unknown() -> None:
+    body = {"data": [{"index": 0, "embedding": [0.5]}, {"index": 1, "embedding": [0.5],
+                                                       "usage": {"prompt_tokens": 7}}]}
+    first, second = wire.embeddings_from_json(body).items
+    assert not first.usage_known and (second.usage_known, second.prompt_tokens) == (True, 7)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Mapping
 from pathlib import Path
 
 import anyio
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from batch.api_types import Usage
-from batch.checkpoint import Checkpoint
+from batch.checkpoint import Checkpoint, PartInfo
+from batch.errors import OutputError
 from batch.writer import Outcomes, PartWriter
 
 SCHEMA = pa.schema([("id", pa.string()), ("answer", pa.string()), ("attempts", pa.int32())])
@@ -146,3 +150,112 @@ def test_a_resumed_run_keeps_one_empty_part_at_most(tmp_path: Path) -> None:
     anyio.run(one_run)
     assert len(list((tmp_path / "failed").glob("part-*.parquet"))) == 1
     assert len(list((tmp_path / "results").glob("part-*.parquet"))) == 1
+
+
+def test_a_row_key_that_is_not_a_column_is_an_error_not_a_dropped_value() -> None:
+    from batch.writer import rows_to_table
+
+    with pytest.raises(ValueError, match=r"row keys \['answr'\] are not columns"):
+        rows_to_table([{"id": "a", "answr": "typo"}], SCHEMA)
+
+
+class FullDisk(Checkpoint):
+    """A checkpoint on a disk that is full for the subdirectories in `full`."""
+
+    full: set[str]
+    tries: int
+
+    def commit_part(self, sub: str, table: pa.Table, usage: Mapping[str, Usage]) -> PartInfo:
+        self.tries = getattr(self, "tries", 0) + 1
+        if sub in getattr(self, "full", set()):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.out_dir / sub))
+        return super().commit_part(sub, table, usage)
+
+
+def full_disk(out: Path, *full: str) -> FullDisk:
+    cp = FullDisk.open(
+        out, kind="fake", input_path="x", input_fingerprint="f", settings={}, total_jobs=9
+    )
+    assert isinstance(cp, FullDisk)
+    cp.full = set(full)
+    return cp
+
+
+def run_writer(
+    writer: PartWriter, outcomes: list[Outcomes], *, free_after: float | None
+) -> None:
+    """Write `outcomes`; the disk is freed `free_after` seconds after the stream closes
+    (never with None)."""
+
+    async def main() -> None:
+        send, receive = anyio.create_memory_object_stream[Outcomes](10)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run, receive)
+            async with send:
+                for item in outcomes:
+                    await send.send(item)
+            if free_after is None:
+                return
+            await anyio.sleep(free_after)
+            assert isinstance(writer.checkpoint, FullDisk)
+            writer.checkpoint.full = set()
+
+    anyio.run(main)
+
+
+def written_ids(out: Path, sub: str) -> list[str]:
+    return sorted(pq.read_table(out / sub).column("id").to_pylist())
+
+
+def test_a_full_disk_keeps_the_rows_and_commits_them_once_space_is_freed(tmp_path: Path) -> None:
+    cp = full_disk(tmp_path, "results", "failed")
+    errors: list[OutputError] = []
+    writer = PartWriter(
+        cp, SCHEMA, flush_interval=0.01, retry_interval=0.01, disk_wait=5, on_error=errors.append
+    )
+    run_writer(writer, [outcome(i) for i in range(3)], free_after=0.2)
+    assert len(errors) == 1 and "(ENOSPC)" in str(errors[0])
+    assert cp.tries > 2  # retried while full
+    assert written_ids(tmp_path, "results") == ["r0", "r1", "r2"]
+    assert written_ids(tmp_path, "failed") == ["f0", "f1", "f2"]
+    final = writer.outcome()
+    assert final is not None and "every answered row is committed" in str(final)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_part_committed_before_the_disk_filled_is_not_written_again(tmp_path: Path) -> None:
+    cp = full_disk(tmp_path, "failed")
+    writer = PartWriter(cp, SCHEMA, flush_interval=0.01, retry_interval=0.01, disk_wait=5)
+    run_writer(writer, [outcome(0)], free_after=0.1)
+    assert written_ids(tmp_path, "results") == ["r0"]
+    assert written_ids(tmp_path, "failed") == ["f0"]
+
+
+def test_rows_that_never_find_space_are_reported_as_lost(tmp_path: Path) -> None:
+    cp = full_disk(tmp_path, "results", "failed")
+    writer = PartWriter(cp, SCHEMA, flush_interval=0.01, retry_interval=0.01, disk_wait=0.05)
+    run_writer(writer, [outcome(0)], free_after=None)
+    final = writer.outcome()
+    assert final is not None and "2 answered rows could not be committed" in str(final)
+
+
+def test_a_disk_about_to_fill_stops_the_run_while_the_rows_still_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("batch.writer.free_bytes", lambda _: 1024)
+    errors: list[OutputError] = []
+    writer = PartWriter(
+        checkpoint(tmp_path), SCHEMA, flush_interval=0.01, flush_rows=2, on_error=errors.append
+    )
+    run_writer(writer, [outcome(i) for i in range(3)], free_after=None)
+    assert len(errors) == 1 and "only 1 KiB left, less than two parts" in str(errors[0])
+    assert written_ids(tmp_path, "results") == ["r0", "r1", "r2"]
+    final = writer.outcome()
+    assert final is not None and "every answered row is committed" in str(final)
+
+
+def test_plenty_of_room_does_not_stop_anything(tmp_path: Path) -> None:
+    errors: list[OutputError] = []
+    writer = PartWriter(checkpoint(tmp_path), SCHEMA, flush_interval=0.01, on_error=errors.append)
+    run_writer(writer, [outcome(i) for i in range(3)], free_after=None)
+    assert errors == [] and writer.outcome() is None

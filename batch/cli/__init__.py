@@ -15,6 +15,7 @@ EXIT_FATAL = 1
 EXIT_USAGE = 2
 EXIT_FAILED_ROWS = 3
 EXIT_BUDGET = 4
+EXIT_LOCKED = 5  # another run holds the output directory; nothing was sent or changed
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 

@@ -16,13 +16,15 @@ from typing import Any, TypeVar, cast
 
 import click
 
-from batch.cli import EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE
+from batch.cli import EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_USAGE
 from batch.command_options import API_OPTION_NAMES, API_OPTIONS, MAX_CONCURRENCY
 from batch.errors import (
     BudgetExhausted,
     ConfigError,
     GigabatchError,
+    Interrupted,
     JobFileError,
+    OutputLocked,
     ReportError,
     RunRefused,
 )
@@ -114,6 +116,10 @@ def exit_code_for(error: GigabatchError) -> int:
         return EXIT_USAGE
     if isinstance(error, BudgetExhausted):
         return EXIT_BUDGET
+    if isinstance(error, OutputLocked):
+        return EXIT_LOCKED
+    if isinstance(error, Interrupted):
+        return 128 + error.signum
     return EXIT_FATAL
 
 

@@ -63,7 +63,13 @@ def run(jobs: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
 
     Resumable: run the same command again after a crash, Ctrl-C or a budget stop and only
     the jobs not yet answered are sent. Exit codes: 0 all succeeded, 3 some rows failed,
-    1 fatal error, 2 usage or invalid input, 4 budget reached, 130/143 interrupted.
+    1 fatal error (the API, the disk, a Retry-After over --max-retry-after), 2 usage or
+    invalid input, 4 budget reached, 5 another run holds --out (nothing sent or changed),
+    130/143 interrupted.
+
+    One run at a time per --out: a second one exits 5 at once, naming the process that
+    holds the directory. A full disk stops sending; the answered rows are kept and
+    committed as soon as there is room (for --disk-wait seconds).
 
     A budget (--max-cost, --max-tokens) is never crossed: a request is sent only when its
     worst case still fits, so with a budget every chat request carries max_tokens (the

@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pyarrow.dataset as ds
 
-from batch.checkpoint import FAILED, SUMMARY
 from batch.errors import ReportError
 from batch.eventlog import ATTEMPT, EVENTS, Event, read_events
+from batch.layout import FAILED, SUMMARY
 from batch.report import series
 from batch.report.page import render
 
