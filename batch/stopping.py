@@ -14,6 +14,12 @@ from batch.errors import GigabatchError, Interrupted
 from batch.limiter import AdaptiveLimiter
 
 
+def can_handle_signals() -> bool:
+    """Only the main thread can install signal handlers: a run in another thread (an
+    Airflow worker, `batch.run` in a thread pool) leaves signals to its host."""
+    return threading.current_thread() is threading.main_thread()
+
+
 class EarlySignals:
     """Ctrl-C and SIGTERM before the run's workers exist (validation, opening the
     checkpoint): `watch` remembers the signal, and `check`, called by the validating thread
@@ -28,6 +34,8 @@ class EarlySignals:
             raise Interrupted(self.signum)
 
     async def watch(self) -> None:
+        if not can_handle_signals():
+            return
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 self.signum = signum
@@ -73,7 +81,7 @@ class RunStop:
         """Ctrl-C or SIGTERM stops the run; a second one stops waiting for requests in flight.
         Only the main thread can install signal handlers: a run in another thread (an
         Airflow worker, `batch.run` in a thread pool) leaves signals to its host."""
-        if threading.current_thread() is not threading.main_thread():
+        if not can_handle_signals():
             return
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
