@@ -46,11 +46,12 @@ from batch.errors import (
     RateLimited,
     RetryableError,
 )
+from batch.failures import failure_classes
 from batch.pricing import PriceTable
 from batch.progress import Progress
 from batch.retry import call_with_retry
 from batch.runner import RunConfig
-from batch.summary import RunStats, RunSummary, build_summary
+from batch.summary import RunStats, RunSummary, build_summary, run_outcome
 from batch.writer import PartWriter
 from jobs.base import Batch, Job
 from jobs.readers import read_jobs, validate_jobs
@@ -361,15 +362,10 @@ class _BatchesRun:
         self.journal.collected(seq)
 
     async def _summary(self) -> RunSummary:
-        if self.status == "completed" and self.checkpoint.totals.failed:
-            self.status = "failed_rows"
-        if not self.message:
-            totals = self.checkpoint.totals
-            self.message = (
-                f"{totals.succeeded} succeeded, {totals.failed} failed"
-                if totals.failed
-                else f"all {totals.succeeded} jobs succeeded"
-            )
+        self.status, self.message = run_outcome(
+            self.status, self.message, self.stats, self.checkpoint.totals
+        )
+        failures = await anyio.to_thread.run_sync(failure_classes, self.config.out_dir)
         summary = build_summary(
             status=self.status,
             message=self.message,
@@ -378,6 +374,7 @@ class _BatchesRun:
             settled=0,
             limit_found=False,
             out_dir=self.config.out_dir,
+            failures=failures,
         )
         summary.data["batches"] = {
             "created": self.created,

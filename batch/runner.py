@@ -31,16 +31,17 @@ from batch.budget import Budget
 from batch.checkpoint import Checkpoint
 from batch.errors import ApiError, BudgetExhausted, GigabatchError
 from batch.eventlog import EventLog
+from batch.failures import failure_classes
 from batch.invalid_log import OnProblem, invalid_log
 from batch.limiter import AdaptiveLimiter
 from batch.pipeline import run_pipeline
 from batch.pricing import PriceTable
-from batch.progress import Progress, ProgressMode
+from batch.progress import Progress, ProgressMode, RunStart
 from batch.recording import AttemptRecorder
 from batch.retry import RetryPolicy
 from batch.sending import BatchSender, BudgetGate
 from batch.stopping import RunStop
-from batch.summary import RunStats, RunSummary, build_summary
+from batch.summary import RunStats, RunSummary, build_summary, run_outcome
 from batch.writer import Outcomes, PartWriter
 from jobs.base import Batch, Job, JobKind, Packer, Problem
 from jobs.readers import read_jobs, validate_jobs
@@ -116,7 +117,19 @@ async def run_jobs(config: RunConfig) -> RunSummary:
         prices=prices,
         total_jobs=report.jobs,
         done_before=len(checkpoint.done),
+        failed_before=checkpoint.totals.failed,
         max_concurrency=config.max_concurrency,
+    )
+    start = RunStart(
+        jobs_path=config.jobs_path,
+        out_dir=config.out_dir,
+        kind=kind.name,
+        model=kind.answer_settings().get("model"),
+        total_jobs=report.jobs,
+        done_before=len(checkpoint.done),
+        max_concurrency=config.max_concurrency,
+        budget=_budget_text(config, prices),
+        invalid=report.problem_count,
     )
     budget = None
     if budgeted:
@@ -142,9 +155,18 @@ async def run_jobs(config: RunConfig) -> RunSummary:
     )
     run = _Run(config, checkpoint, stats, budget, report.duplicates, events)
     try:
-        return await run.execute()
+        return await run.execute(start)
     finally:
         run.recorder.close()
+
+
+def _budget_text(config: RunConfig, prices: PriceTable) -> str | None:
+    limits = []
+    if config.max_cost is not None:
+        limits.append(f"{config.max_cost:.2f} {prices.currency}")
+    if config.max_tokens is not None:
+        limits.append(f"{config.max_tokens} tokens")
+    return " and ".join(limits) or None
 
 
 class _Run:
@@ -193,9 +215,10 @@ class _Run:
             settings = ClientSettings.from_env()
         return GigaChatClient(settings, max_connections=self.config.max_concurrency)
 
-    async def execute(self) -> RunSummary:
+    async def execute(self, start: RunStart) -> RunSummary:
         config = self.config
         progress = Progress(self.stats, config.progress, interval=config.progress_interval)
+        progress.announce(start)
         writer = PartWriter(
             self.checkpoint,
             self.kind.result_schema(),
@@ -229,16 +252,8 @@ class _Run:
         if stop.error is not None and not isinstance(stop.error, ApiError | BudgetExhausted):
             raise stop.error
         totals = self.checkpoint.totals
-        status = stop.status
-        if status == "completed" and totals.failed:
-            status = "failed_rows"
-        message = stop.message
-        if not message:
-            message = (
-                f"{totals.succeeded} succeeded, {totals.failed} failed"
-                if totals.failed
-                else f"all {totals.succeeded} jobs succeeded"
-            )
+        status, message = run_outcome(stop.status, stop.message, self.stats, totals)
+        failures = await anyio.to_thread.run_sync(failure_classes, self.config.out_dir)
         summary = build_summary(
             status=status,
             message=message,
@@ -247,6 +262,7 @@ class _Run:
             settled=self.limiter.settled(),
             limit_found=self.limiter.found_limit,
             out_dir=self.config.out_dir,
+            failures=failures,
         )
         await anyio.to_thread.run_sync(summary.write, self.config.out_dir)
         return summary

@@ -12,6 +12,9 @@ import anyio
 from batch.errors import GigabatchError
 from batch.limiter import AdaptiveLimiter
 
+# The status ("interrupted: ...") already says what happened; the message says what now.
+_RESUME = "answered jobs are committed; run the same command again to resume"
+
 
 class RunStop:
     """The run's stop state, and the two side tasks that act on it (`grace`, `watch_signals`)."""
@@ -57,6 +60,6 @@ class RunStop:
                     self.workers_scope.cancel()
                     continue
                 if signum == signal.SIGINT:
-                    self.stop("interrupted", "interrupted (Ctrl-C); answered jobs are committed")
+                    self.stop("interrupted", "Ctrl-C; " + _RESUME)
                 else:
-                    self.stop("terminated", "terminated (SIGTERM); answered jobs are committed")
+                    self.stop("terminated", "SIGTERM; " + _RESUME)

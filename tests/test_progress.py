@@ -28,7 +28,7 @@ def test_line_shows_done_rate_tokens_cost_429s_concurrency_and_eta() -> None:
     assert "3.2 jobs/s" in line
     assert "1500 tokens" in line
     assert "429s 4" in line and "concurrency 7/16" in line
-    assert "ETA 18s" in line  # 58 remaining at 3.2 jobs/s
+    assert "ETA 19s" in line  # 58 remaining at 3.2 jobs/s, rounded up
 
 
 class FakeTerminal(io.StringIO):

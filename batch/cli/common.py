@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any, TypeVar, cast
@@ -235,26 +236,79 @@ def _emulator_knobs(pairs: tuple[str, ...]) -> dict[str, Any]:
     return knobs
 
 
+def emulator_options(f: F) -> F:
+    """Add `--emulator`, `--emulator-profile` and `--emulator-option` to a command that talks
+    to the API; read them back with `api_settings`."""
+    for option in reversed(
+        (
+            click.option(
+                "--emulator",
+                is_flag=True,
+                help="Talk to a local emulator started in-process, with your GIGACHAT_MODEL "
+                "and GIGACHAT_SCOPE (a rehearsal of the real run).",
+            ),
+            click.option(
+                "--emulator-profile",
+                default="b2b",
+                show_default=True,
+                help="Emulator profile for --emulator: pers, b2b, corp, storm, flaky, fast.",
+            ),
+            click.option(
+                "--emulator-option",
+                "emulator_knobs",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="An emulator knob for --emulator (e.g. stream_limit=4); repeatable.",
+            ),
+        )
+    ):
+        f = option(f)
+    return f
+
+
+def require_auth(settings: ClientSettings, alternative: str = "") -> None:
+    """ConfigError, in one line saying what to set, when `settings` has no way to
+    authenticate; commands check it before they create anything on disk."""
+    if not settings.has_auth:
+        raise ConfigError(
+            "no credentials: set GIGACHAT_CREDENTIALS (or GIGACHAT_ACCESS_TOKEN, "
+            "GIGACHAT_USER and GIGACHAT_PASSWORD, or GIGACHAT_CERT_FILE)"
+            + (alternative or ", or rehearse with --emulator")
+        )
+
+
+def _scope_given(options: MutableMapping[str, Any]) -> bool:
+    """Whether the user's settings name a scope (an option or GIGACHAT_SCOPE)."""
+    return bool(options.get("scope") or os.environ.get("GIGACHAT_SCOPE", "").strip())
+
+
 @contextlib.contextmanager
 def api_settings(
-    options: MutableMapping[str, Any], emulator: bool, profile_name: str, knobs: tuple[str, ...]
+    options: MutableMapping[str, Any],
+    emulator: bool = False,
+    profile_name: str = "b2b",
+    knobs: tuple[str, ...] = (),
 ) -> Iterator[ClientSettings]:
     """The client settings: from options and GIGACHAT_* variables, or those of an emulator
-    started in this process for the duration of the run."""
+    started in this process for the duration of the run. The emulator keeps what the user's
+    settings say about answers (the model, the scope, the timeout) and replaces only where
+    requests go and the key they carry."""
     if not emulator:
         yield settings_from_options(options)
         return
     from batch.emulator import EmulatorUnavailable, profile, require_server_packages, serve_emulator
 
-    timeout = options.get("timeout")
-    settings_from_options(options)  # drop the connection options: the emulator replaces them
+    scope_given = _scope_given(options)
+    user = settings_from_options(options)
+    # A rehearsal is granted the scope the real run would ask for, and its stream limit.
+    scoped = {"scope": user.scope} if scope_given else {}
     try:
         require_server_packages()
-        config = profile(profile_name, **_emulator_knobs(knobs))
+        config = profile(profile_name, **{**scoped, **_emulator_knobs(knobs)})
     except EmulatorUnavailable as exc:
         raise ConfigError(str(exc)) from None
     except ValueError as exc:
         raise ConfigError(f"emulator: {exc}") from None
     with serve_emulator(config) as emu:
-        # The emulator's variables only: the user's GIGACHAT_* point at the real API.
-        yield ClientSettings.from_env(emu.client_env(), timeout=timeout)
+        # The emulator's variables for where to send and with which key; the rest is the user's.
+        yield ClientSettings.from_env(emu.client_env(), timeout=user.timeout, model=user.model)

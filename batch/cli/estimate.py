@@ -22,8 +22,10 @@ from batch.cli.common import (
     api_settings,
     build_kind,
     cli_errors,
+    emulator_options,
     kind_options,
     max_concurrency_option,
+    require_auth,
 )
 from batch.errors import ConfigError
 from batch.estimate_report import estimate_to_json, render_table
@@ -34,16 +36,16 @@ from jobs.sources import temporary_spool
 
 
 def _online_settings(
-    stack: contextlib.ExitStack, api: dict[str, Any], emulator: bool
+    stack: contextlib.ExitStack,
+    api: dict[str, Any],
+    emulator: bool,
+    profile: str,
+    knobs: tuple[str, ...],
 ) -> ClientSettings:
     """The client settings (of an emulator kept running in `stack` with --emulator);
     ConfigError without credentials."""
-    settings = stack.enter_context(api_settings(api, emulator, "b2b", ()))
-    if not settings.has_auth:
-        raise ConfigError(
-            "no credentials: set GIGACHAT_CREDENTIALS (or GIGACHAT_ACCESS_TOKEN, "
-            "GIGACHAT_USER and GIGACHAT_PASSWORD, or GIGACHAT_CERT_FILE), or use --offline"
-        )
+    settings = stack.enter_context(api_settings(api, emulator, profile, knobs))
+    require_auth(settings, ", or use --offline or --emulator")
     return settings
 
 
@@ -83,7 +85,7 @@ def _online_settings(
     is_flag=True,
     help="No credentials, no requests: approximate input tokens from characters.",
 )
-@click.option("--emulator", is_flag=True, help="Estimate against a local emulator (b2b profile).")
+@emulator_options
 @max_concurrency_option
 @click.option(
     "--message-overhead",
@@ -113,6 +115,8 @@ def estimate(
     as_json: bool,
     offline: bool,
     emulator: bool,
+    emulator_profile: str,
+    emulator_knobs: tuple[str, ...],
     max_concurrency: int,
     message_overhead: int | None,
     skip_invalid: bool,
@@ -146,7 +150,11 @@ def estimate(
         prices = prices.for_batches()
     with contextlib.ExitStack() as stack:
         jobs_path = stack.enter_context(temporary_spool(jobs_path))
-        settings = None if offline else _online_settings(stack, api, emulator)
+        settings = (
+            None
+            if offline
+            else _online_settings(stack, api, emulator, emulator_profile, emulator_knobs)
+        )
         # Offline there are no settings to read, but GIGACHAT_MODEL still names the model.
         model_default = (
             settings.model if settings is not None else os.environ.get("GIGACHAT_MODEL") or None

@@ -4,6 +4,7 @@ and a look at an output directory. Options become a RunConfig; the engine does t
 from __future__ import annotations
 
 import gc
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,10 @@ from batch.cli.common import (
     api_settings,
     build_kind,
     cli_errors,
+    emulator_options,
     kind_options,
     max_concurrency_option,
+    require_auth,
 )
 from batch.pricing import PriceTable
 from batch.retry import RetryPolicy
@@ -110,20 +113,7 @@ EXIT_CODES = {
     help="Budget in billed tokens (not the answers' length: see --max-completion-tokens).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary (errors still show).")
-@click.option("--emulator", is_flag=True, help="Run against a local emulator started in-process.")
-@click.option(
-    "--emulator-profile",
-    default="b2b",
-    show_default=True,
-    help="Emulator profile for --emulator: pers, b2b, corp, storm, flaky, fast.",
-)
-@click.option(
-    "--emulator-option",
-    "emulator_knobs",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="An emulator knob for --emulator (e.g. stream_limit=4); repeatable.",
-)
+@emulator_options
 @batches_options
 @api_options
 @cli_errors
@@ -170,8 +160,11 @@ def run(
     """
     mode, batch_settings = pop_batches_options(options)
     price_table = PriceTable.load(prices)
-    jobs = spooled_input(jobs, out_dir / SPOOL_DIR)
     with api_settings(options, emulator, emulator_profile, emulator_knobs) as settings:
+        # Nothing is created on disk (the spool of `-`, the output) before this holds.
+        require_auth(settings)
+        given = jobs
+        jobs = spooled_input(jobs, out_dir / SPOOL_DIR)
         kind = build_kind(options, settings.model)
         config = RunConfig(
             jobs_path=jobs,
@@ -200,10 +193,35 @@ def run(
             prepare_online_run(out_dir, restart=restart)
             summary = anyio.run(run_jobs, config)
     if not quiet:
-        summary.print(sys.stderr)
+        summary.print(sys.stderr, retry_command(sys.argv[1:], given, jobs))
     elif summary.status != "completed":
         click.echo(f"{summary.status}: {summary.message}", err=True)
     sys.exit(EXIT_CODES[summary.status])
+
+
+def retry_command(args: list[str], given: Path, jobs: Path) -> str:
+    """The command line that re-drives this run's failed rows: the same arguments with
+    --retry-failed (never --restart, which would delete the answers), reading a spooled
+    standard input from its spool. Secrets given as options are not repeated."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _SECRET_OPTIONS:
+            skip_value = "=" not in arg
+            continue
+        if arg not in ("--restart", "--retry-failed"):
+            kept.append(str(jobs) if arg == str(given) and given != jobs else arg)
+    return shlex.join(["gigabatch", *kept, "--retry-failed"])
+
+
+# Options whose values are secrets: a printed command leaves them to the environment.
+_SECRET_OPTIONS = frozenset(
+    {"--credentials", "--password", "--access-token", "--key-file-password"}
+)
 
 
 @main.command()
