@@ -57,7 +57,13 @@ class TaskRows:
             if isinstance(outcome, JobFailure):
                 out.failures.append(_failed_row(outcome))
                 continue
-            row = {**outcome.row, "id": outcome.job.id, "attempts": 1, "latency_ms": None}
+            row = {
+                **(outcome.job.kept or {}),
+                **outcome.row,
+                "id": outcome.job.id,
+                "attempts": 1,
+                "latency_ms": None,
+            }
             out.results.append(row)
             out.usage[outcome.model] = out.usage.get(outcome.model, Usage()) + outcome.usage
             self.stats.add_usage(outcome.model, outcome.usage)
@@ -89,6 +95,7 @@ class TaskRows:
 
 def _failed_row(failure: JobFailure) -> dict[str, Any]:
     return {
+        **(failure.job.kept or {}),
         "id": failure.job.id,
         "error_class": failure.error_class,
         "status": failure.status,

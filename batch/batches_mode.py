@@ -36,7 +36,7 @@ from batch.batch_journal import (
 )
 from batch.batch_results import TaskRows
 from batch.batches_settings import BatchesSettings, PollPacing
-from batch.checkpoint import Checkpoint
+from batch.checkpoint import FAILED_SCHEMA, Checkpoint
 from batch.errors import (
     ApiError,
     ConfigError,
@@ -50,11 +50,11 @@ from batch.failures import failure_classes
 from batch.pricing import PriceTable
 from batch.progress import Progress
 from batch.retry import call_with_retry
-from batch.runner import RunConfig
+from batch.runner import RunConfig, keep_spec
 from batch.summary import RunStats, RunSummary, build_summary, run_outcome
 from batch.writer import PartWriter
 from jobs.base import Batch, Job
-from jobs.readers import read_jobs, validate_jobs
+from jobs.readers import ValidationReport, read_jobs, validate_jobs
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,7 +91,10 @@ async def run_batches(config: RunConfig, settings: BatchesSettings) -> RunSummar
         raise ConfigError("--max-cost / --max-tokens work with --mode online only")
     kind = config.kind
     prices = (config.prices if config.prices is not None else PriceTable.load()).for_batches()
-    report = await anyio.to_thread.run_sync(partial(validate_jobs, config.jobs_path, kind))
+    keep = keep_spec(kind, config.keep_columns)
+    report = await anyio.to_thread.run_sync(
+        partial(validate_jobs, config.jobs_path, kind, keep=keep)
+    )
     if not config.skip_invalid:
         report.raise_for_problems()
     if config.restart:
@@ -103,7 +106,7 @@ async def run_batches(config: RunConfig, settings: BatchesSettings) -> RunSummar
             kind=kind.name,
             input_path=str(config.jobs_path),
             input_fingerprint=report.fingerprint,
-            settings=kind.answer_settings(),
+            settings={**kind.answer_settings(), **keep.settings()},
             total_jobs=report.jobs,
             restart=config.restart,
             retry_failed=config.retry_failed,
@@ -114,7 +117,7 @@ async def run_batches(config: RunConfig, settings: BatchesSettings) -> RunSummar
     )
     journal = BatchJournal.open(config.out_dir)
     try:
-        run = _BatchesRun(config, settings, checkpoint, journal, stats, report.duplicates)
+        run = _BatchesRun(config, settings, checkpoint, journal, stats, report)
         return await run.execute()
     finally:
         journal.close()
@@ -128,7 +131,7 @@ class _BatchesRun:
         checkpoint: Checkpoint,
         journal: BatchJournal,
         stats: RunStats,
-        duplicates: list[Any],
+        report: ValidationReport,
     ) -> None:
         self.config = config
         self.settings = settings
@@ -136,11 +139,18 @@ class _BatchesRun:
         self.checkpoint = checkpoint
         self.journal = journal
         self.stats = stats
-        self.duplicates = duplicates
+        self.duplicates = report.duplicates
+        self.kept = report.kept
+        schema = self.kind.result_schema()
+        self.result_schema = self.kept.extend(schema) if self.kept else schema
+        self.failed_schema = self.kept.extend(FAILED_SCHEMA) if self.kept else FAILED_SCHEMA
         self.waiting: dict[int, _Waiting] = {}
         self.pacing = PollPacing(settings.poll_initial_s, settings.poll_max_s)
         self.writer = PartWriter(
-            checkpoint, self.kind.result_schema(), flush_rows=config.flush_rows
+            checkpoint,
+            self.result_schema,
+            flush_rows=config.flush_rows,
+            failed_schema=self.failed_schema,
         )
         self.rows = TaskRows(self.kind, self.writer, checkpoint.done, stats, config.flush_rows)
         self.status, self.message = "completed", ""
@@ -152,6 +162,7 @@ class _BatchesRun:
             self.kind,
             skip_invalid=self.config.skip_invalid,
             exclude=self.duplicates,
+            keep=self.kept,
         )
 
     async def execute(self) -> RunSummary:
@@ -169,7 +180,7 @@ class _BatchesRun:
                 with anyio.CancelScope(shield=True):
                     await self.writer.flush()
                     await anyio.to_thread.run_sync(
-                        self.checkpoint.ensure_datasets, self.kind.result_schema()
+                        self.checkpoint.ensure_datasets, self.result_schema, self.failed_schema
                     )
             tg.cancel_scope.cancel()
         progress.close()

@@ -45,7 +45,7 @@ from batch.limiter import AdaptiveLimiter
 from batch.pricing import PriceTable
 from batch.projection import Reservoir
 from batch.retry import RetryPolicy
-from batch.runner import RunConfig, run_jobs
+from batch.runner import RunConfig, keep_spec, run_jobs
 from batch.settings import ClientSettings
 from jobs.base import Job, JobKind
 from jobs.readers import read_jobs, validate_jobs
@@ -70,6 +70,7 @@ class EstimateRequest:
     message_overhead: int | None = None
     skip_invalid: bool = False
     quiet: bool = True
+    keep_columns: tuple[str, ...] = ()
 
 
 class _ProgressLine:
@@ -188,6 +189,7 @@ async def _run_sample(
         prices=request.prices,
         skip_invalid=request.skip_invalid,
         job_filter=lambda job: job.id in wanted,
+        keep_columns=request.keep_columns,
         progress="off" if request.quiet else "auto",
         handle_signals=False,
     )
@@ -272,11 +274,15 @@ def _counting_notes(kind: JobKind, counter: InputCounter) -> list[str]:
 def estimate_jobs(request: EstimateRequest) -> Estimate:
     """Validate, count, sample and price a job file, then check the prepaid balance."""
     kind = request.make_kind()
-    report = validate_jobs(request.jobs_path, kind)
+    report = validate_jobs(request.jobs_path, kind, keep=keep_spec(kind, request.keep_columns))
     if not request.skip_invalid:
         report.raise_for_problems()
     jobs = read_jobs(
-        request.jobs_path, kind, skip_invalid=request.skip_invalid, exclude=report.duplicates
+        request.jobs_path,
+        kind,
+        skip_invalid=request.skip_invalid,
+        exclude=report.duplicates,
+        keep=report.kept,
     )
     tally = Tally(kind.name, kind.has_output)
     sampler: Reservoir[tuple[Job, str]] | None = (

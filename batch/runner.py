@@ -28,7 +28,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from batch.budget import Budget
-from batch.checkpoint import Checkpoint
+from batch.checkpoint import FAILED_SCHEMA, Checkpoint
 from batch.errors import ApiError, BudgetExhausted, GigabatchError
 from batch.eventlog import EventLog
 from batch.failures import failure_classes
@@ -43,8 +43,9 @@ from batch.sending import BatchSender, BudgetGate
 from batch.stopping import RunStop
 from batch.summary import RunStats, RunSummary, build_summary, run_outcome
 from batch.writer import Outcomes, PartWriter
-from jobs.base import Batch, Job, JobKind, Packer, Problem
-from jobs.readers import read_jobs, validate_jobs
+from jobs.base import Batch, Job, JobKind, Packer
+from jobs.passthrough import KeepSpec
+from jobs.readers import ValidationReport, read_jobs, validate_jobs
 
 if TYPE_CHECKING:
     from batch.client import GigaChatClient
@@ -78,6 +79,7 @@ class RunConfig:
     max_cost: float | None = None
     max_tokens: int | None = None
     job_filter: Callable[[Job], bool] | None = None
+    keep_columns: tuple[str, ...] = ()
     progress: ProgressMode = "auto"
     progress_interval: float | None = None
     handle_signals: bool = True
@@ -95,7 +97,10 @@ async def run_jobs(config: RunConfig) -> RunSummary:
         config = dataclasses.replace(config, kind=config.kind.bounded())
     kind = config.kind
     prices = config.prices if config.prices is not None else PriceTable.load()
-    report = await anyio.to_thread.run_sync(partial(validate_jobs, config.jobs_path, kind))
+    keep = keep_spec(kind, config.keep_columns)
+    report = await anyio.to_thread.run_sync(
+        partial(validate_jobs, config.jobs_path, kind, keep=keep)
+    )
     if not config.skip_invalid:
         report.raise_for_problems()
     checkpoint = await anyio.to_thread.run_sync(
@@ -105,7 +110,7 @@ async def run_jobs(config: RunConfig) -> RunSummary:
             kind=kind.name,
             input_path=str(config.jobs_path),
             input_fingerprint=report.fingerprint,
-            settings=kind.answer_settings(),
+            settings={**kind.answer_settings(), **keep.settings()},
             total_jobs=report.jobs,
             restart=config.restart,
             retry_failed=config.retry_failed,
@@ -153,11 +158,21 @@ async def run_jobs(config: RunConfig) -> RunSummary:
             restart=config.restart,
         )
     )
-    run = _Run(config, checkpoint, stats, budget, report.duplicates, events)
+    run = _Run(config, checkpoint, stats, budget, report, events)
     try:
         return await run.execute(start)
     finally:
         run.recorder.close()
+
+
+def keep_spec(kind: JobKind, columns: tuple[str, ...]) -> KeepSpec:
+    """What `--keep-columns` keeps for `kind` (and the user's id column, under its name)."""
+    return KeepSpec.parse(
+        columns,
+        job_fields=kind.source_fields().values(),
+        reserved={*kind.result_schema().names, *FAILED_SCHEMA.names},
+        id_column=kind.options.id_column,
+    )
 
 
 def _budget_text(config: RunConfig, prices: PriceTable) -> str | None:
@@ -182,14 +197,15 @@ class _Run:
         checkpoint: Checkpoint,
         stats: RunStats,
         budget: Budget | None,
-        duplicates: list[Problem],
+        report: ValidationReport,
         events: EventLog,
     ) -> None:
         self.config = config
         self.kind = config.kind
         self.checkpoint = checkpoint
         self.stats = stats
-        self.duplicates = duplicates
+        self.duplicates = report.duplicates
+        self.kept = report.kept
         self.limiter = AdaptiveLimiter(config.max_concurrency, initial=config.initial_concurrency)
         self.stop = RunStop(self.limiter, config.grace_period)
         self.recorder = AttemptRecorder(events, self.limiter, stats.prices)
@@ -219,11 +235,13 @@ class _Run:
         config = self.config
         progress = Progress(self.stats, config.progress, interval=config.progress_interval)
         progress.announce(start)
+        kept = self.kept
         writer = PartWriter(
             self.checkpoint,
-            self.kind.result_schema(),
+            kept.extend(self.kind.result_schema()) if kept else self.kind.result_schema(),
             flush_interval=config.flush_interval,
             flush_rows=config.flush_rows,
+            failed_schema=kept.extend(FAILED_SCHEMA) if kept else FAILED_SCHEMA,
         )
         send_out, receive_out = anyio.create_memory_object_stream[Outcomes](
             config.max_concurrency * 2
@@ -285,6 +303,7 @@ class _Run:
                 skip_invalid=self.config.skip_invalid,
                 on_problem=on_problem,
                 exclude=self.duplicates,
+                keep=self.kept,
             )
             packer = self.kind.packer()
             finished = False

@@ -64,9 +64,11 @@ class PartWriter:
         flush_interval: float = 2.0,
         flush_rows: int = 5000,
         on_commit: Callable[[list[PartInfo]], None] | None = None,
+        failed_schema: pa.Schema = FAILED_SCHEMA,
     ) -> None:
         self.checkpoint = checkpoint
         self.result_schema = result_schema
+        self.failed_schema = failed_schema
         self.flush_interval = flush_interval
         self.flush_rows = flush_rows
         self.on_commit = on_commit
@@ -107,7 +109,7 @@ class PartWriter:
         usage: dict[str, Usage],
     ) -> list[PartInfo]:
         result_table = rows_to_table(results, self.result_schema) if results else None
-        failed_table = rows_to_table(failures, FAILED_SCHEMA) if failures else None
+        failed_table = rows_to_table(failures, self.failed_schema) if failures else None
         return self.checkpoint.commit(result_table, failed_table, usage)
 
     async def run(self, receive: ObjectReceiveStream[Outcomes]) -> None:
@@ -132,4 +134,6 @@ class PartWriter:
                         deadline = time.monotonic() + self.flush_interval
         await self.flush()
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.checkpoint.ensure_datasets, self.result_schema)
+            await anyio.to_thread.run_sync(
+                self.checkpoint.ensure_datasets, self.result_schema, self.failed_schema
+            )

@@ -214,6 +214,15 @@ def build_kind(options: MutableMapping[str, Any], model_default: str | None = No
     return kind_from_values(name, values)
 
 
+keep_columns_option = click.option(
+    "--keep-columns",
+    "keep_columns",
+    multiple=True,
+    metavar="COLS",
+    help="Input columns to copy, with their types, into results/ and failed/: a,b (repeatable) "
+    "or '*' for every column that is not a job field.",
+)
+
 max_concurrency_option = click.option(
     "--max-concurrency",
     type=click.IntRange(min=1),

@@ -23,6 +23,7 @@ from batch.cli.common import (
     build_kind,
     cli_errors,
     emulator_options,
+    keep_columns_option,
     kind_options,
     max_concurrency_option,
     require_auth,
@@ -54,6 +55,7 @@ def _online_settings(
     "jobs_path", metavar="JOBS", type=click.Path(exists=True, allow_dash=True, path_type=Path)
 )
 @kind_options
+@keep_columns_option
 @click.option(
     "--prices",
     "prices_path",
@@ -122,6 +124,7 @@ def estimate(
     skip_invalid: bool,
     quiet: bool,
     mode: str,
+    keep_columns: tuple[str, ...],
     **options: Any,
 ) -> None:
     """Estimate tokens and cost of a job file (or `-`, standard input) before running it.
@@ -172,6 +175,7 @@ def estimate(
             message_overhead=message_overhead,
             skip_invalid=skip_invalid,
             quiet=quiet,
+            keep_columns=keep_columns,
         )
         result = estimate_jobs(request)
     if as_json:

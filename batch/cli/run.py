@@ -33,13 +33,14 @@ from batch.cli.common import (
     build_kind,
     cli_errors,
     emulator_options,
+    keep_columns_option,
     kind_options,
     max_concurrency_option,
     require_auth,
 )
 from batch.pricing import PriceTable
 from batch.retry import RetryPolicy
-from batch.runner import RunConfig, run_jobs
+from batch.runner import RunConfig, keep_spec, run_jobs
 from jobs.readers import validate_jobs
 from jobs.sources import SPOOL_DIR, spooled_input, temporary_spool
 
@@ -64,6 +65,7 @@ EXIT_CODES = {
     help="Output directory (created; resumed when it holds a run of the same input).",
 )
 @kind_options
+@keep_columns_option
 @max_concurrency_option
 @click.option(
     "--max-attempts",
@@ -135,6 +137,7 @@ def run(
     emulator: bool,
     emulator_profile: str,
     emulator_knobs: tuple[str, ...],
+    keep_columns: tuple[str, ...],
     **options: Any,
 ) -> None:
     """Answer every job of JOBS into --out: JSONL (also .gz, .zst), Parquet, a directory of
@@ -155,6 +158,7 @@ def run(
     Examples:
       gigabatch run sample_jobs/chat.jsonl --out out/chat --emulator
       cat jobs.jsonl | gigabatch run - --out out/chat --emulator
+      gigabatch run corpus.parquet --out out/c --keep-columns lang,source --emulator
       gigabatch run texts.parquet --kind embed --text-column body --out out/emb \\
           --max-concurrency 32 --max-cost 50
     """
@@ -181,6 +185,7 @@ def run(
             prices=price_table,
             max_cost=max_cost,
             max_tokens=max_tokens_budget,
+            keep_columns=keep_columns,
             progress="off" if quiet else "auto",
         )
         # Everything alive now (modules, settings, the job kind) lives as long as the run:
@@ -227,9 +232,10 @@ _SECRET_OPTIONS = frozenset(
 @main.command()
 @click.argument("jobs", type=click.Path(exists=True, allow_dash=True, path_type=Path))
 @kind_options
+@keep_columns_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @cli_errors
-def validate(jobs: Path, as_json: bool, **options: Any) -> None:
+def validate(jobs: Path, as_json: bool, keep_columns: tuple[str, ...], **options: Any) -> None:
     """Check JOBS (a file, a directory, or `-` for standard input) without sending anything:
     every problem with its file, line or row, and field. Exit 0 when valid, 2 when not.
 
@@ -241,7 +247,9 @@ def validate(jobs: Path, as_json: bool, **options: Any) -> None:
     """
     kind = build_kind(options)
     with temporary_spool(jobs) as readable:
-        report = validate_jobs(readable, kind, max_problems=10_000)
+        report = validate_jobs(
+            readable, kind, max_problems=10_000, keep=keep_spec(kind, keep_columns)
+        )
     if as_json:
         click.echo(
             orjson.dumps(
