@@ -43,7 +43,7 @@ from batch.sending import BatchSender, BudgetGate
 from batch.stopping import RunStop
 from batch.summary import RunStats, RunSummary, build_summary, run_outcome
 from batch.writer import Outcomes, PartWriter
-from jobs.base import Batch, Job, JobKind, Packer
+from jobs.base import Batch, Job, JobKind, Packer, Problem, SourceLocation
 from jobs.passthrough import KeepSpec
 from jobs.readers import ValidationReport, read_jobs, validate_jobs
 
@@ -134,7 +134,7 @@ async def run_jobs(config: RunConfig) -> RunSummary:
         done_before=len(checkpoint.done),
         max_concurrency=config.max_concurrency,
         budget=_budget_text(config, prices),
-        invalid=report.problem_count,
+        invalid=report.invalid_records,
     )
     budget = None
     if budgeted:
@@ -167,11 +167,12 @@ async def run_jobs(config: RunConfig) -> RunSummary:
 
 def keep_spec(kind: JobKind, columns: tuple[str, ...]) -> KeepSpec:
     """What `--keep-columns` keeps for `kind` (and the user's id column, under its name)."""
+    sources = kind.source_fields()
     return KeepSpec.parse(
         columns,
-        job_fields=kind.source_fields().values(),
+        job_fields=sources.values(),
         reserved={*kind.result_schema().names, *FAILED_SCHEMA.names},
-        id_column=kind.options.id_column,
+        id_column=sources.get("id"),
     )
 
 
@@ -206,6 +207,7 @@ class _Run:
         self.stats = stats
         self.duplicates = report.duplicates
         self.kept = report.kept
+        self._last_invalid: SourceLocation | None = None
         self.limiter = AdaptiveLimiter(config.max_concurrency, initial=config.initial_concurrency)
         self.stop = RunStop(self.limiter, config.grace_period)
         self.recorder = AttemptRecorder(events, self.limiter, stats.prices)
@@ -290,8 +292,11 @@ class _Run:
             return contextlib.nullcontext()
         return invalid_log(self.config.out_dir, self._count_invalid)
 
-    def _count_invalid(self) -> None:
-        self.stats.invalid += 1
+    def _count_invalid(self, problem: Problem) -> None:
+        # A record's problems come one after another; the count is of records (lines).
+        if problem.location != self._last_invalid:
+            self.stats.invalid += 1
+            self._last_invalid = problem.location
 
     async def _produce(
         self, on_problem: OnProblem | None, send: MemoryObjectSendStream[Batch]

@@ -282,6 +282,7 @@ class ValidationReport:
     problem_count: int = 0
     duplicates: list[Problem] = field(default_factory=list)
     kept: KeptColumns | None = None
+    invalid_records: int = 0  # records with a problem (a record may have several)
 
     @property
     def ok(self) -> bool:
@@ -309,7 +310,7 @@ def validate_jobs(
     columns' types (the report's `kept`)."""
     hashes = array("Q")
     problems: list[Problem] = []
-    problem_count = records = 0
+    problem_count = records = invalid_records = 0
     types = ColumnTypes(keep) if keep is not None and keep.active else None
     for location, outcome in iter_outcomes(path, kind, keep if types else None):
         records += 1
@@ -319,6 +320,7 @@ def validate_jobs(
                 types.observe(location, outcome.kept)
             continue
         problem_count += len(outcome)
+        invalid_records += 1
         problems.extend(outcome[: max(0, max_problems - len(problems))])
     jobs = len(hashes)
     colliding = repeated_hashes(hashes)
@@ -333,6 +335,7 @@ def validate_jobs(
         problems=problems,
         problem_count=problem_count + len(duplicates),
         duplicates=duplicates,
+        invalid_records=invalid_records + len(duplicates),
         kept=types.schema(path, strict=not problem_count) if types is not None else None,
     )
 

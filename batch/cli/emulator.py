@@ -112,4 +112,4 @@ def emulator_command(profile_name: str, print_env: bool, **knobs: Any) -> None:
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:
-        click.echo("stopped")
+        click.echo("stopped", err=print_env)
