@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 from batch.api_types import Usage
 from batch.pricing import PriceTable
@@ -54,3 +55,25 @@ def test_quiet_mode_draws_nothing() -> None:
     out = io.StringIO()
     Progress(stats(), "off", stream=out).close()
     assert out.getvalue() == ""
+
+
+def test_line_labels_this_runs_figures_and_counts_failures_of_earlier_runs_too() -> None:
+    s = stats()
+    s.failed_before = 5  # failed rows the output directory held when this run began
+    line = progress_line(s)
+    assert line.startswith("42/100 done (7 failed) | this run: 3.2 jobs/s, 1500 tokens, ")
+
+
+def test_eta_is_rounded_up_so_thousands_left_never_show_0s() -> None:
+    s = RunStats(kind="embed", prices=PriceTable.load(), total_jobs=20_000, max_concurrency=16)
+    s.skipped = 6_832  # done before this run
+    s.succeeded = 10_000
+    s.started -= 2.5  # 4,000 jobs/s: 3,168 left take 0.8 s
+    assert "ETA 1s" in progress_line(s)
+
+
+def test_log_lines_start_with_an_iso_date_time() -> None:
+    log = io.StringIO()
+    Progress(stats(), "log", stream=log).draw()
+    iso = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}"
+    assert re.match(iso + " 42/100 done", log.getvalue())
