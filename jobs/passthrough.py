@@ -18,11 +18,12 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.errors import ConfigError, JobFileError
+from batch.errors import JobFileError
 from jobs.base import SourceLocation
 from jobs.sources import input_files, sniff
 
 ALL = "*"
+PREFIX = "input_"
 _INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -47,30 +48,25 @@ class KeepSpec:
         id_column: str | None = None,
     ) -> KeepSpec:
         """From `--keep-columns a,b` (or `*`) and the kind: `reserved` are the output's own
-        columns, which a kept column may not shadow. A user-named id column is kept under
-        its name, with its type, beside the engine's string `id`."""
+        columns, which a kept column does not replace (see `output_name`). A user-named id
+        column is kept under its name, with its type, beside the engine's string `id`."""
         names = [c.strip() for part in columns for c in part.split(",") if c.strip()]
         everything = ALL in names
         names = [n for n in names if n != ALL]
         if id_column and id_column != "id" and id_column not in names:
             names.insert(0, id_column)
-        spec = cls(
+        return cls(
             tuple(dict.fromkeys(names)), everything, frozenset(job_fields), frozenset(reserved)
         )
-        for name in spec.names:
-            spec.check_name(name, "--keep-columns")
-        return spec
 
     @property
     def active(self) -> bool:
         return self.everything or bool(self.names)
 
-    def check_name(self, name: str, where: str) -> None:
-        if name in self.reserved:
-            raise ConfigError(
-                f"{where}: column '{name}' has the name of an output column "
-                f"({', '.join(sorted(self.reserved))}); rename it in the input"
-            )
+    def output_name(self, name: str) -> str:
+        """The kept column's name in the output: its own, or `input_<name>` when the output
+        has a column of that name already (a corpus's `source` beside failed/'s `source`)."""
+        return f"{PREFIX}{name}" if name in self.reserved else name
 
     def wanted(self, name: str) -> bool:
         return name in self.names or (self.everything and name not in self.job_fields)
@@ -124,7 +120,6 @@ class ColumnTypes:
             )
         fields, json_columns = [], set()
         for name in names:
-            self.spec.check_name(name, f"{path}: --keep-columns {ALL}")
             kinds = frozenset(self._seen.get(name, set()) - {"null"})
             inferred = _SCALARS.get(kinds, pa.string()) if kinds else None
             if kinds and kinds not in _SCALARS:
@@ -134,17 +129,26 @@ class ColumnTypes:
                         "Parquet but holds objects, arrays or mixed types in JSONL"
                     )
                 json_columns.add(name)
-            fields.append(pa.field(name, _merged(path, name, declared.get(name), inferred)))
-        return KeptColumns(self.spec, pa.schema(fields), frozenset(json_columns))
+            type_ = _merged(path, name, declared.get(name), inferred)
+            fields.append(pa.field(self.spec.output_name(name), type_))
+        schema = pa.schema(fields)
+        if len(set(schema.names)) < len(names):
+            raise JobFileError(
+                f"{path}: --keep-columns: two columns would be stored as one of "
+                f"{', '.join(schema.names)}; rename one in the input"
+            )
+        return KeptColumns(self.spec, schema, tuple(names), frozenset(json_columns))
 
 
 @dataclass(frozen=True, slots=True)
 class KeptColumns:
-    """The kept columns of a run: which (`spec`), their schema, and which hold JSON text
-    (JSONL values that are objects, arrays, or of mixed types)."""
+    """The kept columns of a run: which (`spec`), their output schema, the input column of
+    each of its fields (`sources`), and which hold JSON text (JSONL values that are objects,
+    arrays, or of mixed types)."""
 
     spec: KeepSpec
     schema: pa.Schema
+    sources: tuple[str, ...]
     json_columns: frozenset[str] = frozenset()
 
     def extend(self, schema: pa.Schema) -> pa.Schema:
@@ -154,9 +158,9 @@ class KeptColumns:
     def values(self, kept: Mapping[str, Any]) -> dict[str, Any]:
         """A job's kept values as the writer stores them (absent columns are null)."""
         out = {}
-        for name in self.schema.names:
-            value = kept.get(name)
-            if name in self.json_columns and value is not None:
+        for name, source in zip(self.schema.names, self.sources, strict=True):
+            value = kept.get(source)
+            if source in self.json_columns and value is not None:
                 value = orjson.dumps(value).decode()
             out[name] = value
         return out

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch.emulator import RunningEmulator, profile, serve_emulator
-from batch.errors import ConfigError, JobFileError
+from batch.errors import JobFileError
 from batch.runner import keep_spec
 from jobs.chat import ChatKind, ChatOptions
 from jobs.readers import read_jobs, validate_jobs
@@ -154,10 +154,15 @@ def test_a_kept_column_in_no_record_is_refused_by_name(tmp_path: Path) -> None:
         validate_jobs(jobs, kind, keep=keep_spec(kind, ("lang,lnag",)))
 
 
-def test_a_kept_column_may_not_shadow_an_output_column() -> None:
+def test_a_kept_column_named_like_an_output_column_is_stored_with_a_prefix(
+    tmp_path: Path,
+) -> None:
+    jobs = _jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "x", "source": "crawl"}])
     kind = ChatKind(ChatOptions())
-    with pytest.raises(ConfigError, match="'content' has the name of an output column"):
-        keep_spec(kind, ("content",))
+    report = validate_jobs(jobs, kind, keep=keep_spec(kind, ("source",)))
+    assert report.kept is not None and report.kept.schema.names == ["input_source"]
+    [job] = read_jobs(jobs, kind, keep=report.kept)
+    assert job.kept == {"input_source": "crawl"}  # failed/ keeps its own `source` column
 
 
 def test_resume_with_other_kept_columns_is_refused(
