@@ -98,14 +98,7 @@ class RunSummary:
             f"  cost: {cost['this_run']:.4f} {cost['currency']} this run, "
             f"{cost['total']:.4f} in total (prices of {cost['prices_taken']})"
         )
-        lines.append(
-            f"  time: {d['wall_time_s']:.1f} s, {d['throughput_jobs_per_s']:.1f} jobs/s, "
-            f"{d['requests']} requests, {d['rate_limited']} 429s, {d['retries']} retries, "
-            f"concurrency settled at {d['concurrency']['settled']:g} "
-            f"(max {d['concurrency']['max']}"
-            + ("" if d["concurrency"]["server_limit_found"] else "; the server refused none")
-            + ")"
-        )
+        lines.append(_time_line(d))
         if "batches" in d:
             b = d["batches"]
             lines.append(
@@ -114,6 +107,21 @@ class RunSummary:
             )
         stream.write("\n".join(lines) + "\n")
         stream.flush()
+
+
+def _time_line(d: dict[str, Any]) -> str:
+    line = (
+        f"  time: {d['wall_time_s']:.1f} s, {d['throughput_jobs_per_s']:.1f} jobs/s, "
+        f"{d['requests']} requests, {d['rate_limited']} 429s, {d['retries']} retries"
+    )
+    concurrency = d["concurrency"]
+    if not concurrency["max"]:  # batches mode: no request of the run waits for answers
+        return line
+    refused = "" if concurrency["server_limit_found"] else "; the server refused none"
+    return (
+        f"{line}, concurrency settled at {concurrency['settled']:g} "
+        f"(max {concurrency['max']}{refused})"
+    )
 
 
 def run_outcome(
