@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from batch.cli.run import retry_command
 from batch.emulator import RunningEmulator, profile, serve_emulator
 
 pytestmark = pytest.mark.e2e
@@ -163,3 +164,21 @@ def test_models_and_balance_rehearse_on_the_emulator(tmp_path: Path) -> None:
     )
     assert balance.returncode == 0, balance.stderr
     assert orjson.loads(balance.stdout)
+
+
+def test_status_shows_failures_by_class(emulator: RunningEmulator, tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    jobs = with_failures(tmp_path / "jobs.jsonl")
+    assert gigabatch(emulator, "run", str(jobs), "--out", out).returncode == 3
+    status = gigabatch(None, "status", out)
+    assert re.search(r"  failed NotFound: 2, e\.g\. id 'bad-\d': \S", status.stdout), status.stdout
+    data = orjson.loads(gigabatch(None, "status", out, "--json").stdout)
+    assert data["failures"]["NotFound"]["count"] == 2
+
+
+def test_the_retry_command_leaves_out_restart_and_secrets_and_reads_a_spooled_stdin() -> None:
+    spool = Path("out/input/stdin.jsonl")
+    args = ["run", "-", "--out", "out", "--restart", "--credentials", "SECRET", "--password=P"]
+    assert retry_command(args, Path("-"), spool) == (
+        "gigabatch run out/input/stdin.jsonl --out out --retry-failed"
+    )

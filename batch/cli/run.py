@@ -38,6 +38,7 @@ from batch.cli.common import (
     max_concurrency_option,
     require_auth,
 )
+from batch.failures import failure_classes
 from batch.pricing import PriceTable
 from batch.retry import RetryPolicy
 from batch.runner import RunConfig, keep_spec, run_jobs
@@ -321,6 +322,8 @@ def status(out_dir: Path, prices: Path | None, as_json: bool) -> None:
         "currency": table.currency,
         "updated_at": manifest.get("updated_at"),
     }
+    failures = failure_classes(out_dir)
+    data["failures"] = {f.error_class: f.to_json() for f in failures}
     batches = batches_status(out_dir)
     if batches:
         data["batches"] = batches
@@ -335,5 +338,9 @@ def status(out_dir: Path, prices: Path | None, as_json: bool) -> None:
         f"{tokens.precached_prompt_tokens} precached\n"
         f"  cost: {data['cost']:.4f} {table.currency}"
     )
+    for f in failures:
+        example = f"e.g. id {f.example_id!r}: {f.example_message}"
+        example = f"e.g. id {f.example_id!r}: {f.example_message}"
+        click.echo(f"  failed {f.error_class}: {f.count}, {example}")
     if batches:
         click.echo(batches_lines(batches))
