@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +42,7 @@ from batch.estimate import (
 )
 from batch.limiter import AdaptiveLimiter
 from batch.pricing import PriceTable
+from batch.progress import log_time
 from batch.projection import Reservoir
 from batch.retry import RetryPolicy
 from batch.runner import RunConfig, keep_spec, run_jobs
@@ -90,7 +90,7 @@ class _ProgressLine:
         if self.tty:
             sys.stderr.write("\r\x1b[2K" + line + ("\n" if final else ""))
         else:
-            sys.stderr.write(time.strftime("%H:%M:%S ") + line + "\n")
+            sys.stderr.write(f"{log_time()} {line}\n")
         sys.stderr.flush()
 
     async def run(self) -> None:

@@ -76,9 +76,11 @@ class RunStart:
         )
 
 
-def log_time() -> str:
-    """The local date-time with its UTC offset, as log lines start with."""
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+def log_time(at: float | None = None) -> str:
+    """The local date-time (now, or the epoch time `at`) with its UTC offset, as log lines
+    start with."""
+    moment = datetime.datetime.now() if at is None else datetime.datetime.fromtimestamp(at)
+    return moment.astimezone().isoformat(timespec="seconds")
 
 
 class Progress:

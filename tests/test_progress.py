@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
+import sys
+
+import pytest
 
 from batch.api_types import Usage
 from batch.pricing import PriceTable
@@ -77,3 +81,17 @@ def test_log_lines_start_with_an_iso_date_time() -> None:
     Progress(stats(), "log", stream=log).draw()
     iso = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}"
     assert re.match(iso + " 42/100 done", log.getvalue())
+
+
+def test_engine_warnings_on_the_command_line_are_dated_and_not_doubled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batch.cli import _log_to_stderr
+
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    _log_to_stderr()
+    _log_to_stderr()  # a second command in the same process (tests) replaces the handler
+    logging.getLogger("batch.client").warning("TLS verification is off")
+    iso = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}"
+    assert re.fullmatch(iso + r" WARNING: TLS verification is off\n", err.getvalue())
