@@ -182,3 +182,16 @@ def test_the_retry_command_leaves_out_restart_and_secrets_and_reads_a_spooled_st
     assert retry_command(args, Path("-"), spool) == (
         "gigabatch run out/input/stdin.jsonl --out out --retry-failed"
     )
+
+
+def test_an_output_that_cannot_be_created_is_one_line_before_anything_is_written(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    jobs = jobs_file(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "hi"}])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = gigabatch(emulator, "run", str(jobs), "--out", str(blocker / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"error: --out {blocker / 'out'}: {blocker} is not a directory; choose another --out\n"
+    )

@@ -12,6 +12,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
@@ -284,6 +285,18 @@ def require_auth(settings: ClientSettings, alternative: str = "") -> None:
             "GIGACHAT_USER and GIGACHAT_PASSWORD, or GIGACHAT_CERT_FILE)"
             + (alternative or ", or rehearse with --emulator")
         )
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """ConfigError, in one line, when `out_dir` could not be created or written: found by
+    looking at its nearest existing ancestor, without creating anything."""
+    probe = out_dir.absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"--out {out_dir}: {probe} is not a directory; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out_dir}: {probe} is not writable; choose another --out")
 
 
 def _scope_given(options: MutableMapping[str, Any]) -> bool:

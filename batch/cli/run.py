@@ -31,6 +31,7 @@ from batch.cli.common import (
     api_options,
     api_settings,
     build_kind,
+    check_output_dir,
     cli_errors,
     emulator_options,
     keep_columns_option,
@@ -168,6 +169,7 @@ def run(
     with api_settings(options, emulator, emulator_profile, emulator_knobs) as settings:
         # Nothing is created on disk (the spool of `-`, the output) before this holds.
         require_auth(settings)
+        check_output_dir(out_dir)
         given = jobs
         jobs = spooled_input(jobs, out_dir / SPOOL_DIR)
         kind = build_kind(options, settings.model)
