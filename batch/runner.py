@@ -98,9 +98,8 @@ async def run_jobs(config: RunConfig) -> RunSummary:
     kind = config.kind
     prices = config.prices if config.prices is not None else PriceTable.load()
     keep = keep_spec(kind, config.keep_columns)
-    report = await anyio.to_thread.run_sync(
-        partial(validate_jobs, config.jobs_path, kind, keep=keep)
-    )
+    validate = partial(validate_jobs, config.jobs_path, kind, keep=keep)
+    report = await anyio.to_thread.run_sync(validate)
     if not config.skip_invalid:
         report.raise_for_problems()
     checkpoint = await anyio.to_thread.run_sync(
@@ -124,17 +123,6 @@ async def run_jobs(config: RunConfig) -> RunSummary:
         done_before=len(checkpoint.done),
         failed_before=checkpoint.totals.failed,
         max_concurrency=config.max_concurrency,
-    )
-    start = RunStart(
-        jobs_path=config.jobs_path,
-        out_dir=config.out_dir,
-        kind=kind.name,
-        model=kind.answer_settings().get("model"),
-        total_jobs=report.jobs,
-        done_before=len(checkpoint.done),
-        max_concurrency=config.max_concurrency,
-        budget=_budget_text(config, prices),
-        invalid=report.invalid_records,
     )
     budget = None
     if budgeted:
@@ -160,7 +148,7 @@ async def run_jobs(config: RunConfig) -> RunSummary:
     )
     run = _Run(config, checkpoint, stats, budget, report, events)
     try:
-        return await run.execute(start)
+        return await run.execute(_run_start(config, report, len(checkpoint.done), prices))
     finally:
         run.recorder.close()
 
@@ -176,13 +164,26 @@ def keep_spec(kind: JobKind, columns: tuple[str, ...]) -> KeepSpec:
     )
 
 
-def _budget_text(config: RunConfig, prices: PriceTable) -> str | None:
+def _run_start(
+    config: RunConfig, report: ValidationReport, done_before: int, prices: PriceTable
+) -> RunStart:
+    """What the start line says of this run."""
     limits = []
     if config.max_cost is not None:
         limits.append(f"{config.max_cost:.2f} {prices.currency}")
     if config.max_tokens is not None:
         limits.append(f"{config.max_tokens} tokens")
-    return " and ".join(limits) or None
+    return RunStart(
+        jobs_path=config.jobs_path,
+        out_dir=config.out_dir,
+        kind=config.kind.name,
+        model=config.kind.answer_settings().get("model"),
+        total_jobs=report.jobs,
+        done_before=done_before,
+        max_concurrency=config.max_concurrency,
+        budget=" and ".join(limits) or None,
+        invalid=report.invalid_records,
+    )
 
 
 class _Run:
