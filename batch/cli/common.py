@@ -221,7 +221,8 @@ keep_columns_option = click.option(
     multiple=True,
     metavar="COLS",
     help="Input columns to copy, with their types, into results/ and failed/: a,b (repeatable) "
-    "or '*' for every column that is not a job field.",
+    "or '*' for every column that is not a job field. One named like an output column is "
+    "stored as input_<name>.",
 )
 
 max_concurrency_option = click.option(
