@@ -35,7 +35,7 @@ from batch.batches_polling import PatientApi, poll_statuses
 from batch.batches_resume import reattach
 from batch.batches_settings import BatchesSettings, PollPacing
 from batch.budget import Budget
-from batch.checkpoint import Checkpoint
+from batch.checkpoint import FAILED_SCHEMA, Checkpoint
 from batch.errors import (
     ApiError,
     FatalError,
@@ -43,13 +43,14 @@ from batch.errors import (
     PermanentError,
     RetryableError,
 )
+from batch.failures import failure_classes
 from batch.pricing import PriceTable
 from batch.progress import Progress
-from batch.runner import RunConfig, open_client
-from batch.summary import RunStats, RunSummary, build_summary
+from batch.runner import RunConfig, keep_spec, open_client
+from batch.summary import RunStats, RunSummary, build_summary, run_outcome
 from batch.writer import PartWriter
 from jobs.base import Batch
-from jobs.readers import read_jobs, validate_jobs
+from jobs.readers import ValidationReport, read_jobs, validate_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,10 @@ async def run_batches(config: RunConfig, settings: BatchesSettings) -> RunSummar
         config = dataclasses.replace(config, kind=config.kind.bounded())
     kind = config.kind
     prices = (config.prices if config.prices is not None else PriceTable.load()).for_batches()
-    report = await anyio.to_thread.run_sync(partial(validate_jobs, config.jobs_path, kind))
+    keep = keep_spec(kind, config.keep_columns)
+    report = await anyio.to_thread.run_sync(
+        partial(validate_jobs, config.jobs_path, kind, keep=keep)
+    )
     if not config.skip_invalid:
         report.raise_for_problems()
     if config.restart:
@@ -93,7 +97,7 @@ async def run_batches(config: RunConfig, settings: BatchesSettings) -> RunSummar
             kind=kind.name,
             input_path=str(config.jobs_path),
             input_fingerprint=report.fingerprint,
-            settings=kind.answer_settings(),
+            settings={**kind.answer_settings(), **keep.settings()},
             total_jobs=report.jobs,
             restart=config.restart,
             retry_failed=config.retry_failed,
@@ -114,7 +118,7 @@ async def run_batches(config: RunConfig, settings: BatchesSettings) -> RunSummar
         budget = TaskBudget(limits, kind)
     journal = await anyio.to_thread.run_sync(BatchJournal.open, config.out_dir)
     try:
-        run = _BatchesRun(config, settings, checkpoint, journal, stats, budget, report.duplicates)
+        run = _BatchesRun(config, settings, checkpoint, journal, stats, budget, report)
         return await run.execute()
     finally:
         journal.close()
@@ -129,7 +133,7 @@ class _BatchesRun:
         journal: BatchJournal,
         stats: RunStats,
         budget: TaskBudget | None,
-        duplicates: list[Any],
+        report: ValidationReport,
     ) -> None:
         self.config = config
         self.settings = settings
@@ -138,12 +142,19 @@ class _BatchesRun:
         self.journal = journal
         self.stats = stats
         self.budget = budget
-        self.duplicates = duplicates
+        self.duplicates = report.duplicates
+        self.kept = report.kept
+        schema = self.kind.result_schema()
+        self.result_schema = self.kept.extend(schema) if self.kept else schema
+        self.failed_schema = self.kept.extend(FAILED_SCHEMA) if self.kept else FAILED_SCHEMA
         self.waiting: dict[int, _Waiting] = {}
         self.pacing = PollPacing(settings.poll_initial_s, settings.poll_max_s)
         self.api = PatientApi(config.retry, self.pacing, stats)
         self.writer = PartWriter(
-            checkpoint, self.kind.result_schema(), flush_rows=config.flush_rows
+            checkpoint,
+            self.result_schema,
+            flush_rows=config.flush_rows,
+            failed_schema=self.failed_schema,
         )
         self.rows = TaskRows(
             self.kind, self.writer, checkpoint.done, stats, config.flush_rows, budget
@@ -157,6 +168,7 @@ class _BatchesRun:
             self.kind,
             skip_invalid=self.config.skip_invalid,
             exclude=self.duplicates,
+            keep=self.kept,
         )
 
     async def execute(self) -> RunSummary:
@@ -175,7 +187,7 @@ class _BatchesRun:
                 with anyio.CancelScope(shield=True):
                     await self.writer.flush()
                     await anyio.to_thread.run_sync(
-                        self.checkpoint.ensure_datasets, self.kind.result_schema()
+                        self.checkpoint.ensure_datasets, self.result_schema, self.failed_schema
                     )
             tg.cancel_scope.cancel()
         progress.close()
@@ -337,15 +349,10 @@ class _BatchesRun:
         await in_thread(self.journal.collected, seq)
 
     async def _summary(self) -> RunSummary:
-        if self.status == "completed" and self.checkpoint.totals.failed:
-            self.status = "failed_rows"
-        if not self.message:
-            totals = self.checkpoint.totals
-            self.message = (
-                f"{totals.succeeded} succeeded, {totals.failed} failed"
-                if totals.failed
-                else f"all {totals.succeeded} jobs succeeded"
-            )
+        self.status, self.message = run_outcome(
+            self.status, self.message, self.stats, self.checkpoint.totals
+        )
+        failures = await anyio.to_thread.run_sync(failure_classes, self.config.out_dir)
         summary = build_summary(
             status=self.status,
             message=self.message,
@@ -354,6 +361,7 @@ class _BatchesRun:
             settled=0,
             limit_found=False,
             out_dir=self.config.out_dir,
+            failures=failures,
         )
         summary.data["batches"] = {
             "created": self.created,

@@ -242,12 +242,14 @@ class Checkpoint:
         self.totals.add(sub, info)
         return info
 
-    def ensure_datasets(self, result_schema: pa.Schema) -> None:
+    def ensure_datasets(
+        self, result_schema: pa.Schema, failed_schema: pa.Schema = FAILED_SCHEMA
+    ) -> None:
         """Give results/ and failed/ at least one part (an empty one if need be), so each
         reads as a dataset with its columns even when a run had no rows of that kind:
         `select * from 'DIR/failed/*.parquet'` answers "no rows", not "no files"."""
         written = False
-        for sub, schema in ((RESULTS, result_schema), (FAILED, FAILED_SCHEMA)):
+        for sub, schema in ((RESULTS, result_schema), (FAILED, failed_schema)):
             if not self.parts[sub]:
                 self.parts[sub].append(self._write_part(sub, schema.empty_table(), {}))
                 written = True

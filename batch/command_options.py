@@ -141,6 +141,21 @@ PRICES = Option(
     type=Path,
     path="existing_file",
 )
+KEEP_COLUMNS = Option(
+    "--keep-columns",
+    "Input columns to copy, with their types, into results/ and failed/: a,b (repeatable) "
+    "or '*' for every column that is not a job field. One named like an output column is "
+    "stored as input_<name>.",
+    multiple=True,
+    metavar="COLS",
+)
+EMULATOR = Option(
+    "--emulator",
+    "Talk to a local emulator started in-process, with your GIGACHAT_MODEL and "
+    "GIGACHAT_SCOPE (a rehearsal of the real run).",
+    switch=True,
+    default=False,
+)
 EMULATOR_PROFILE = Option(
     "--emulator-profile",
     "Emulator profile for --emulator: pers, b2b, corp, storm, flaky, fast.",
@@ -165,6 +180,7 @@ PROGRESS = Option(
 # `gigabatch run`'s own options, in --help order (the kind's options and the connection's
 # come from KIND/the registry and API_OPTIONS).
 RUN_OPTIONS = (
+    KEEP_COLUMNS,
     MAX_CONCURRENCY,
     Option(
         "--max-attempts",
@@ -241,12 +257,7 @@ RUN_OPTIONS = (
         switch=True,
         default=False,
     ),
-    Option(
-        "--emulator",
-        "Run against a local emulator started in-process.",
-        switch=True,
-        default=False,
-    ),
+    EMULATOR,
     EMULATOR_PROFILE,
     EMULATOR_OPTION,
     PROGRESS,
@@ -254,6 +265,7 @@ RUN_OPTIONS = (
 
 # `gigabatch estimate`'s own options, in --help order.
 ESTIMATE_OPTIONS = (
+    KEEP_COLUMNS,
     Option(
         "--prices",
         "Price table JSON overriding the built-in one (rubles per 1M tokens per model).",
@@ -299,12 +311,9 @@ ESTIMATE_OPTIONS = (
         switch=True,
         default=False,
     ),
-    Option(
-        "--emulator",
-        "Estimate against a local emulator (b2b profile).",
-        switch=True,
-        default=False,
-    ),
+    EMULATOR,
+    EMULATOR_PROFILE,
+    EMULATOR_OPTION,
     MAX_CONCURRENCY,
     Option(
         "--message-overhead",

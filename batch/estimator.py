@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,10 +42,11 @@ from batch.estimate_math import (
 from batch.layout import FAILED, RESULTS
 from batch.limiter import AdaptiveLimiter
 from batch.pricing import PriceTable
+from batch.progress import log_time
 from batch.projection import Reservoir
 from batch.retry import RetryPolicy
 from batch.run_lock import RunLock
-from batch.runner import RunConfig, run_jobs
+from batch.runner import RunConfig, keep_spec, run_jobs
 from batch.settings import ClientSettings
 from jobs.base import Job, JobKind
 from jobs.readers import read_jobs, validate_jobs
@@ -71,6 +71,7 @@ class EstimateRequest:
     message_overhead: int | None = None
     skip_invalid: bool = False
     quiet: bool = True
+    keep_columns: tuple[str, ...] = ()
 
 
 class _ProgressLine:
@@ -90,7 +91,7 @@ class _ProgressLine:
         if self.tty:
             sys.stderr.write("\r\x1b[2K" + line + ("\n" if final else ""))
         else:
-            sys.stderr.write(time.strftime("%H:%M:%S ") + line + "\n")
+            sys.stderr.write(f"{log_time()} {line}\n")
         sys.stderr.flush()
 
     async def run(self) -> None:
@@ -189,6 +190,7 @@ async def _run_sample(
         prices=request.prices,
         skip_invalid=request.skip_invalid,
         job_filter=lambda job: job.id in wanted,
+        keep_columns=request.keep_columns,
         progress="off" if request.quiet else "auto",
         handle_signals=False,
         locked_by_caller=request.out is not None,  # estimate_jobs holds it
@@ -286,11 +288,15 @@ def estimate_jobs(request: EstimateRequest) -> Estimate:
 
 def _estimate(request: EstimateRequest) -> Estimate:
     kind = request.make_kind()
-    report = validate_jobs(request.jobs_path, kind)
+    report = validate_jobs(request.jobs_path, kind, keep=keep_spec(kind, request.keep_columns))
     if not request.skip_invalid:
         report.raise_for_problems()
     jobs = read_jobs(
-        request.jobs_path, kind, skip_invalid=request.skip_invalid, exclude=report.duplicates
+        request.jobs_path,
+        kind,
+        skip_invalid=request.skip_invalid,
+        exclude=report.duplicates,
+        keep=report.kept,
     )
     tally = Tally(kind.name, kind.has_output)
     sampler: Reservoir[tuple[Job, str]] | None = (

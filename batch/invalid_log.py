@@ -20,17 +20,17 @@ OnProblem = Callable[[Problem], None]
 
 
 @contextlib.contextmanager
-def invalid_log(out_dir: Path, on_logged: Callable[[], None]) -> Iterator[OnProblem]:
+def invalid_log(out_dir: Path, on_logged: OnProblem) -> Iterator[OnProblem]:
     """Open OUT/invalid.jsonl for the run; the yielded function logs one problem (and
-    calls `on_logged`, for the run's count)."""
+    passes it to `on_logged`, for the run's count)."""
     with output_errors("write"):
         handle = (out_dir / INVALID).open("wb")
     with handle:
         yield partial(_log_problem, handle, on_logged)
 
 
-def _log_problem(handle: IO[bytes], on_logged: Callable[[], None], problem: Problem) -> None:
-    on_logged()
+def _log_problem(handle: IO[bytes], on_logged: OnProblem, problem: Problem) -> None:
+    on_logged(problem)
     loc = problem.location
     record = {
         "file": loc.file,

@@ -71,29 +71,64 @@ def _emulator_knobs(pairs: tuple[str, ...]) -> dict[str, Any]:
     return knobs
 
 
+def require_auth(settings: ClientSettings, alternative: str = "") -> None:
+    """ConfigError, in one line saying what to set, when `settings` has no way to
+    authenticate; checked before anything is created on disk."""
+    if not settings.has_auth:
+        raise ConfigError(
+            "no credentials: set GIGACHAT_CREDENTIALS (or GIGACHAT_ACCESS_TOKEN, "
+            "GIGACHAT_USER and GIGACHAT_PASSWORD, or GIGACHAT_CERT_FILE)"
+            + (alternative or ", or rehearse with --emulator")
+        )
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """ConfigError, in one line, when `out_dir` could not be created or written: found by
+    looking at its nearest existing ancestor, without creating anything."""
+    probe = out_dir.absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"--out {out_dir}: {probe} is not a directory; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out_dir}: {probe} is not writable; choose another --out")
+
+
+def _scope_given(options: MutableMapping[str, Any]) -> bool:
+    """Whether the user's settings name a scope (an option or GIGACHAT_SCOPE)."""
+    return bool(options.get("scope") or os.environ.get("GIGACHAT_SCOPE", "").strip())
+
+
 @contextlib.contextmanager
 def api_settings(
-    options: MutableMapping[str, Any], emulator: bool, profile_name: str, knobs: tuple[str, ...]
+    options: MutableMapping[str, Any],
+    emulator: bool = False,
+    profile_name: str = "b2b",
+    knobs: tuple[str, ...] = (),
 ) -> Iterator[ClientSettings]:
     """The client settings: from options and GIGACHAT_* variables, or those of an emulator
-    started in this process for the duration of the block."""
+    started in this process for the duration of the block. The emulator keeps what the
+    user's settings say about answers (the model, the scope, the timeout) and replaces only
+    where requests go and the key they carry."""
     if not emulator:
         yield settings_from_options(options)
         return
     from batch.emulator import EmulatorUnavailable, profile, require_server_packages, serve_emulator
 
-    timeout = options.get("timeout")
-    settings_from_options(options)  # drop the connection options: the emulator replaces them
+    scope_given = _scope_given(options)
+    user = settings_from_options(options)
+    # A rehearsal is granted the scope the real run would ask for, and its stream limit.
+    scoped = {"scope": user.scope} if scope_given else {}
     try:
         require_server_packages()
-        config = profile(profile_name, **_emulator_knobs(knobs))
+        config = profile(profile_name, **{**scoped, **_emulator_knobs(knobs)})
     except EmulatorUnavailable as exc:
         raise ConfigError(str(exc)) from None
     except ValueError as exc:
         raise ConfigError(f"emulator: {exc}") from None
     with serve_emulator(config) as emu:
-        # The emulator's variables only: the user's GIGACHAT_* point at the real API.
-        yield ClientSettings.from_env(emu.client_env(), timeout=timeout)
+        # The emulator's variables for where to send and with which key; the rest is the user's.
+        yield ClientSettings.from_env(emu.client_env(), timeout=user.timeout, model=user.model)
 
 
 def pop_batches_options(options: MutableMapping[str, Any]) -> tuple[str, BatchesSettings]:
@@ -127,9 +162,12 @@ def planned_run(
     plan lives as long as the block (an emulator started for it stops at its end)."""
     mode, batch_settings = pop_batches_options(values)
     prices = PriceTable.load(values.pop("prices"))
-    jobs = spooled_input(jobs, out_dir / SPOOL_DIR)
     emulator = (values.pop("emulator"), values.pop("emulator_profile"))
     with api_settings(values, *emulator, tuple(values.pop("emulator_knobs"))) as settings:
+        # Nothing is created on disk (the spool of `-`, the output) before these hold.
+        require_auth(settings)
+        check_output_dir(out_dir)
+        jobs = spooled_input(jobs, out_dir / SPOOL_DIR)
         kind = build_kind(values, settings.model)
         config = RunConfig(
             jobs_path=jobs,
@@ -151,6 +189,7 @@ def planned_run(
             prices=prices,
             max_cost=values.pop("max_cost"),
             max_tokens=values.pop("max_tokens_budget"),
+            keep_columns=tuple(values.pop("keep_columns")),
             progress=progress,
         )
         yield RunPlan(config, mode, batch_settings)
@@ -172,16 +211,14 @@ async def execute_run(plan: RunPlan) -> RunSummary:
 
 
 def _online_settings(
-    stack: contextlib.ExitStack, api: dict[str, Any], emulator: bool
+    stack: contextlib.ExitStack,
+    api: dict[str, Any],
+    emulator: tuple[bool, str, tuple[str, ...]],
 ) -> ClientSettings:
-    """The client settings (of an emulator kept running in `stack` with `emulator`);
+    """The client settings (of an emulator kept running in `stack` with --emulator);
     ConfigError without credentials."""
-    settings = stack.enter_context(api_settings(api, emulator, "b2b", ()))
-    if not settings.has_auth:
-        raise ConfigError(
-            "no credentials: set GIGACHAT_CREDENTIALS (or GIGACHAT_ACCESS_TOKEN, "
-            "GIGACHAT_USER and GIGACHAT_PASSWORD, or GIGACHAT_CERT_FILE), or use --offline"
-        )
+    settings = stack.enter_context(api_settings(api, *emulator))
+    require_auth(settings, ", or use --offline or --emulator")
     return settings
 
 
@@ -189,6 +226,7 @@ def estimate_from_options(jobs: Path, values: MutableMapping[str, Any]) -> Estim
     """The estimate of `jobs` from `estimate`'s option values (consumed)."""
     offline, sample, out = values.pop("offline"), values.pop("sample"), values.pop("out")
     emulator, mode = values.pop("emulator"), values.pop("mode")
+    emulation = (emulator, values.pop("emulator_profile"), tuple(values.pop("emulator_knobs")))
     if offline and (sample or emulator):
         raise ConfigError("--offline sends no requests: it cannot take --sample or --emulator")
     if out is not None and not sample:
@@ -204,10 +242,11 @@ def estimate_from_options(jobs: Path, values: MutableMapping[str, Any]) -> Estim
         "message_overhead": values.pop("message_overhead"),
         "skip_invalid": values.pop("skip_invalid"),
         "quiet": values.pop("quiet"),
+        "keep_columns": tuple(values.pop("keep_columns")),
     }
     with contextlib.ExitStack() as stack:
         jobs = stack.enter_context(temporary_spool(jobs))
-        settings = None if offline else _online_settings(stack, api, emulator)
+        settings = None if offline else _online_settings(stack, api, emulation)
         # Offline there are no settings to read, but GIGACHAT_MODEL still names the model.
         model_default = (
             settings.model if settings is not None else os.environ.get("GIGACHAT_MODEL") or None

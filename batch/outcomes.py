@@ -22,8 +22,9 @@ def failure_row(
     attempts: int,
     request_id: str | None,
 ) -> dict[str, Any]:
-    """One row of `failed/`."""
+    """One row of `failed/` (with the job's kept input columns)."""
     return {
+        **(job.kept or {}),
         "id": job.id,
         "error_class": error_class,
         "status": status,
@@ -69,7 +70,7 @@ def answered_batch(answers: Sequence[JobOutcome], attempts: int, latency: float)
                 )
             )
             continue
-        row = dict(outcome.row)
+        row = {**(outcome.job.kept or {}), **outcome.row}
         row["id"] = outcome.job.id
         row["attempts"] = attempts
         row["latency_ms"] = latency_ms

@@ -4,8 +4,11 @@ Python API in a notebook or a terminal."""
 
 from __future__ import annotations
 
+import datetime
+import math
 import sys
-import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TextIO
 
 import anyio
@@ -33,18 +36,52 @@ def _count(n: float) -> str:
 
 
 def progress_line(stats: RunStats) -> str:
-    """One line: done/total, rate, tokens, cost, 429s, concurrency, ETA."""
+    """One line: the output directory's done/total and failed (this run's and earlier
+    runs'), then this run's rate, tokens and cost, 429s, concurrency, and the ETA."""
     answered = stats.succeeded + stats.failed
     elapsed = stats.elapsed
     rate = answered / elapsed if elapsed > 0 else 0.0
     done = stats.skipped + answered
-    eta = _duration(stats.remaining / rate) if rate > 0 and stats.remaining else "-"
+    # Rounded up: "ETA 0s" must not show while thousands of jobs remain.
+    eta = _duration(math.ceil(stats.remaining / rate)) if rate > 0 and stats.remaining else "-"
     return (
-        f"{done}/{stats.total_jobs} done ({stats.failed} failed) | {rate:.1f} jobs/s | "
-        f"{_count(stats.tokens.total_tokens)} tokens | {stats.cost:.2f} {stats.prices.currency} | "
+        f"{done}/{stats.total_jobs} done ({stats.failed_before + stats.failed} failed) | "
+        f"this run: {rate:.1f} jobs/s, {_count(stats.tokens.total_tokens)} tokens, "
+        f"{stats.cost:.2f} {stats.prices.currency} | "
         f"429s {stats.rate_limited} | concurrency {stats.concurrency}/{stats.max_concurrency} | "
         f"ETA {eta}"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RunStart:
+    """What a run is about to do, for the start line of its log."""
+
+    jobs_path: Path
+    out_dir: Path
+    kind: str
+    model: str | None
+    total_jobs: int
+    done_before: int
+    max_concurrency: int
+    budget: str | None
+    invalid: int = 0
+
+    def line(self) -> str:
+        done = f", {self.done_before} done before" if self.done_before else ""
+        invalid = f", {self.invalid} invalid skipped" if self.invalid else ""
+        return (
+            f"start: {self.jobs_path} ({self.total_jobs} jobs{done}{invalid}) -> {self.out_dir} | "
+            f"kind {self.kind}, model {self.model or 'default'} | "
+            f"concurrency ceiling {self.max_concurrency} | budget {self.budget or 'none'}"
+        )
+
+
+def log_time(at: float | None = None) -> str:
+    """The local date-time (now, or the epoch time `at`) with its UTC offset, as log lines
+    start with."""
+    moment = datetime.datetime.now() if at is None else datetime.datetime.fromtimestamp(at)
+    return moment.astimezone().isoformat(timespec="seconds")
 
 
 class Progress:
@@ -76,14 +113,22 @@ class Progress:
             self.stream.write("\r\x1b[2K" + line)
             self._drawn = True
         elif self.mode == "log":
-            self.stream.write(time.strftime("%H:%M:%S ") + line + "\n")
+            self.stream.write(f"{log_time()} {line}\n")
+        self.stream.flush()
+
+    def announce(self, start: RunStart) -> None:
+        """The start line, before any progress (on a terminal too: it is the run's heading)."""
+        if self.mode == "off":
+            return
+        prefix = f"{log_time()} " if self.mode == "log" else ""
+        self.stream.write(f"{prefix}{start.line()}\n")
         self.stream.flush()
 
     def notice(self, message: str) -> None:
         """A line about the run that shows in every mode, --quiet included (a full disk)."""
         if self._drawn:
             self.stream.write("\r\x1b[2K")
-        self.stream.write(time.strftime("%H:%M:%S ") + message + "\n")
+        self.stream.write(f"{log_time()} {message}\n")
         self.stream.flush()
 
     async def run(self) -> None:

@@ -28,24 +28,26 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from batch.budget import Budget
-from batch.checkpoint import Checkpoint
+from batch.checkpoint import FAILED_SCHEMA, Checkpoint
 from batch.errors import ApiError, BudgetExhausted, GigabatchError, OutputError
 from batch.eventlog import EventLog
+from batch.failures import failure_classes
 from batch.invalid_log import OnProblem, invalid_log
 from batch.limiter import AdaptiveLimiter
 from batch.pipeline import run_pipeline
 from batch.pricing import PriceTable
-from batch.progress import Progress, ProgressMode
+from batch.progress import Progress, ProgressMode, RunStart
 from batch.recording import AttemptRecorder
 from batch.retry import RetryPolicy
 from batch.run_lock import RunLock
 from batch.sending import BatchSender, BudgetGate
 from batch.stopping import EarlySignals, RunStop
 from batch.storage import check_writable, output_errors
-from batch.summary import RunStats, RunSummary, build_summary
+from batch.summary import RunStats, RunSummary, build_summary, run_outcome
 from batch.writer import Outcomes, PartWriter
-from jobs.base import Batch, Job, JobKind, Packer, Problem
-from jobs.readers import read_jobs, validate_jobs
+from jobs.base import Batch, Job, JobKind, Packer, Problem, SourceLocation
+from jobs.passthrough import KeepSpec
+from jobs.readers import ValidationReport, read_jobs, validate_jobs
 
 if TYPE_CHECKING:
     from batch.client import GigaChatClient
@@ -79,6 +81,7 @@ class RunConfig:
     max_cost: float | None = None
     max_tokens: int | None = None
     job_filter: Callable[[Job], bool] | None = None
+    keep_columns: tuple[str, ...] = ()
     progress: ProgressMode = "auto"
     progress_interval: float | None = None
     handle_signals: bool = True
@@ -152,9 +155,11 @@ async def _prepare(config: RunConfig, early: EarlySignals) -> _Run:
     kind = config.kind
     budgeted = config.max_cost is not None or config.max_tokens is not None
     prices = config.prices if config.prices is not None else PriceTable.load()
-    report = await anyio.to_thread.run_sync(
-        partial(validate_jobs, config.jobs_path, kind, interrupt_check=early.check)
+    keep = keep_spec(kind, config.keep_columns)
+    validate = partial(
+        validate_jobs, config.jobs_path, kind, keep=keep, interrupt_check=early.check
     )
+    report = await anyio.to_thread.run_sync(validate)
     if not config.skip_invalid:
         report.raise_for_problems()
     checkpoint = await anyio.to_thread.run_sync(
@@ -164,7 +169,7 @@ async def _prepare(config: RunConfig, early: EarlySignals) -> _Run:
             kind=kind.name,
             input_path=str(config.jobs_path),
             input_fingerprint=report.fingerprint,
-            settings=kind.answer_settings(),
+            settings={**kind.answer_settings(), **keep.settings()},
             total_jobs=report.jobs,
             restart=config.restart,
             retry_failed=config.retry_failed,
@@ -176,6 +181,7 @@ async def _prepare(config: RunConfig, early: EarlySignals) -> _Run:
         prices=prices,
         total_jobs=report.jobs,
         done_before=len(checkpoint.done),
+        failed_before=checkpoint.totals.failed,
         max_concurrency=config.max_concurrency,
     )
     budget = None
@@ -199,7 +205,41 @@ async def _prepare(config: RunConfig, early: EarlySignals) -> _Run:
             restart=config.restart,
         )
     )
-    return _Run(config, checkpoint, stats, budget, report.duplicates, events)
+    start = _run_start(config, report, len(checkpoint.done), prices)
+    return _Run(config, checkpoint, stats, budget, report, events, start)
+
+
+def keep_spec(kind: JobKind, columns: tuple[str, ...]) -> KeepSpec:
+    """What `--keep-columns` keeps for `kind` (and the user's id column, under its name)."""
+    sources = kind.source_fields()
+    return KeepSpec.parse(
+        columns,
+        job_fields=sources.values(),
+        reserved={*kind.result_schema().names, *FAILED_SCHEMA.names},
+        id_column=sources.get("id"),
+    )
+
+
+def _run_start(
+    config: RunConfig, report: ValidationReport, done_before: int, prices: PriceTable
+) -> RunStart:
+    """What the start line says of this run."""
+    limits = []
+    if config.max_cost is not None:
+        limits.append(f"{config.max_cost:.2f} {prices.currency}")
+    if config.max_tokens is not None:
+        limits.append(f"{config.max_tokens} tokens")
+    return RunStart(
+        jobs_path=config.jobs_path,
+        out_dir=config.out_dir,
+        kind=config.kind.name,
+        model=config.kind.answer_settings().get("model"),
+        total_jobs=report.jobs,
+        done_before=done_before,
+        max_concurrency=config.max_concurrency,
+        budget=" and ".join(limits) or None,
+        invalid=report.invalid_records,
+    )
 
 
 class _Run:
@@ -215,14 +255,18 @@ class _Run:
         checkpoint: Checkpoint,
         stats: RunStats,
         budget: Budget | None,
-        duplicates: list[Problem],
+        report: ValidationReport,
         events: EventLog,
+        start: RunStart,
     ) -> None:
         self.config = config
+        self.start = start
         self.kind = config.kind
         self.checkpoint = checkpoint
         self.stats = stats
-        self.duplicates = duplicates
+        self.duplicates = report.duplicates
+        self.kept = report.kept
+        self._last_invalid: SourceLocation | None = None
         self.limiter = AdaptiveLimiter(config.max_concurrency, initial=config.initial_concurrency)
         self.stop = RunStop(self.limiter, config.grace_period)
         self.recorder = AttemptRecorder(events, self.limiter, stats.prices)
@@ -242,13 +286,16 @@ class _Run:
     async def execute(self) -> RunSummary:
         config = self.config
         progress = Progress(self.stats, config.progress, interval=config.progress_interval)
+        progress.announce(self.start)
+        kept = self.kept
         writer = PartWriter(
             self.checkpoint,
-            self.kind.result_schema(),
+            kept.extend(self.kind.result_schema()) if kept else self.kind.result_schema(),
             flush_interval=config.flush_interval,
             flush_rows=config.flush_rows,
             on_error=partial(self._commit_failed, progress),
             disk_wait=config.disk_wait,
+            failed_schema=kept.extend(FAILED_SCHEMA) if kept else FAILED_SCHEMA,
         )
         send_out, receive_out = anyio.create_memory_object_stream[Outcomes](
             config.max_concurrency * 2
@@ -288,16 +335,8 @@ class _Run:
         if stop.error is not None and not isinstance(stop.error, ApiError | BudgetExhausted):
             raise stop.error
         totals = self.checkpoint.totals
-        status = stop.status
-        if status == "completed" and totals.failed:
-            status = "failed_rows"
-        message = stop.message
-        if not message:
-            message = (
-                f"{totals.succeeded} succeeded, {totals.failed} failed"
-                if totals.failed
-                else f"all {totals.succeeded} jobs succeeded"
-            )
+        status, message = run_outcome(stop.status, stop.message, self.stats, totals)
+        failures = await anyio.to_thread.run_sync(failure_classes, self.config.out_dir)
         summary = build_summary(
             status=status,
             message=message,
@@ -306,6 +345,7 @@ class _Run:
             settled=self.limiter.settled(),
             limit_found=self.limiter.found_limit,
             out_dir=self.config.out_dir,
+            failures=failures,
         )
         summary.error = stop.error
         with output_errors("write"):
@@ -317,8 +357,11 @@ class _Run:
             return contextlib.nullcontext()
         return invalid_log(self.config.out_dir, self._count_invalid)
 
-    def _count_invalid(self) -> None:
-        self.stats.invalid += 1
+    def _count_invalid(self, problem: Problem) -> None:
+        # A record's problems come one after another; the count is of records (lines).
+        if problem.location != self._last_invalid:
+            self.stats.invalid += 1
+            self._last_invalid = problem.location
 
     async def _produce(
         self, on_problem: OnProblem | None, send: MemoryObjectSendStream[Batch]
@@ -330,6 +373,7 @@ class _Run:
                 skip_invalid=self.config.skip_invalid,
                 on_problem=on_problem,
                 exclude=self.duplicates,
+                keep=self.kept,
             )
             packer = self.kind.packer()
             finished = False

@@ -13,6 +13,9 @@ import anyio
 from batch.errors import GigabatchError, Interrupted
 from batch.limiter import AdaptiveLimiter
 
+# The status ("interrupted: ...") already says what happened; the message says what now.
+_RESUME = "answered jobs are committed; run the same command again to resume"
+
 
 def can_handle_signals() -> bool:
     """Only the main thread can install signal handlers: a run in another thread (an
@@ -89,6 +92,6 @@ class RunStop:
                     self.workers_scope.cancel()
                     continue
                 if signum == signal.SIGINT:
-                    self.stop("interrupted", "interrupted (Ctrl-C); answered jobs are committed")
+                    self.stop("interrupted", "Ctrl-C; " + _RESUME)
                 else:
-                    self.stop("terminated", "terminated (SIGTERM); answered jobs are committed")
+                    self.stop("terminated", "SIGTERM; " + _RESUME)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,7 +21,8 @@ from batch.errors import (
     RunStopped,
     RunTimedOut,
 )
-from batch.layout import SUMMARY, write_atomic
+from batch.failures import FailureClass
+from batch.layout import FAILED, INVALID, SUMMARY, write_atomic
 from batch.pricing import PriceTable
 
 
@@ -33,6 +35,7 @@ class RunStats:
     prices: PriceTable
     total_jobs: int = 0
     done_before: int = 0  # jobs already answered in the output directory when the run began
+    failed_before: int = 0  # of them, those in failed/
     skipped: int = 0  # jobs this run did not send: done before, or left out by a filter
     invalid: int = 0
     succeeded: int = 0
@@ -165,7 +168,9 @@ class RunSummary:
     def write(self, out_dir: Path) -> None:
         write_atomic(out_dir / SUMMARY, orjson.dumps(self.data, option=orjson.OPT_INDENT_2))
 
-    def print(self, stream: TextIO) -> None:
+    def print(self, stream: TextIO, retry_command: str | None = None) -> None:
+        """The summary in a few lines; `retry_command` is the command line that re-drives
+        the failed rows (the CLI knows it), shown when there are any."""
         d = self.data
         jobs = d["jobs"]
         lines = [
@@ -175,6 +180,12 @@ class RunSummary:
             f"(this run: {jobs['this_run']['succeeded']} succeeded, "
             f"{jobs['this_run']['failed']} failed)",
         ]
+        if jobs["invalid_skipped"]:
+            lines.append(
+                f"  invalid: {jobs['invalid_skipped']} lines skipped (--skip-invalid), "
+                f"listed in {Path(d['out']) / INVALID}"
+            )
+        lines.extend(_failure_lines(d, retry_command))
         for kind, t in d["tokens"].items():
             lines.append(
                 f"  tokens ({kind}, this run): {t['prompt']} prompt, {t['completion']} completion, "
@@ -190,14 +201,7 @@ class RunSummary:
             f"  cost: {cost['this_run']:.4f} {cost['currency']} this run, "
             f"{cost['total']:.4f} in total (prices of {cost['prices_taken']})"
         )
-        lines.append(
-            f"  time: {d['wall_time_s']:.1f} s, {d['throughput_jobs_per_s']:.1f} jobs/s, "
-            f"{d['requests']} requests, {d['rate_limited']} 429s, {d['retries']} retries, "
-            f"concurrency settled at {d['concurrency']['settled']:g} "
-            f"(max {d['concurrency']['max']}"
-            + ("" if d["concurrency"]["server_limit_found"] else "; the server refused none")
-            + ")"
-        )
+        lines.append(_time_line(d))
         if "batches" in d:
             b = d["batches"]
             lines.append(
@@ -206,6 +210,60 @@ class RunSummary:
             )
         stream.write("\n".join(lines) + "\n")
         stream.flush()
+
+
+def _time_line(d: dict[str, Any]) -> str:
+    line = (
+        f"  time: {d['wall_time_s']:.1f} s, {d['throughput_jobs_per_s']:.1f} jobs/s, "
+        f"{d['requests']} requests, {d['rate_limited']} 429s, {d['retries']} retries"
+    )
+    concurrency = d["concurrency"]
+    if not concurrency["max"]:  # batches mode: no request of the run waits for answers
+        return line
+    refused = "" if concurrency["server_limit_found"] else "; the server refused none"
+    return (
+        f"{line}, concurrency settled at {concurrency['settled']:g} "
+        f"(max {concurrency['max']}{refused})"
+    )
+
+
+def run_outcome(
+    stop_status: str, stop_message: str, stats: RunStats, totals: Totals
+) -> tuple[str, str]:
+    """The status and one-line message a run ends with: the stop's reason when it stopped,
+    else what the output directory holds now (and that a rerun found nothing to send);
+    lines left out by --skip-invalid are always said."""
+    status = "failed_rows" if stop_status == "completed" and totals.failed else stop_status
+    message = stop_message
+    if not message:
+        done = totals.succeeded + totals.failed
+        nothing_sent = stats.succeeded + stats.failed == 0 and done >= stats.total_jobs > 0
+        before = f"nothing left to send: all {done} jobs were answered before"
+        if totals.failed:
+            failed = f"{totals.failed} failed; re-drive them with --retry-failed"
+            message = (
+                f"{before}, {failed}" if nothing_sent else f"{totals.succeeded} succeeded, {failed}"
+            )
+        else:
+            message = before if nothing_sent else f"all {totals.succeeded} jobs succeeded"
+    if stats.invalid:
+        message += f"; {stats.invalid} invalid lines skipped"
+    return status, message
+
+
+def _failure_lines(data: dict[str, Any], retry_command: str | None) -> list[str]:
+    failures = data.get("failures") or {}
+    if not failures:
+        return []
+    lines = [f"  failed rows by error class (in {Path(data['out']) / FAILED}/):"]
+    for name, entry in failures.items():
+        example = entry["example"]
+        lines.append(
+            f"    {name}: {entry['count']}, e.g. id {example['id']!r}: {example['message']}"
+        )
+    if retry_command:
+        lines.append(f"  re-drive them: {retry_command}")
+    return lines
 
 
 def build_summary(
@@ -217,8 +275,10 @@ def build_summary(
     settled: float,
     limit_found: bool,
     out_dir: Path,
+    failures: Sequence[FailureClass] = (),
 ) -> RunSummary:
-    """The summary of a run from its counters and the output directory's totals."""
+    """The summary of a run from its counters, the output directory's totals and its
+    failed rows by class."""
     tokens = stats.tokens
     elapsed = stats.elapsed
     answered = stats.succeeded + stats.failed
@@ -240,6 +300,7 @@ def build_summary(
                 "done_before": stats.done_before,
             },
         },
+        "failures": {f.error_class: f.to_json() for f in failures},
         "tokens": {
             stats.kind: {
                 "prompt": tokens.prompt_tokens,

@@ -84,9 +84,11 @@ class PartWriter:
         on_error: Callable[[OutputError], None] | None = None,
         retry_interval: float = 1.0,
         disk_wait: float = 600.0,
+        failed_schema: pa.Schema = FAILED_SCHEMA,
     ) -> None:
         self.checkpoint = checkpoint
         self.result_schema = result_schema
+        self.failed_schema = failed_schema
         self.flush_interval = flush_interval
         self.flush_rows = flush_rows
         self.on_commit = on_commit
@@ -183,7 +185,7 @@ class PartWriter:
             self._results, self._usage = [], {}
             self._manifest_stale = True
         if self._failures:
-            table = rows_to_table(self._failures, FAILED_SCHEMA)
+            table = rows_to_table(self._failures, self.failed_schema)
             committed.append(checkpoint.commit_part(FAILED, table, {}))
             self._failures = []
             self._manifest_stale = True
@@ -230,7 +232,7 @@ class PartWriter:
                 await anyio.sleep(self.retry_interval)
             try:
                 await anyio.to_thread.run_sync(
-                    self.checkpoint.ensure_datasets, self.result_schema
+                    self.checkpoint.ensure_datasets, self.result_schema, self.failed_schema
                 )
             except OSError as exc:
                 self._failed(exc)

@@ -60,13 +60,16 @@ class Job:
     """One unit of work: answered once, written as exactly one row in results/ or failed/.
 
     `request` is the kind's normalised form of the record (for chat, the request body;
-    for embeddings, the text and model). `metadata` is carried to the output untouched.
+    for embeddings, the text and model). `metadata` is carried to the output untouched, and
+    so are `kept`, the values of the input columns kept by `--keep-columns`, which the
+    readers attach (the kind never sees them).
     """
 
     id: str
     location: SourceLocation
     request: Mapping[str, Any]
     metadata: Any = None
+    kept: Mapping[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ looks only at the ids whose hashes collided.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from array import array
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 from batch.errors import JobFileError
 from batch.id_hashes import id_hash, repeated_hashes
 from jobs.base import Job, JobInvalid, JobKind, Problem, SourceLocation
+from jobs.passthrough import ColumnTypes, KeepSpec, KeptColumns
 from jobs.sources import Format, input_files, open_jsonl, sniff
 from jobs.validation import (
     MAX_REQUEST_BYTES,
@@ -203,9 +205,10 @@ def content_fingerprint(path: Path) -> str:
 
 
 def iter_outcomes(
-    path: Path, kind: JobKind
+    path: Path, kind: JobKind, keep: KeepSpec | None = None
 ) -> Iterator[tuple[SourceLocation, Job | list[Problem]]]:
-    """Each record of `path` as the kind's Job, or the list of its problems.
+    """Each record of `path` as the kind's Job, or the list of its problems; with `keep`,
+    each Job's `kept` holds the record's kept columns (as read, not yet typed).
 
     Records without an id get their line or row number; in a directory of Parquet files,
     where row numbers restart in each file, they get `<file name>:<row>` instead."""
@@ -213,10 +216,12 @@ def iter_outcomes(
     id_source = sources.get("id")
     numbered_by_file = path.is_dir()
     size_problems = kind.size_problems
-    for location, record in iter_records(path, columns=list(sources.values())):
+    columns = list(sources.values()) if keep is None else keep.read_columns(sources.values())
+    for location, record in iter_records(path, columns=columns):
         if isinstance(record, Problem):
             yield location, [record]
             continue
+        kept = keep.split(record) if keep is not None else None
         if numbered_by_file and id_source is not None and record.get(id_source) is None:
             record[id_source] = f"{Path(location.file).name}:{location.number}"
         try:
@@ -232,7 +237,7 @@ def iter_outcomes(
         elif size > TOKEN_CHECK_BYTES and (problems := size_problems(job)):
             yield location, problems
         else:
-            yield location, job
+            yield location, job if kept is None else dataclasses.replace(job, kept=kept)
 
 
 def read_jobs(
@@ -242,13 +247,17 @@ def read_jobs(
     skip_invalid: bool = False,
     on_problem: Callable[[Problem], None] | None = None,
     exclude: Iterable[Problem] = (),
+    keep: KeptColumns | None = None,
 ) -> Iterator[Job]:
     """Stream the valid jobs of `path`. Each problem goes to `on_problem`; without
     `skip_invalid` the first invalid record raises JobFileError. `exclude` takes the
-    `duplicates` of a ValidationReport: those records are skipped and reported too."""
+    `duplicates` of a ValidationReport: those records are skipped and reported too; `keep`
+    its `kept` columns, whose values each job then carries in their output types."""
     excluded = {problem.location: problem for problem in exclude}
-    for location, outcome in iter_outcomes(path, kind):
+    for location, outcome in iter_outcomes(path, kind, keep.spec if keep else None):
         if isinstance(outcome, Job) and location not in excluded:
+            if keep is not None:
+                outcome = dataclasses.replace(outcome, kept=keep.values(outcome.kept or {}))
             yield outcome
             continue
         problems = [excluded[location]] if isinstance(outcome, Job) else outcome
@@ -274,6 +283,8 @@ class ValidationReport:
     problems: list[Problem] = field(default_factory=list)
     problem_count: int = 0
     duplicates: list[Problem] = field(default_factory=list)
+    kept: KeptColumns | None = None
+    invalid_records: int = 0  # records with a problem (a record may have several)
 
     @property
     def ok(self) -> bool:
@@ -298,22 +309,28 @@ def validate_jobs(
     kind: JobKind,
     *,
     max_problems: int = 100,
+    keep: KeepSpec | None = None,
     interrupt_check: Callable[[], None] | None = None,
 ) -> ValidationReport:
     """Validate every record of `path`, including duplicate ids, in constant memory plus
-    8 bytes per job; computes the input's fingerprint too. `interrupt_check` is called every
-    few thousand records: what it raises stops the validation."""
+    8 bytes per job; computes the input's fingerprint too, and with `keep` the kept
+    columns' types (the report's `kept`). `interrupt_check` is called every few thousand
+    records: what it raises stops the validation."""
     hashes = array("Q")
     problems: list[Problem] = []
-    problem_count = records = 0
-    for _location, outcome in iter_outcomes(path, kind):
+    problem_count = records = invalid_records = 0
+    types = ColumnTypes(keep) if keep is not None and keep.active else None
+    for location, outcome in iter_outcomes(path, kind, keep if types else None):
         records += 1
         if interrupt_check is not None and records % _CHECK_EVERY == 0:
             interrupt_check()
         if isinstance(outcome, Job):
             hashes.append(id_hash(outcome.id))
+            if types is not None and outcome.kept:
+                types.observe(location, outcome.kept)
             continue
         problem_count += len(outcome)
+        invalid_records += 1
         problems.extend(outcome[: max(0, max_problems - len(problems))])
     jobs = len(hashes)
     if interrupt_check is not None:
@@ -330,6 +347,8 @@ def validate_jobs(
         problems=problems,
         problem_count=problem_count + len(duplicates),
         duplicates=duplicates,
+        invalid_records=invalid_records + len(duplicates),
+        kept=types.schema(path, strict=not problem_count) if types is not None else None,
     )
 
 

@@ -73,7 +73,9 @@ class RecordFields:
         for key in record:
             if key not in known:
                 self.add_problem_at(
-                    str(key), f"unknown field (this kind reads: {', '.join(sorted(known))})"
+                    str(key),
+                    f"unknown field (this kind reads: {', '.join(sorted(known))}; "
+                    f"--keep-columns {key} copies it to the output)",
                 )
 
     def source(self, name: str) -> str:

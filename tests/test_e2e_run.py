@@ -215,6 +215,8 @@ def test_signal_commits_what_was_answered_and_exits_143_or_130(
         assert proc.returncode == code, err
         summary = json.loads((out / "summary.json").read_text())
         assert summary["status"] == status
+        # The status says what happened, the message what to do (not "interrupted: interrupted").
+        assert status not in summary["message"] and "run the same command" in summary["message"]
         answered = ids(out, "results")
         assert 0 < len(answered) < len(expected)
         assert summary["jobs"]["succeeded"] == len(answered)

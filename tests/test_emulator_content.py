@@ -135,12 +135,39 @@ def test_emulator_command_prints_its_urls_and_stops_on_ctrl_c() -> None:
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert child.stdout is not None
-    lines = [child.stdout.readline() for _ in range(8)]
+    lines = [child.stdout.readline() for _ in range(10)]
     assert lines[-1].startswith("Press Ctrl-C")
     child.send_signal(signal.SIGINT)
     assert child.wait(timeout=10) == 0
     child.stdout.close()
-    base_url = lines[1].split()[-1]
-    assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/api/v1")
-    assert lines[2].split()[-1].endswith("/api/v2/oauth")
-    assert "credentials (the emulator's own test key, not a secret)" in lines[4]
+    exports = dict(
+        line.removeprefix("export ").strip().split("=", 1)
+        for line in lines
+        if line.startswith("export ")
+    )
+    assert exports["GIGACHAT_BASE_URL"].startswith("http://127.0.0.1:")
+    assert exports["GIGACHAT_BASE_URL"].endswith("/api/v1")
+    assert exports["GIGACHAT_AUTH_URL"].endswith("/api/v2/oauth")
+    assert exports["GIGACHAT_SCOPE"] == "GIGACHAT_API_PERS" and exports["GIGACHAT_CREDENTIALS"]
+    assert "the emulator's own test key, not a secret" in "".join(lines)
+
+
+def test_emulator_print_env_gives_only_export_lines_on_stdout() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from batch.cli import main; main()",
+         "emulator", "--profile", "fast", "--print-env"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert child.stdout is not None
+    lines = [child.stdout.readline() for _ in range(4)]
+    child.send_signal(signal.SIGINT)
+    assert child.wait(timeout=10) == 0
+    assert child.stdout.read() == ""
+    child.stdout.close()
+    assert [line.split("=", 1)[0] for line in lines] == [
+        "export GIGACHAT_BASE_URL",
+        "export GIGACHAT_AUTH_URL",
+        "export GIGACHAT_CREDENTIALS",
+        "export GIGACHAT_SCOPE",
+    ]

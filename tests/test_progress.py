@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import io
+import logging
+import re
+import sys
+
+import pytest
 
 from batch.api_types import Usage
 from batch.pricing import PriceTable
@@ -28,7 +33,7 @@ def test_line_shows_done_rate_tokens_cost_429s_concurrency_and_eta() -> None:
     assert "3.2 jobs/s" in line
     assert "1500 tokens" in line
     assert "429s 4" in line and "concurrency 7/16" in line
-    assert "ETA 18s" in line  # 58 remaining at 3.2 jobs/s
+    assert "ETA 19s" in line  # 58 remaining at 3.2 jobs/s, rounded up
 
 
 class FakeTerminal(io.StringIO):
@@ -54,3 +59,39 @@ def test_quiet_mode_draws_nothing() -> None:
     out = io.StringIO()
     Progress(stats(), "off", stream=out).close()
     assert out.getvalue() == ""
+
+
+def test_line_labels_this_runs_figures_and_counts_failures_of_earlier_runs_too() -> None:
+    s = stats()
+    s.failed_before = 5  # failed rows the output directory held when this run began
+    line = progress_line(s)
+    assert line.startswith("42/100 done (7 failed) | this run: 3.2 jobs/s, 1500 tokens, ")
+
+
+def test_eta_is_rounded_up_so_thousands_left_never_show_0s() -> None:
+    s = RunStats(kind="embed", prices=PriceTable.load(), total_jobs=20_000, max_concurrency=16)
+    s.skipped = 6_832  # done before this run
+    s.succeeded = 10_000
+    s.started -= 2.5  # 4,000 jobs/s: 3,168 left take 0.8 s
+    assert "ETA 1s" in progress_line(s)
+
+
+def test_log_lines_start_with_an_iso_date_time() -> None:
+    log = io.StringIO()
+    Progress(stats(), "log", stream=log).draw()
+    iso = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}"
+    assert re.match(iso + " 42/100 done", log.getvalue())
+
+
+def test_engine_warnings_on_the_command_line_are_dated_and_not_doubled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batch.cli import _log_to_stderr
+
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    _log_to_stderr()
+    _log_to_stderr()  # a second command in the same process (tests) replaces the handler
+    logging.getLogger("batch.client").warning("TLS verification is off")
+    iso = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}"
+    assert re.fullmatch(iso + r" WARNING: TLS verification is off\n", err.getvalue())

@@ -122,7 +122,7 @@ def test_problems_in_a_directory_name_their_file(tmp_path: Path) -> None:
     report = validate_jobs(folder, EMBED)
     assert [str(p) for p in report.problems] == [
         f"{folder / 'b.jsonl'} line 2, field 'txt': unknown field (this kind reads: "
-        "id, metadata, model, text)",
+        "id, metadata, model, text; --keep-columns txt copies it to the output)",
         f"{folder / 'b.jsonl'} line 2, field 'text': missing",
     ]
 

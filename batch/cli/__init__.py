@@ -4,10 +4,13 @@ errors into one-line messages and exit codes. Each command group lives in its ow
 from __future__ import annotations
 
 import importlib
+import logging
+import sys
 
 import click
 
 from batch import __version__
+from batch.progress import log_time
 
 # Exit codes, shared by every command.
 EXIT_OK = 0
@@ -32,6 +35,25 @@ def main() -> None:
     Example:
       gigabatch run sample_jobs/chat.jsonl --out out/chat --emulator
     """
+    _log_to_stderr()
+
+
+class _DatedFormatter(logging.Formatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return log_time(record.created)
+
+
+def _log_to_stderr() -> None:
+    """The engine's warnings (`batch.*` loggers) on stderr, dated like the progress lines;
+    the handler of an earlier call in this process (tests) is replaced, not doubled."""
+    engine = logging.getLogger("batch")
+    for old in [h for h in engine.handlers if getattr(h, "gigabatch_cli", False)]:
+        engine.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_DatedFormatter("%(asctime)s %(levelname)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    handler.gigabatch_cli = True  # type: ignore[attr-defined]
+    engine.addHandler(handler)
 
 
 # Imported after `main` exists: each module adds its commands to it.

@@ -17,7 +17,15 @@ from typing import Any, TypeVar, cast
 import click
 
 from batch.cli import EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_USAGE
-from batch.command_options import API_OPTION_NAMES, API_OPTIONS, MAX_CONCURRENCY
+from batch.command_options import (
+    API_OPTION_NAMES,
+    API_OPTIONS,
+    EMULATOR,
+    EMULATOR_OPTION,
+    EMULATOR_PROFILE,
+    KEEP_COLUMNS,
+    MAX_CONCURRENCY,
+)
 from batch.errors import (
     BudgetExhausted,
     ConfigError,
@@ -28,7 +36,11 @@ from batch.errors import (
     ReportError,
     RunRefused,
 )
-from batch.launch import api_settings, build_kind, settings_from_options
+from batch.launch import (
+    api_settings,
+    build_kind,
+    settings_from_options,
+)
 from batch.options import Option
 from jobs.registry import DEFAULT_KIND, cli_options, kind_names, kinds
 
@@ -185,3 +197,10 @@ def kind_options(f: F) -> F:
 
 
 max_concurrency_option = click_option(MAX_CONCURRENCY)
+keep_columns_option = click_option(KEEP_COLUMNS)
+
+
+def emulator_options(f: F) -> F:
+    """`--emulator`, `--emulator-profile` and `--emulator-option`, for a command that talks
+    to the API; read them back with `api_settings`."""
+    return click_options((EMULATOR, EMULATOR_PROFILE, EMULATOR_OPTION))(f)

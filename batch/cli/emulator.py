@@ -3,9 +3,10 @@ EmulatorConfig is an option, generated from the config so the two never drift ap
 
 from __future__ import annotations
 
+import shlex
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
@@ -38,6 +39,11 @@ def _knob_options(command: F) -> F:
     return command
 
 
+def export_lines(env: Mapping[str, str]) -> str:
+    """`export NAME=value` lines a POSIX shell can paste, one per variable."""
+    return "\n".join(f"export {name}={shlex.quote(value)}" for name, value in env.items())
+
+
 @main.command("emulator")
 @click.option(
     "--profile",
@@ -47,8 +53,13 @@ def _knob_options(command: F) -> F:
     show_default=True,
     help="Named starting point; other options override it.",
 )
+@click.option(
+    "--print-env",
+    is_flag=True,
+    help="Print only the `export GIGACHAT_...` lines on stdout (the rest goes to stderr).",
+)
 @_knob_options
-def emulator_command(profile_name: str, **knobs: Any) -> None:
+def emulator_command(profile_name: str, print_env: bool, **knobs: Any) -> None:
     """Run a local GigaChat emulator: the real API's protocol, limits and failures.
 
     It speaks OAuth (/api/v2/oauth), /api/v1/token, chat completions (plain and
@@ -69,11 +80,13 @@ def emulator_command(profile_name: str, **knobs: Any) -> None:
     runs: POST /_emulator/config with a JSON object of knobs ({"stream_limit": 2}, or
     {"start_storm_s": 3} to start a 429 storm now).
 
+    It prints `export GIGACHAT_...=...` lines to paste into another shell, which points
+    gigabatch (and the official SDK) at it.
+
     \b
     Example:
       gigabatch emulator --profile b2b --port 8080 --stream-limit 4 --retry-after date
-      export GIGACHAT_BASE_URL=http://127.0.0.1:8080/api/v1
-      export GIGACHAT_AUTH_URL=http://127.0.0.1:8080/api/v2/oauth
+      gigabatch emulator --port 8080 --print-env > emulator.env &   # then: . ./emulator.env
     """
     overrides = {name: value for name, value in knobs.items() if value not in (None, ())}
     try:
@@ -86,17 +99,17 @@ def emulator_command(profile_name: str, **knobs: Any) -> None:
         raise click.ClickException(str(exc)) from None
     try:
         with serve_emulator(config) as emu:
-            click.echo(f"GigaChat emulator (profile {profile_name}) listening on {emu.origin}")
-            click.echo(f"  base URL:   {emu.base_url}")
-            click.echo(f"  OAuth URL:  {emu.auth_url}")
-            click.echo(f"  scope:      {emu.scope} ({config.effective_stream_limit} streams)")
-            click.echo(
-                f"  credentials (the emulator's own test key, not a secret): {emu.credentials}"
-            )
-            click.echo(f"  user / password (for /api/v1/token): {emu.user} / {emu.password}")
-            click.echo(f"  stats:      {emu.origin}/_emulator/stats")
-            click.echo("Press Ctrl-C to stop.")
+            about = [
+                f"GigaChat emulator (profile {profile_name}) listening on {emu.origin}",
+                f"  scope:      {emu.scope} ({config.effective_stream_limit} streams)",
+                f"  user / password (for /api/v1/token): {emu.user} / {emu.password}",
+                f"  stats:      {emu.origin}/_emulator/stats",
+                "Point a shell at it (the key is the emulator's own test key, not a secret):",
+            ]
+            click.echo("\n".join(about), err=print_env)
+            click.echo(export_lines(emu.client_env()))
+            click.echo("Press Ctrl-C to stop.", err=print_env)
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:
-        click.echo("stopped")
+        click.echo("stopped", err=print_env)

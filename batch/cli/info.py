@@ -13,7 +13,7 @@ import orjson
 
 from batch.api_types import BalanceEntry, ModelInfo
 from batch.cli import main
-from batch.cli.common import api_options, cli_errors, settings_from_options
+from batch.cli.common import api_options, api_settings, cli_errors, emulator_options
 from batch.client import GigaChatClient
 from batch.settings import ClientSettings
 
@@ -47,9 +47,16 @@ def _value(value: float) -> str:
 
 @main.command()
 @api_options
+@emulator_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 @cli_errors
-def models(as_json: bool, **options: Any) -> None:
+def models(
+    as_json: bool,
+    emulator: bool,
+    emulator_profile: str,
+    emulator_knobs: tuple[str, ...],
+    **options: Any,
+) -> None:
     """List the models your credentials can use (id, type, owner).
 
     Types: chat, embedder, aicheck, filter. Credentials and URLs come from the GIGACHAT_*
@@ -59,8 +66,10 @@ def models(as_json: bool, **options: Any) -> None:
     Example:
       GIGACHAT_CREDENTIALS=... GIGACHAT_CA_BUNDLE_FILE=russian_trusted_root_ca.pem \\
         gigabatch models
+      gigabatch models --emulator
     """
-    found = anyio.run(_models, settings_from_options(options))
+    with api_settings(options, emulator, emulator_profile, emulator_knobs) as settings:
+        found = anyio.run(_models, settings)
     if as_json:
         _print_json([asdict(model) for model in found])
         return
@@ -70,9 +79,16 @@ def models(as_json: bool, **options: Any) -> None:
 
 @main.command()
 @api_options
+@emulator_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 @cli_errors
-def balance(as_json: bool, **options: Any) -> None:
+def balance(
+    as_json: bool,
+    emulator: bool,
+    emulator_profile: str,
+    emulator_knobs: tuple[str, ...],
+    **options: Any,
+) -> None:
     """Show the prepaid token balance left, by usage (model family).
 
     Only prepaid accounts have one: others get "HTTP 403" (exit 1).
@@ -80,8 +96,10 @@ def balance(as_json: bool, **options: Any) -> None:
     \b
     Example:
       GIGACHAT_CREDENTIALS=... GIGACHAT_SCOPE=GIGACHAT_API_B2B gigabatch balance --json
+      gigabatch balance --emulator --emulator-option balance_tokens=1000000
     """
-    entries = anyio.run(_balance, settings_from_options(options))
+    with api_settings(options, emulator, emulator_profile, emulator_knobs) as settings:
+        entries = anyio.run(_balance, settings)
     if as_json:
         _print_json([asdict(entry) for entry in entries])
         return

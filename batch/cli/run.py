@@ -4,6 +4,7 @@ and a look at an output directory. Options become a RunConfig; the engine does t
 from __future__ import annotations
 
 import gc
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,20 @@ from batch.cli import (
     main,
 )
 from batch.cli.batches import batches_lines, batches_options, batches_status
-from batch.cli.common import api_options, build_kind, cli_errors, click_options, kind_options
+from batch.cli.common import (
+    api_options,
+    build_kind,
+    cli_errors,
+    click_options,
+    keep_columns_option,
+    kind_options,
+)
 from batch.command_options import RUN_OPTIONS
+from batch.failures import failure_classes
 from batch.launch import execute_run, planned_run
 from batch.pricing import PriceTable
 from batch.progress import ProgressMode
+from batch.runner import keep_spec
 from jobs.readers import validate_jobs
 from jobs.sources import temporary_spool
 
@@ -82,29 +92,58 @@ def run(jobs: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
     Examples:
       gigabatch run sample_jobs/chat.jsonl --out out/chat --emulator
       cat jobs.jsonl | gigabatch run - --out out/chat --emulator
+      gigabatch run corpus.parquet --out out/c --keep-columns lang,source --emulator
       gigabatch run texts.parquet --kind embed --text-column body --out out/emb \\
           --max-concurrency 32 --max-cost 50
     """
     progress: ProgressMode = "off" if quiet else "auto"
+    given = jobs
     with planned_run(jobs, out_dir, options, progress=progress) as plan:
+        jobs = plan.config.jobs_path
         # Everything alive now (modules, settings, the job kind) lives as long as the run:
         # kept out of the collector's scans, a full collection stalls every request in
         # flight for ~17 ms instead of ~50 ms.
         gc.freeze()
         summary = anyio.run(execute_run, plan)
     if not quiet:
-        summary.print(sys.stderr)
+        summary.print(sys.stderr, retry_command(sys.argv[1:], given, jobs))
     elif summary.status != "completed":
         click.echo(f"{summary.status}: {summary.message}", err=True)
     sys.exit(EXIT_CODES[summary.status])
 
 
+def retry_command(args: list[str], given: Path, jobs: Path) -> str:
+    """The command line that re-drives this run's failed rows: the same arguments with
+    --retry-failed (never --restart, which would delete the answers), reading a spooled
+    standard input from its spool. Secrets given as options are not repeated."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _SECRET_OPTIONS:
+            skip_value = "=" not in arg
+            continue
+        if arg not in ("--restart", "--retry-failed"):
+            kept.append(str(jobs) if arg == str(given) and given != jobs else arg)
+    return shlex.join(["gigabatch", *kept, "--retry-failed"])
+
+
+# Options whose values are secrets: a printed command leaves them to the environment.
+_SECRET_OPTIONS = frozenset(
+    {"--credentials", "--password", "--access-token", "--key-file-password"}
+)
+
+
 @main.command()
 @click.argument("jobs", type=click.Path(exists=True, allow_dash=True, path_type=Path))
 @kind_options
+@keep_columns_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @cli_errors
-def validate(jobs: Path, as_json: bool, **options: Any) -> None:
+def validate(jobs: Path, as_json: bool, keep_columns: tuple[str, ...], **options: Any) -> None:
     """Check JOBS (a file, a directory, or `-` for standard input) without sending anything:
     every problem with its file, line or row, and field. Exit 0 when valid, 2 when not.
 
@@ -116,7 +155,9 @@ def validate(jobs: Path, as_json: bool, **options: Any) -> None:
     """
     kind = build_kind(options)
     with temporary_spool(jobs) as readable:
-        report = validate_jobs(readable, kind, max_problems=10_000)
+        report = validate_jobs(
+            readable, kind, max_problems=10_000, keep=keep_spec(kind, keep_columns)
+        )
     if as_json:
         click.echo(
             orjson.dumps(
@@ -191,6 +232,8 @@ def status(out_dir: Path, prices: Path | None, as_json: bool) -> None:
         "currency": table.currency,
         "updated_at": manifest.get("updated_at"),
     }
+    failures = failure_classes(out_dir)
+    data["failures"] = {f.error_class: f.to_json() for f in failures}
     if batches:
         data["batches"] = batches
     if as_json:
@@ -204,5 +247,9 @@ def status(out_dir: Path, prices: Path | None, as_json: bool) -> None:
         f"{tokens.precached_prompt_tokens} precached\n"
         f"  cost: {data['cost']:.4f} {table.currency}"
     )
+    for f in failures:
+        example = f"e.g. id {f.example_id!r}: {f.example_message}"
+        example = f"e.g. id {f.example_id!r}: {f.example_message}"
+        click.echo(f"  failed {f.error_class}: {f.count}, {example}")
     if batches:
         click.echo(batches_lines(batches))

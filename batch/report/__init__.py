@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow.dataset as ds
 
 from batch.errors import ReportError
 from batch.eventlog import ATTEMPT, EVENTS, Event, read_events
-from batch.layout import FAILED, SUMMARY
+from batch.failures import failure_classes
+from batch.layout import SUMMARY
 from batch.report import series
 from batch.report.page import render
 
@@ -136,10 +136,4 @@ def _read_summary(out_dir: Path) -> dict[str, Any] | None:
 
 def _failed_rows(out_dir: Path) -> dict[str, int]:
     """Failed rows by error class, from the committed parts of failed/."""
-    failed = out_dir / FAILED
-    if not failed.is_dir() or not any(failed.glob("*.parquet")):
-        return {}
-    table = ds.dataset(failed, format="parquet").to_table(columns=["error_class"])
-    counts = table.column("error_class").value_counts().to_pylist()
-    pairs = sorted(((c["values"], c["counts"]) for c in counts), key=lambda p: -p[1])
-    return {str(name): int(n) for name, n in pairs}
+    return {c.error_class: c.count for c in failure_classes(out_dir)}
