@@ -34,6 +34,7 @@ from batch.progress import ProgressMode
 from batch.retry import RetryPolicy
 from batch.runner import RunConfig, run_jobs
 from batch.settings import ClientSettings
+from batch.storage import check_output_dir
 from batch.summary import RunSummary
 from jobs.base import JobKind
 from jobs.registry import cli_options, kind_from_values
@@ -80,18 +81,6 @@ def require_auth(settings: ClientSettings, alternative: str = "") -> None:
             "GIGACHAT_USER and GIGACHAT_PASSWORD, or GIGACHAT_CERT_FILE)"
             + (alternative or ", or rehearse with --emulator")
         )
-
-
-def check_output_dir(out_dir: Path) -> None:
-    """ConfigError, in one line, when `out_dir` could not be created or written: found by
-    looking at its nearest existing ancestor, without creating anything."""
-    probe = out_dir.absolute()
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"--out {out_dir}: {probe} is not a directory; choose another --out")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out_dir}: {probe} is not writable; choose another --out")
 
 
 def _scope_given(options: MutableMapping[str, Any]) -> bool:
@@ -164,11 +153,11 @@ def planned_run(
     prices = PriceTable.load(values.pop("prices"))
     emulator = (values.pop("emulator"), values.pop("emulator_profile"))
     with api_settings(values, *emulator, tuple(values.pop("emulator_knobs"))) as settings:
+        kind = build_kind(values, settings.model)
         # Nothing is created on disk (the spool of `-`, the output) before these hold.
         require_auth(settings)
         check_output_dir(out_dir)
         jobs = spooled_input(jobs, out_dir / SPOOL_DIR)
-        kind = build_kind(values, settings.model)
         config = RunConfig(
             jobs_path=jobs,
             out_dir=out_dir,

@@ -66,6 +66,22 @@ def is_disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def check_output_dir(out_dir: Path) -> None:
+    """OutputError, in one line, when `out_dir` could not be created or written: found by
+    looking at its nearest existing ancestor, without creating anything (a run checks this
+    before it writes a byte, so a failed start leaves nothing behind)."""
+    probe = out_dir.absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        code = errno.ENOTDIR
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        code = errno.EROFS if os.statvfs(probe).f_flag & os.ST_RDONLY else errno.EACCES
+    else:
+        return
+    raise OutputError(describe(OSError(code, f"{os.strerror(code)} ({probe})"), "create", out_dir))
+
+
 def check_writable(out_dir: Path, min_free: int = MIN_FREE_BYTES) -> None:
     """Create `out_dir` if need be, write and fsync a probe file in it, and check its free
     space; raises OutputError (path, errno, what to do) before anything is sent."""
