@@ -36,10 +36,11 @@ def progress_line(stats: RunStats) -> str:
     answered = stats.succeeded + stats.failed
     elapsed = stats.elapsed
     rate = answered / elapsed if elapsed > 0 else 0.0
-    done = stats.skipped + answered
+    done = stats.skipped + answered + stats.unchanged
     eta = _duration(stats.remaining / rate) if rate > 0 and stats.remaining else "-"
+    reused = f", {_count(stats.from_cache)} from cache" if stats.from_cache else ""
     return (
-        f"{done}/{stats.total_jobs} done ({stats.failed} failed) | {rate:.1f} jobs/s | "
+        f"{done}/{stats.total_jobs} done ({stats.failed} failed{reused}) | {rate:.1f} jobs/s | "
         f"{_count(stats.tokens.total_tokens)} tokens | {stats.cost:.2f} {stats.prices.currency} | "
         f"429s {stats.rate_limited} | concurrency {stats.concurrency}/{stats.max_concurrency} | "
         f"ETA {eta}"

@@ -33,16 +33,18 @@ from batch.errors import ApiError, BudgetExhausted, GigabatchError
 from batch.eventlog import EventLog
 from batch.invalid_log import OnProblem, invalid_log
 from batch.limiter import AdaptiveLimiter
+from batch.outcomes import reused_batch, with_cached_column
 from batch.pipeline import run_pipeline
 from batch.pricing import PriceTable
 from batch.progress import Progress, ProgressMode
 from batch.recording import AttemptRecorder
 from batch.retry import RetryPolicy
+from batch.reuse import RunReuse
 from batch.sending import BatchSender, BudgetGate
 from batch.stopping import RunStop
 from batch.summary import RunStats, RunSummary, build_summary
 from batch.writer import Outcomes, PartWriter
-from jobs.base import Batch, Job, JobKind, Packer, Problem
+from jobs.base import Batch, Job, JobKind, JobResult, Packer, Problem
 from jobs.readers import read_jobs, validate_jobs
 
 if TYPE_CHECKING:
@@ -80,6 +82,13 @@ class RunConfig:
     progress: ProgressMode = "auto"
     progress_interval: float | None = None
     handle_signals: bool = True
+    # The answer cache: None uses it when the kind's answers are cached by default
+    # (embeddings); `cache_dir` None is GIGABATCH_CACHE_DIR, else the user cache directory.
+    cache: bool | None = None
+    cache_dir: Path | None = None
+    # Write only the rows whose id is new or whose answer changed since this earlier output,
+    # and the ids that disappeared (OUT/removed/).
+    changed_since: Path | None = None
 
 
 async def run_jobs(config: RunConfig) -> RunSummary:
@@ -97,6 +106,9 @@ async def run_jobs(config: RunConfig) -> RunSummary:
     report = await anyio.to_thread.run_sync(partial(validate_jobs, config.jobs_path, kind))
     if not config.skip_invalid:
         report.raise_for_problems()
+    settings = dict(kind.answer_settings())
+    if config.changed_since is not None:
+        settings["changed_since"] = str(config.changed_since.resolve())
     checkpoint = await anyio.to_thread.run_sync(
         partial(
             Checkpoint.open,
@@ -104,7 +116,7 @@ async def run_jobs(config: RunConfig) -> RunSummary:
             kind=kind.name,
             input_path=str(config.jobs_path),
             input_fingerprint=report.fingerprint,
-            settings=kind.answer_settings(),
+            settings=settings,
             total_jobs=report.jobs,
             restart=config.restart,
             retry_failed=config.retry_failed,
@@ -140,18 +152,43 @@ async def run_jobs(config: RunConfig) -> RunSummary:
             restart=config.restart,
         )
     )
-    run = _Run(config, checkpoint, stats, budget, report.duplicates, events)
+    reuse = await anyio.to_thread.run_sync(
+        partial(
+            RunReuse.open,
+            kind,
+            config.out_dir,
+            cache=config.cache,
+            cache_dir=config.cache_dir,
+            changed_since=config.changed_since,
+            client_settings=config.client_settings,
+            restart=config.restart,
+        )
+    )
+    run = _Run(config, checkpoint, stats, budget, report.duplicates, events, reuse)
+    finished = False
     try:
-        return await run.execute()
+        summary = await run.execute()
+        finished = summary.status in ("completed", "failed_rows")
+        return summary
     finally:
         run.recorder.close()
+        await anyio.to_thread.run_sync(partial(run.close_reuse, finished=finished))
+
+
+@dataclass
+class _Chunk:
+    """What the producer made of one chunk of jobs."""
+
+    batches: list[Batch] = field(default_factory=list)
+    reused: list[Outcomes] = field(default_factory=list)
+    finished: bool = False
 
 
 class _Run:
     """One run while it executes: it wires the parts together and writes the summary.
 
-        producer (thread: read, skip done, filter, pack) -> batches -> workers (BatchSender)
-        workers -> outcomes -> PartWriter;  beside them: RunStop's grace and signals, Progress
+    producer (thread: read, skip done, filter, pack) -> batches -> workers (BatchSender)
+    workers -> outcomes -> PartWriter;  beside them: RunStop's grace and signals, Progress
     """
 
     def __init__(
@@ -162,13 +199,18 @@ class _Run:
         budget: Budget | None,
         duplicates: list[Problem],
         events: EventLog,
+        reuse: RunReuse,
     ) -> None:
         self.config = config
         self.kind = config.kind
         self.checkpoint = checkpoint
         self.stats = stats
         self.duplicates = duplicates
-        self.limiter = AdaptiveLimiter(config.max_concurrency, initial=config.initial_concurrency)
+        self.reuse = reuse
+        self.recalled = reuse.limit.recall() if reuse.limit is not None else None
+        self.limiter = AdaptiveLimiter(
+            config.max_concurrency, initial=config.initial_concurrency, remembered=self.recalled
+        )
         self.stop = RunStop(self.limiter, config.grace_period)
         self.recorder = AttemptRecorder(events, self.limiter, stats.prices)
         self.sender = BatchSender(
@@ -179,7 +221,15 @@ class _Run:
             stop=self.stop,
             budget=BudgetGate(budget, self.stop) if budget is not None else None,
             recorder=self.recorder,
+            on_answers=reuse.answers.keep,
         )
+
+    def close_reuse(self, *, finished: bool) -> None:
+        """Commit the answers handed to the cache or journal, and remember the limit."""
+        reuse = self.reuse
+        reuse.answers.close(finished=finished)
+        if reuse.limit is not None and self.stats.requests:
+            reuse.limit.keep(self.limiter, recalled=self.recalled)
 
     def _client(self) -> AbstractAsyncContextManager[GigaChatClient]:
         if self.config.client_factory is not None:
@@ -198,7 +248,7 @@ class _Run:
         progress = Progress(self.stats, config.progress, interval=config.progress_interval)
         writer = PartWriter(
             self.checkpoint,
-            self.kind.result_schema(),
+            with_cached_column(self.kind.result_schema()),
             flush_interval=config.flush_interval,
             flush_rows=config.flush_rows,
         )
@@ -216,7 +266,7 @@ class _Run:
                     async with send_out:
                         with self.stop.workers_scope:
                             await run_pipeline(
-                                partial(self._produce, on_problem),
+                                partial(self._produce, on_problem, send_out),
                                 partial(self._work, client, send_out),
                                 workers=config.max_concurrency,
                             )
@@ -260,8 +310,13 @@ class _Run:
         self.stats.invalid += 1
 
     async def _produce(
-        self, on_problem: OnProblem | None, send: MemoryObjectSendStream[Batch]
+        self,
+        on_problem: OnProblem | None,
+        answered: MemoryObjectSendStream[Outcomes],
+        send: MemoryObjectSendStream[Batch],
     ) -> None:
+        """Read the jobs, hand reused answers straight to the writer (`answered`) and the
+        batches to send to the workers (`send`)."""
         with self.stop.producer_scope:
             jobs = read_jobs(
                 self.config.jobs_path,
@@ -274,32 +329,71 @@ class _Run:
             finished = False
             while not finished:
                 try:
-                    batches, finished = await anyio.to_thread.run_sync(
-                        self._next_batches, jobs, packer
-                    )
+                    chunk = await anyio.to_thread.run_sync(self._next_chunk, jobs, packer)
                 except GigabatchError as exc:  # the input changed under the run
                     self.stop.stop("fatal", str(exc), exc)
                     return
-                for batch in batches:
+                finished = chunk.finished
+                for reused in chunk.reused:
+                    if reused.results:
+                        await answered.send(reused)
+                for batch in chunk.batches:
                     await send.send(batch)
+            changes = self.reuse.changes
+            if changes is not None:
+                await anyio.to_thread.run_sync(changes.write_removed, self.config.out_dir)
 
-    def _next_batches(self, jobs: Iterator[Job], packer: Packer) -> tuple[list[Batch], bool]:
-        """Read up to a chunk of jobs (in a thread): skip done and filtered-out ones, pack
-        the rest. Returns the batches that became full, and whether the input is over."""
+    def _next_chunk(self, jobs: Iterator[Job], packer: Packer) -> _Chunk:
+        """Read up to a chunk of jobs (in a thread): skip done and filtered-out ones, take
+        the already answered ones from the cache or journal, pack the rest."""
         done = self.checkpoint.done
         check_done = len(done) > 0
         keep = self.config.job_filter
-        batches: list[Batch] = []
+        changes = self.reuse.changes
+        chunk = _Chunk()
+        todo: list[Job] = []
         for _ in range(_READ_CHUNK):
             job = next(jobs, None)
             if job is None:
-                batches.extend(packer.flush())
-                return batches, True
+                chunk.finished = True
+                break
+            if changes is not None:
+                changes.seen(job.id)
             if (check_done and job.id in done) or (keep is not None and not keep(job)):
                 self.stats.skipped += 1
                 continue
-            batches.extend(packer.add(job))
-        return batches, False
+            todo.append(job)
+        answers = self.reuse.answers
+        if answers.active and todo:
+            found = answers.lookup(todo)
+            todo = found.to_send
+            self._count_reused(chunk, found.cached, cached=True)
+            self._count_reused(chunk, found.journalled, cached=False)
+        for job in todo:
+            chunk.batches.extend(packer.add(job))
+        if chunk.finished:
+            chunk.batches.extend(packer.flush())
+        return chunk
+
+    def _count_reused(self, chunk: _Chunk, results: list[JobResult], *, cached: bool) -> None:
+        if not results:
+            return
+        out = reused_batch(results, cached=cached)
+        self.stats.succeeded += len(results)
+        if cached:
+            self.stats.from_cache += len(results)
+        else:
+            self.stats.from_journal += len(results)
+        self._drop_unchanged(out)
+        chunk.reused.append(out)
+
+    def _drop_unchanged(self, out: Outcomes) -> None:
+        """--changed-since: leave out the rows answered as in the earlier output."""
+        changes = self.reuse.changes
+        if changes is not None and out.results:
+            unchanged = changes.drop_unchanged(out)
+            self.stats.unchanged += unchanged
+            self.stats.succeeded -= unchanged
 
     async def _work(
         self, client: GigaChatClient, send: MemoryObjectSendStream[Outcomes], batch: Batch
@@ -309,6 +403,7 @@ class _Run:
             return False
         outcomes = await self.sender.send(client, batch)
         if outcomes is not None:
+            self._drop_unchanged(outcomes)
             # Answered (and billed): hand it to the writer even if the grace period ends
             # now; the writer keeps reading until every worker is gone.
             with anyio.CancelScope(shield=True):

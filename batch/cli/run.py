@@ -23,6 +23,7 @@ from batch.cli import (
     EXIT_USAGE,
     main,
 )
+from batch.cli.cache_options import answer_cache_options
 from batch.cli.common import (
     api_options,
     api_settings,
@@ -119,6 +120,15 @@ EXIT_CODES = {
     metavar="KEY=VALUE",
     help="An emulator knob for --emulator (e.g. stream_limit=4); repeatable.",
 )
+@answer_cache_options
+@click.option(
+    "--changed-since",
+    "changed_since",
+    default=None,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Write only rows whose id is new or whose answer changed since this earlier "
+    "output, and the ids it had that the input lost (OUT/removed/).",
+)
 @api_options
 @cli_errors
 def run(
@@ -139,13 +149,18 @@ def run(
     emulator: bool,
     emulator_profile: str,
     emulator_knobs: tuple[str, ...],
+    cache: bool | None,
+    cache_dir: Path | None,
+    changed_since: Path | None,
     **options: Any,
 ) -> None:
     """Answer every job of JOBS (JSONL, Parquet, or a directory of Parquet) into --out.
 
     Resumable: run the same command again after a crash, Ctrl-C or a budget stop and only
-    the jobs not yet answered are sent. Exit codes: 0 all succeeded, 3 some rows failed,
-    1 fatal error, 2 usage or invalid input, 4 budget reached, 130/143 interrupted.
+    the jobs not yet answered are sent. Answers found in the answer cache (embeddings by
+    default, chat with --cache) are written without a request, billed nothing. Exit codes:
+    0 all succeeded, 3 some rows failed, 1 fatal error, 2 usage or invalid input, 4 budget
+    reached, 130/143 interrupted.
 
     A budget (--max-cost, --max-tokens) is never crossed: a request is sent only when its
     worst case still fits, so with a budget every chat request carries max_tokens (the
@@ -159,6 +174,8 @@ def run(
       gigabatch run sample_jobs/chat.jsonl --out out/chat --emulator
       gigabatch run texts.parquet --kind embed --text-column body --out out/emb \\
           --max-concurrency 32 --max-cost 50
+      gigabatch run texts.parquet --kind embed --out out/$(date +%F) \\
+          --changed-since out/yesterday
     """
     price_table = PriceTable.load(prices)
     with api_settings(options, emulator, emulator_profile, emulator_knobs) as settings:
@@ -179,6 +196,9 @@ def run(
             max_cost=max_cost,
             max_tokens=max_tokens_budget,
             progress="off" if quiet else "auto",
+            cache=cache,
+            cache_dir=cache_dir,
+            changed_since=changed_since,
         )
         # Everything alive now (modules, settings, the job kind) lives as long as the run:
         # kept out of the collector's scans, a full collection stalls every request in
