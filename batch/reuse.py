@@ -12,8 +12,9 @@ answer received before the kill there. Otherwise (chat without `--cache`) answer
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -147,6 +148,23 @@ class AnswerReuse:
                 for suffix in ("", "-wal", "-shm"):
                     with contextlib.suppress(FileNotFoundError):
                         self.journal.path.with_name(self.journal.path.name + suffix).unlink()
+
+
+class CachedJobs:
+    """The jobs of a stream the answer cache cannot answer; `answered` counts the others
+    (what `estimate` prices at nothing)."""
+
+    def __init__(self, answers: AnswerReuse, *, chunk: int = 512) -> None:
+        self.answers = answers
+        self.chunk = chunk
+        self.answered = 0
+
+    def misses(self, jobs: Iterable[Job]) -> Iterator[Job]:
+        iterator = iter(jobs)
+        while chunk := list(itertools.islice(iterator, self.chunk)):
+            found = self.answers.lookup(chunk)
+            self.answered += len(found.cached)
+            yield from found.to_send
 
 
 def _unbilled(result: JobResult) -> JobResult:

@@ -365,3 +365,29 @@ def test_cache_prune_makes_the_next_run_pay_again(
     assert gigabatch(emulator, *base, "--out", str(tmp_path / "o2"))[0] == 0
     assert summary(tmp_path / "o2")["jobs"]["this_run"]["from_cache"] == 0
     assert billed_embedding_tokens(emulator) > 0
+
+
+def test_estimate_prices_only_what_the_cache_does_not_answer(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    texts = corpus(40)
+    write_texts(tmp_path / "old.jsonl", texts)
+    assert (
+        gigabatch(
+            emulator,
+            "run",
+            str(tmp_path / "old.jsonl"),
+            "--kind",
+            "embed",
+            "--out",
+            str(tmp_path / "o1"),
+        )[0]
+        == 0
+    )
+    texts.update({f"new{i}": f"a text not seen before {i}" for i in range(10)})
+    write_texts(tmp_path / "new.jsonl", texts)
+    proc = start(emulator, "estimate", str(tmp_path / "new.jsonl"), "--kind", "embed", "--json")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    estimate = json.loads(out)
+    assert (estimate["cached_rows"], estimate["total"]["rows"]) == (40, 10)

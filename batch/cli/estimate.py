@@ -16,6 +16,7 @@ import click
 import orjson
 
 from batch.cli import main
+from batch.cli.cache_options import answer_cache_options
 from batch.cli.common import (
     API_OPTION_NAMES,
     api_options,
@@ -91,6 +92,7 @@ def _online_settings(
 )
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid lines out instead of stopping.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+@answer_cache_options
 @api_options
 @cli_errors
 def estimate(
@@ -107,6 +109,8 @@ def estimate(
     message_overhead: int | None,
     skip_invalid: bool,
     quiet: bool,
+    cache: bool | None,
+    cache_dir: Path | None,
     **options: Any,
 ) -> None:
     """Estimate tokens and cost of a job file before running it.
@@ -117,7 +121,8 @@ def estimate(
     jobs are answered for real, the total is projected with a confidence interval, and the
     per-message overhead is checked against what their prompts were billed. The
     prepaid balance, where the account has one, is shown next to the estimate. --offline
-    approximates from characters without credentials or requests.
+    approximates from characters without credentials or requests. Jobs the answer cache
+    answers already (embeddings by default, chat with --cache) are counted, not priced.
 
     \b
     Examples:
@@ -150,6 +155,8 @@ def estimate(
             message_overhead=message_overhead,
             skip_invalid=skip_invalid,
             quiet=quiet,
+            cache=cache,
+            cache_dir=cache_dir,
         )
         result = estimate_jobs(request)
     if as_json:
