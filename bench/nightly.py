@@ -44,7 +44,8 @@ _EMBED = ("--kind", "embed", "--max-concurrency", "32")
 
 @dataclass(frozen=True)
 class Leg:
-    wall_s: float
+    wall_s: float  # the process, start to exit (interpreter start included)
+    run_s: float  # the run itself (summary.json's wall_time_s)
     billed: int  # tokens the emulator billed while the run went
     rss_anon_mb: float
     rss_file_mb: float
@@ -124,7 +125,9 @@ def run(emu: RunningEmulator, cache: Path, jobs: Path, out: Path, *args: str) ->
     watch.done.set()
     if child.returncode not in (0, 3):
         raise RuntimeError(f"gigabatch exited {child.returncode}: {err.decode()[-2000:]}")
-    return Leg(wall, billed(emu), watch.peak["RssAnon"] / 1024, watch.peak["RssFile"] / 1024)
+    run_s = float(orjson.loads((out / "summary.json").read_bytes())["wall_time_s"])
+    peak = watch.peak
+    return Leg(wall, run_s, billed(emu), peak["RssAnon"] / 1024, peak["RssFile"] / 1024)
 
 
 def median(values: list[float]) -> float:
@@ -150,16 +153,20 @@ def bench_nightly(work: Path, n: int, repeat: int) -> list[str]:
             alone.append(run(emu, delta_cache, files["delta"], work / f"d-{r}", *_EMBED))
     ratio = median([b.billed / a.billed for a, b in zip(alone, two, strict=True)])
     speed = median([a.wall_s / b.wall_s for a, b in zip(one, two, strict=True)])
+    run_speed = median([a.run_s / b.run_s for a, b in zip(one, two, strict=True)])
     return [
         f"nightly: {n:,} texts, night two with {new:,} new and {changed:,} changed "
         f"({len(delta):,} delta), medians of {repeat}",
-        f"  night one: {median([x.wall_s for x in one]):.1f} s, "
+        f"  night one: {median([x.wall_s for x in one]):.1f} s "
+        f"(the run {median([x.run_s for x in one]):.1f} s), "
         f"{median([x.billed for x in one]):,.0f} tokens billed",
-        f"  night two: {median([x.wall_s for x in two]):.2f} s, "
+        f"  night two: {median([x.wall_s for x in two]):.2f} s "
+        f"(the run {median([x.run_s for x in two]):.2f} s), "
         f"{median([x.billed for x in two]):,.0f} tokens billed; the delta alone: "
         f"{median([x.billed for x in alone]):,.0f} tokens",
         f"  billed tokens, night two / the delta alone: {ratio:.3f}x (target <= 1.05x)",
-        f"  wall time, night one / night two: {speed:.1f}x (target >= 20x)",
+        f"  wall time, night one / night two: {speed:.1f}x for the process, {run_speed:.1f}x "
+        "for the run (target >= 20x)",
     ]
 
 
