@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from batch.api_types import Usage
 from batch.cache import AnswerJournal, AnswerStore, cache_key, resolve_cache_dir
 from batch.cache.answers import CachedAnswer
 from batch.cache.journal import JOURNAL_FILE
@@ -33,8 +32,9 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class Reused:
-    """What `lookup` found: `cached` hits (billed nothing), `journalled` answers of an
-    earlier leg of this output (billed then), and the jobs still to send."""
+    """What `lookup` found: `cached` hits (their usage is what the answer was billed when
+    first received: the run bills them nothing), `journalled` answers of an earlier leg of
+    this output (billed by that leg), and the jobs still to send."""
 
     cached: list[JobResult] = field(default_factory=list)
     journalled: list[JobResult] = field(default_factory=list)
@@ -89,7 +89,7 @@ class AnswerReuse:
                 if answer is None:
                     found.to_send.append(job)
                 else:
-                    found.cached.append(_unbilled(self.kind.cached_row(job, answer)))
+                    found.cached.append(self.kind.cached_row(job, answer))
         elif self.journal is not None and self._journal_has_entries:
             journalled = self.journal.get_many([job.id.encode() for job in jobs])
             for job in jobs:
@@ -166,9 +166,6 @@ class CachedJobs:
             self.answered += len(found.cached)
             yield from found.to_send
 
-
-def _unbilled(result: JobResult) -> JobResult:
-    return JobResult(job=result.job, row=result.row, usage=Usage(), model=result.model)
 
 
 @dataclass(frozen=True)

@@ -187,8 +187,8 @@ class _Chunk:
 class _Run:
     """One run while it executes: it wires the parts together and writes the summary.
 
-    producer (thread: read, skip done, filter, pack) -> batches -> workers (BatchSender)
-    workers -> outcomes -> PartWriter;  beside them: RunStop's grace and signals, Progress
+        producer (thread: read, skip done, filter, pack) -> batches -> workers (BatchSender)
+        workers -> outcomes -> PartWriter;  beside them: RunStop's grace and signals, Progress
     """
 
     def __init__(

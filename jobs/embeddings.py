@@ -73,6 +73,7 @@ CACHE_BYTES = 16 * 1024 * 1024
 TRUNCATE_MARGIN = 16
 TRUNCATE_ROUNDS = 4
 _FIELDS = ("id", "text", "model", "metadata")
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +314,7 @@ class EmbeddingsKind(JobKind):
     def cache_entry(self, outcome: JobResult) -> CachedAnswer:
         row = outcome.row
         vector: array[float] = row["embedding"]
-        if sys.byteorder == "big":  # the payload is little-endian float32
+        if _BIG_ENDIAN:  # the payload is little-endian float32
             vector = array("f", vector)
             vector.byteswap()
         return CachedAnswer(vector.tobytes(), outcome.model, time.time(), row["prompt_tokens"])
@@ -321,7 +322,7 @@ class EmbeddingsKind(JobKind):
     def cached_row(self, job: Job, answer: CachedAnswer) -> JobResult:
         values = array("f")
         values.frombytes(answer.payload)
-        if sys.byteorder == "big":
+        if _BIG_ENDIAN:
             values.byteswap()
         row = {
             "embedding": values,
