@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,11 +24,14 @@ from batch.cache import AnswerJournal, AnswerStore, cache_key, resolve_cache_dir
 from batch.cache.answers import CachedAnswer
 from batch.cache.journal import JOURNAL_FILE
 from batch.changes import ChangeFilter
+from batch.errors import CacheUnavailable
 from batch.limit_memory import LimitMemory
 from jobs.base import Job, JobKind, JobOutcome, JobResult
 
 if TYPE_CHECKING:
     from batch.settings import ClientSettings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -56,6 +60,7 @@ class AnswerReuse:
         self.journal = journal
         # Only a journal left by an earlier leg can answer anything.
         self._journal_has_entries = journal is not None and len(journal) > 0
+        self.failed = False  # a commit failed (a full disk): answers are kept no more
 
     @classmethod
     def open(
@@ -130,24 +135,33 @@ class AnswerReuse:
                     entries.append((cache_key(self.kind.name, material), answer))
             else:
                 entries.append((outcome.job.id.encode(), answer))
-        if not entries:
+        if not entries or self.failed:
             return
-        if self.store is not None:
-            self.store.put_many(entries)
-        elif self.journal is not None:
-            self.journal.append_many(entries)
+        try:
+            if self.store is not None:
+                self.store.put_many(entries)
+            elif self.journal is not None:
+                self.journal.append_many(entries)
+        except CacheUnavailable as exc:
+            # The answers themselves still reach the output; only their reuse is lost.
+            self.failed = True
+            logger.warning("answers are no longer kept for reuse: %s", exc)
 
     def close(self, *, finished: bool) -> None:
         """Commit what is pending and close. A `finished` run has every answer in committed
         parts, so its journal is deleted."""
-        if self.store is not None:
-            self.store.close()
-        if self.journal is not None:
-            self.journal.close()
-            if finished:
-                for suffix in ("", "-wal", "-shm"):
-                    with contextlib.suppress(FileNotFoundError):
-                        self.journal.path.with_name(self.journal.path.name + suffix).unlink()
+        try:
+            if self.store is not None:
+                self.store.close()
+            if self.journal is not None:
+                self.journal.close()
+        except CacheUnavailable as exc:
+            if not self.failed:
+                logger.warning("the last answers were not kept for reuse: %s", exc)
+        if self.journal is not None and finished:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    self.journal.path.with_name(self.journal.path.name + suffix).unlink()
 
 
 class CachedJobs:
@@ -165,7 +179,6 @@ class CachedJobs:
             found = self.answers.lookup(chunk)
             self.answered += len(found.cached)
             yield from found.to_send
-
 
 
 @dataclass(frozen=True)

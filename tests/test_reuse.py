@@ -16,6 +16,7 @@ from batch.api_types import Usage
 from batch.cache import recall_limit
 from batch.changes import ChangeFilter
 from batch.checkpoint import Checkpoint
+from batch.errors import CacheUnavailable, ConfigError
 from batch.limit_memory import LimitMemory
 from batch.limiter import AdaptiveLimiter
 from batch.reuse import AnswerReuse, CachedJobs
@@ -177,7 +178,6 @@ def test_changed_since_keeps_new_and_changed_rows_and_lists_the_lost_ids(tmp_pat
 
 def test_changed_since_refuses_an_output_of_another_kind(tmp_path: Path) -> None:
     prev = previous_output(tmp_path, [vector_row("a", 1.0)])
-    from batch.errors import ConfigError
 
     with pytest.raises(ConfigError, match="holds embed jobs, this run is chat"):
         ChangeFilter.open(prev, ChatKind().result_schema(), "chat")
@@ -226,3 +226,23 @@ def test_the_limit_is_remembered_only_once_a_429_showed_it(
     memory.keep(limiter, recalled=None)
     assert memory.recall() == round(limiter.settled())
     assert recall_limit(tmp_path, "http://127.0.0.1:1/api/v1/", "B2B", "Embeddings") is not None
+
+
+def test_a_cache_that_cannot_be_written_warns_once_and_the_run_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kind = EmbeddingsKind()
+    reuse = AnswerReuse.open(kind, tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert reuse.store is not None
+
+    def disk_full(items: object) -> None:
+        raise CacheUnavailable("cannot use answers.lmdb: No space left on device")
+
+    monkeypatch.setattr(reuse.store, "put_many", disk_full)
+    for i in range(3):
+        reuse.keep([embed_answer(kind, embed_job(f"a{i}", f"t{i}"), 0.1)])
+    reuse.close(finished=True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "answers are no longer kept for reuse: cannot use answers.lmdb: No space left on device"
+    ]
