@@ -154,10 +154,12 @@ def bench_nightly(work: Path, n: int, repeat: int) -> list[str]:
             cache, delta_cache = work / f"cache-{r}", work / f"delta-cache-{r}"
             one.append(run(emu, cache, files["night1"], work / f"n1-{r}", *_EMBED))
             # The nightly recipe writes only what changed; a plain new --out writes every row.
+            # Each night two starts from the cache night one left (a copy for this one).
+            shutil.copytree(cache, work / f"since-cache-{r}")
             since.append(
                 run(
                     emu,
-                    cache,
+                    work / f"since-cache-{r}",
                     files["night2"],
                     work / f"s-{r}",
                     *_EMBED,
