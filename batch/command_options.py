@@ -156,6 +156,30 @@ EMULATOR = Option(
     switch=True,
     default=False,
 )
+# The answer cache, shared by `run` and `estimate`.
+ANSWER_CACHE = (
+    Option(
+        "--cache/--no-cache",
+        "Reuse answers from the answer cache and add new ones to it. Default: on for "
+        "embeddings, off for chat (a sampled answer is reused only when you say so).",
+        dest="cache",
+        show_default=False,
+    ),
+    Option(
+        "--cache-dir",
+        "The answer cache's directory [env GIGABATCH_CACHE_DIR; default: the user "
+        "cache directory, e.g. ~/.cache/gigabatch].",
+        type=Path,
+        path="dir",
+    ),
+)
+CHANGED_SINCE = Option(
+    "--changed-since",
+    "Write only rows whose id is new or whose answer changed since this earlier output, "
+    "and the ids it had that the input lost (OUT/removed/).",
+    type=Path,
+    path="existing_dir",
+)
 EMULATOR_PROFILE = Option(
     "--emulator-profile",
     "Emulator profile for --emulator: pers, b2b, corp, storm, flaky, fast.",
@@ -260,6 +284,8 @@ RUN_OPTIONS = (
     EMULATOR,
     EMULATOR_PROFILE,
     EMULATOR_OPTION,
+    *ANSWER_CACHE,
+    CHANGED_SINCE,
     PROGRESS,
 )
 
@@ -314,6 +340,7 @@ ESTIMATE_OPTIONS = (
     EMULATOR,
     EMULATOR_PROFILE,
     EMULATOR_OPTION,
+    *ANSWER_CACHE,
     MAX_CONCURRENCY,
     Option(
         "--message-overhead",

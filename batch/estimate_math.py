@@ -193,6 +193,8 @@ class Estimate:
     sample: SampleReport | None = None
     balance: BalanceReport | None = None
     calibration: Calibration | None = None
+    # Jobs the answer cache answers already: not in `models`, priced at nothing.
+    cached_rows: int = 0
 
     @property
     def rows(self) -> int:

@@ -225,6 +225,7 @@ def estimate_to_json(estimate: Estimate) -> dict[str, Any]:
         "currency": p.currency,
         "prices": {"taken": p.taken, "source": p.source},
         "notes": e.notes,
+        "cached_rows": e.cached_rows,
         "sample": None if e.sample is None else _sample_json(e.sample),
         "balance": None if e.balance is None else _balance_json(e.balance),
         "calibration": None if e.calibration is None else _calibration_json(e.calibration),

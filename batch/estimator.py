@@ -10,6 +10,7 @@ this module drives them, and is what `gigabatch estimate` calls.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ import anyio.to_thread
 import pyarrow.parquet as pq
 
 from batch.api_types import Usage
+from batch.cache import resolve_cache_dir
 from batch.client import GigaChatClient
 from batch.counting import (
     InputCounter,
@@ -45,6 +47,7 @@ from batch.pricing import PriceTable
 from batch.progress import log_time
 from batch.projection import Reservoir
 from batch.retry import RetryPolicy
+from batch.reuse import AnswerReuse, CachedJobs
 from batch.run_lock import RunLock
 from batch.runner import RunConfig, keep_spec, run_jobs
 from batch.settings import ClientSettings
@@ -72,6 +75,10 @@ class EstimateRequest:
     skip_invalid: bool = False
     quiet: bool = True
     keep_columns: tuple[str, ...] = ()
+    # The answer cache, as `run` would use it (None: the kind's default; the directory's
+    # default is GIGABATCH_CACHE_DIR, else the user cache directory).
+    cache: bool | None = None
+    cache_dir: Path | None = None
 
 
 class _ProgressLine:
@@ -280,24 +287,55 @@ def estimate_jobs(request: EstimateRequest) -> Estimate:
     if request.sample and request.out is not None:
         lock = RunLock.acquire(request.out, "estimate --sample")
         try:
-            return _estimate(request)
+            return _estimate_file(request)
         finally:
             lock.release()
-    return _estimate(request)
+    return _estimate_file(request)
 
 
-def _estimate(request: EstimateRequest) -> Estimate:
+def _estimate_file(request: EstimateRequest) -> Estimate:
     kind = request.make_kind()
     report = validate_jobs(request.jobs_path, kind, keep=keep_spec(kind, request.keep_columns))
     if not request.skip_invalid:
         report.raise_for_problems()
-    jobs = read_jobs(
+    jobs: Iterator[Job] = read_jobs(
         request.jobs_path,
         kind,
         skip_invalid=request.skip_invalid,
         exclude=report.duplicates,
         keep=report.kept,
     )
+    with _cache_sieve(request, kind) as cached:
+        if cached is not None:
+            jobs = cached.misses(jobs)
+        estimate = _estimate(request, kind, report.jobs, jobs)
+    if cached is None or not cached.answered:
+        return estimate
+    note = (
+        f"{cached.answered:,} of {report.jobs:,} jobs are answered in the answer cache: "
+        "a run writes them without a request, so only the other "
+        f"{report.jobs - cached.answered:,} are priced"
+    )
+    return replace(estimate, notes=[*estimate.notes, note], cached_rows=cached.answered)
+
+
+@contextlib.contextmanager
+def _cache_sieve(request: EstimateRequest, kind: JobKind) -> Iterator[CachedJobs | None]:
+    """The answer cache a run with these settings would read, or None when it reads none."""
+    use = request.cache if request.cache is not None else kind.cached_by_default
+    if not use or not kind.keeps_answers:
+        yield None
+        return
+    directory = resolve_cache_dir(request.cache_dir, os.environ)
+    answers = AnswerReuse.open(kind, directory, cache_dir=directory)
+    try:
+        yield CachedJobs(answers)
+    finally:
+        answers.close(finished=False)
+
+
+def _estimate(request: EstimateRequest, kind: JobKind, total: int, jobs: Iterator[Job]) -> Estimate:
+    """Count, sample and price `jobs` (the job file's, less those the cache answers)."""
     tally = Tally(kind.name, kind.has_output)
     sampler: Reservoir[tuple[Job, str]] | None = (
         Reservoir(request.sample, request.seed) if request.sample and kind.has_output else None
@@ -318,7 +356,7 @@ def _estimate(request: EstimateRequest) -> Estimate:
             output_method=_output_method(kind, tally, None, request.confidence),
             notes=notes,
         )
-    balance = anyio.run(_count_online, request, settings, jobs, counter, report.jobs)
+    balance = anyio.run(_count_online, request, settings, jobs, counter, total)
     notes.extend(_counting_notes(kind, counter))
     samples: dict[str, list[int]] | None = None
     sample_report: SampleReport | None = None

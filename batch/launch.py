@@ -179,6 +179,9 @@ def planned_run(
             max_cost=values.pop("max_cost"),
             max_tokens=values.pop("max_tokens_budget"),
             keep_columns=tuple(values.pop("keep_columns")),
+            cache=values.pop("cache"),
+            cache_dir=values.pop("cache_dir"),
+            changed_since=values.pop("changed_since"),
             progress=progress,
         )
         yield RunPlan(config, mode, batch_settings)
@@ -232,6 +235,8 @@ def estimate_from_options(jobs: Path, values: MutableMapping[str, Any]) -> Estim
         "skip_invalid": values.pop("skip_invalid"),
         "quiet": values.pop("quiet"),
         "keep_columns": tuple(values.pop("keep_columns")),
+        "cache": values.pop("cache"),
+        "cache_dir": values.pop("cache_dir"),
     }
     with contextlib.ExitStack() as stack:
         jobs = stack.enter_context(temporary_spool(jobs))

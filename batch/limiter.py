@@ -114,6 +114,7 @@ class AdaptiveLimiter:
         max_hold: int = 256,
         cooldown: Cooldown | None = None,
         clock: Callable[[], float] = time.monotonic,
+        remembered: int | None = None,
     ) -> None:
         if maximum < 1:
             raise ValueError("maximum concurrency must be at least 1")
@@ -151,7 +152,20 @@ class AdaptiveLimiter:
         self.rate_limited = 0
         self.started = clock()
         self._history: deque[tuple[float, int]] = deque(maxlen=20_000)
+        if remembered is not None:
+            self._start_remembered(remembered)
         self._history.append((self.started, self._limit))
+
+    def _start_remembered(self, level: int) -> None:
+        """Start at the level an earlier run settled at, as if a 429 had shown it: no slow
+        start, and the level above is probed as usual (after `hold` windows and 200 s, the
+        spacing after a 1 s pause). A server whose limit dropped refuses at once, and the
+        limit comes down as after any 429."""
+        self._limit = max(1, min(level, self.maximum))
+        self._slow_start = False
+        self._bad = self._limit + 1
+        self._required_windows = self._base_hold
+        self._probe_not_before = self._clock() + self._probe_spacing
 
     @property
     def limit(self) -> int:

@@ -21,7 +21,7 @@ from batch.errors import ConfigError
 from jobs.base import KindOption
 
 Surface = Literal["both", "cli", "api"]
-PathRule = Literal["dir", "file", "existing_file"]
+PathRule = Literal["dir", "existing_dir", "file", "existing_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +124,8 @@ class Option:
         path = Path(value)
         if self.path == "existing_file" and not path.is_file():
             raise self._bad(f"no such file: {path}")
+        if self.path == "existing_dir" and not path.is_dir():
+            raise self._bad(f"no such directory: {path}")
         if self.path == "dir" and path.exists() and not path.is_dir():
             raise self._bad(f"{path} is a file, not a directory")
         if self.path == "file" and path.is_dir():

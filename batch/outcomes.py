@@ -1,5 +1,6 @@
 """What a sent batch turns into for the writer: result rows, failed rows (built here and
 only here, with the columns of `checkpoint.FAILED_SCHEMA`), and the usage billed by model.
+Every result row says whether the answer came from the answer cache (`cached`).
 """
 
 from __future__ import annotations
@@ -7,10 +8,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pyarrow as pa
+
 from batch.api_types import Usage
 from batch.errors import ApiError
 from batch.writer import Outcomes
-from jobs.base import Batch, Job, JobFailure, JobOutcome
+from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult
+
+CACHED_COLUMN = "cached"
+
+
+def with_cached_column(schema: pa.Schema) -> pa.Schema:
+    """A kind's result schema with the engine's `cached` column (true: a cache hit)."""
+    return schema.append(pa.field(CACHED_COLUMN, pa.bool_()))
 
 
 def failure_row(
@@ -74,7 +84,24 @@ def answered_batch(answers: Sequence[JobOutcome], attempts: int, latency: float)
         row["id"] = outcome.job.id
         row["attempts"] = attempts
         row["latency_ms"] = latency_ms
+        row[CACHED_COLUMN] = False
         out.results.append(row)
         out.usage[outcome.model] = out.usage.get(outcome.model, Usage()) + outcome.usage
         out.unknown_usage += not outcome.usage_known
+    return out
+
+
+def reused_batch(results: Sequence[JobResult], *, cached: bool) -> Outcomes:
+    """The rows of answers not sent by this run: cache hits (`cached`, unbilled) or answers
+    an earlier leg received and journalled (billed by that leg). Nothing was attempted."""
+    out = Outcomes()
+    for result in results:
+        row = dict(result.row)
+        row["id"] = result.job.id
+        row["attempts"] = 0
+        row["latency_ms"] = 0.0
+        row[CACHED_COLUMN] = cached
+        out.results.append(row)
+        if not cached:
+            out.usage[result.model] = out.usage.get(result.model, Usage()) + result.usage
     return out

@@ -41,11 +41,12 @@ def progress_line(stats: RunStats) -> str:
     answered = stats.succeeded + stats.failed
     elapsed = stats.elapsed
     rate = answered / elapsed if elapsed > 0 else 0.0
-    done = stats.skipped + answered
+    done = stats.skipped + answered + stats.unchanged
     # Rounded up: "ETA 0s" must not show while thousands of jobs remain.
     eta = _duration(math.ceil(stats.remaining / rate)) if rate > 0 and stats.remaining else "-"
+    reused = f", {_count(stats.from_cache)} from cache" if stats.from_cache else ""
     return (
-        f"{done}/{stats.total_jobs} done ({stats.failed_before + stats.failed} failed) | "
+        f"{done}/{stats.total_jobs} done ({stats.failed_before + stats.failed} failed{reused}) | "
         f"this run: {rate:.1f} jobs/s, {_count(stats.tokens.total_tokens)} tokens, "
         f"{stats.cost:.2f} {stats.prices.currency} | "
         f"429s {stats.rate_limited} | concurrency {stats.concurrency}/{stats.max_concurrency} | "

@@ -34,18 +34,20 @@ from batch.eventlog import EventLog
 from batch.failures import failure_classes
 from batch.invalid_log import OnProblem, invalid_log
 from batch.limiter import AdaptiveLimiter
+from batch.outcomes import reused_batch, with_cached_column
 from batch.pipeline import run_pipeline
 from batch.pricing import PriceTable
 from batch.progress import Progress, ProgressMode, RunStart
 from batch.recording import AttemptRecorder
 from batch.retry import RetryPolicy
+from batch.reuse import RunReuse
 from batch.run_lock import RunLock
 from batch.sending import BatchSender, BudgetGate
 from batch.stopping import EarlySignals, RunStop
 from batch.storage import check_writable, output_errors
 from batch.summary import RunStats, RunSummary, build_summary, run_outcome
 from batch.writer import Outcomes, PartWriter
-from jobs.base import Batch, Job, JobKind, Packer, Problem, SourceLocation
+from jobs.base import Batch, Job, JobKind, JobResult, Packer, Problem, SourceLocation
 from jobs.passthrough import KeepSpec
 from jobs.readers import ValidationReport, read_jobs, validate_jobs
 
@@ -87,6 +89,13 @@ class RunConfig:
     handle_signals: bool = True
     disk_wait: float = 600.0
     locked_by_caller: bool = False  # the caller holds out_dir's RunLock (estimate --sample)
+    # The answer cache: None uses it when the kind's answers are cached by default
+    # (embeddings); `cache_dir` None is GIGABATCH_CACHE_DIR, else the user cache directory.
+    cache: bool | None = None
+    cache_dir: Path | None = None
+    # Write only the rows whose id is new or whose answer changed since this earlier output,
+    # and the ids that disappeared (OUT/removed/).
+    changed_since: Path | None = None
 
 
 def open_client(
@@ -124,10 +133,14 @@ async def run_jobs(config: RunConfig) -> RunSummary:
     try:
         await anyio.to_thread.run_sync(check_writable, config.out_dir)
         run = await _prepare_watching_signals(config)
+        finished = False
         try:
-            return await run.execute()
+            summary = await run.execute()
+            finished = summary.status in ("completed", "failed_rows")
+            return summary
         finally:
             run.recorder.close()
+            await anyio.to_thread.run_sync(partial(run.close_reuse, finished=finished))
     finally:
         if lock is not None:
             lock.release()
@@ -162,6 +175,9 @@ async def _prepare(config: RunConfig, early: EarlySignals) -> _Run:
     report = await anyio.to_thread.run_sync(validate)
     if not config.skip_invalid:
         report.raise_for_problems()
+    settings = dict(kind.answer_settings())
+    if config.changed_since is not None:
+        settings["changed_since"] = str(config.changed_since.resolve())
     checkpoint = await anyio.to_thread.run_sync(
         partial(
             Checkpoint.open,
@@ -169,7 +185,7 @@ async def _prepare(config: RunConfig, early: EarlySignals) -> _Run:
             kind=kind.name,
             input_path=str(config.jobs_path),
             input_fingerprint=report.fingerprint,
-            settings={**kind.answer_settings(), **keep.settings()},
+            settings={**settings, **keep.settings()},
             total_jobs=report.jobs,
             restart=config.restart,
             retry_failed=config.retry_failed,
@@ -205,8 +221,20 @@ async def _prepare(config: RunConfig, early: EarlySignals) -> _Run:
             restart=config.restart,
         )
     )
+    reuse = await anyio.to_thread.run_sync(
+        partial(
+            RunReuse.open,
+            kind,
+            config.out_dir,
+            cache=config.cache,
+            cache_dir=config.cache_dir,
+            changed_since=config.changed_since,
+            client_settings=config.client_settings,
+            restart=config.restart,
+        )
+    )
     start = _run_start(config, report, len(checkpoint.done), prices)
-    return _Run(config, checkpoint, stats, budget, report, events, start)
+    return _Run(config, checkpoint, stats, budget, report, events, start, reuse)
 
 
 def keep_spec(kind: JobKind, columns: tuple[str, ...]) -> KeepSpec:
@@ -242,6 +270,15 @@ def _run_start(
     )
 
 
+@dataclass
+class _Chunk:
+    """What the producer made of one chunk of jobs."""
+
+    batches: list[Batch] = field(default_factory=list)
+    reused: list[Outcomes] = field(default_factory=list)
+    finished: bool = False
+
+
 class _Run:
     """One run while it executes: it wires the parts together and writes the summary.
 
@@ -258,6 +295,7 @@ class _Run:
         report: ValidationReport,
         events: EventLog,
         start: RunStart,
+        reuse: RunReuse,
     ) -> None:
         self.config = config
         self.start = start
@@ -267,7 +305,11 @@ class _Run:
         self.duplicates = report.duplicates
         self.kept = report.kept
         self._last_invalid: SourceLocation | None = None
-        self.limiter = AdaptiveLimiter(config.max_concurrency, initial=config.initial_concurrency)
+        self.reuse = reuse
+        self.recalled = reuse.limit.recall() if reuse.limit is not None else None
+        self.limiter = AdaptiveLimiter(
+            config.max_concurrency, initial=config.initial_concurrency, remembered=self.recalled
+        )
         self.stop = RunStop(self.limiter, config.grace_period)
         self.recorder = AttemptRecorder(events, self.limiter, stats.prices)
         self.sender = BatchSender(
@@ -278,7 +320,15 @@ class _Run:
             stop=self.stop,
             budget=BudgetGate(budget, self.stop) if budget is not None else None,
             recorder=self.recorder,
+            on_answers=reuse.answers.keep,
         )
+
+    def close_reuse(self, *, finished: bool) -> None:
+        """Commit the answers handed to the cache or journal, and remember the limit."""
+        reuse = self.reuse
+        reuse.answers.close(finished=finished)
+        if reuse.limit is not None and self.stats.requests:
+            reuse.limit.keep(self.limiter, recalled=self.recalled)
 
     def _client(self) -> AbstractAsyncContextManager[GigaChatClient]:
         return open_client(self.config, self.config.max_concurrency)
@@ -290,7 +340,9 @@ class _Run:
         kept = self.kept
         writer = PartWriter(
             self.checkpoint,
-            kept.extend(self.kind.result_schema()) if kept else self.kind.result_schema(),
+            with_cached_column(
+                kept.extend(self.kind.result_schema()) if kept else self.kind.result_schema()
+            ),
             flush_interval=config.flush_interval,
             flush_rows=config.flush_rows,
             on_error=partial(self._commit_failed, progress),
@@ -311,7 +363,7 @@ class _Run:
                     async with send_out:
                         with self.stop.workers_scope:
                             await run_pipeline(
-                                partial(self._produce, on_problem),
+                                partial(self._produce, on_problem, send_out),
                                 partial(self._work, client, send_out),
                                 workers=config.max_concurrency,
                             )
@@ -364,8 +416,13 @@ class _Run:
             self._last_invalid = problem.location
 
     async def _produce(
-        self, on_problem: OnProblem | None, send: MemoryObjectSendStream[Batch]
+        self,
+        on_problem: OnProblem | None,
+        answered: MemoryObjectSendStream[Outcomes],
+        send: MemoryObjectSendStream[Batch],
     ) -> None:
+        """Read the jobs, hand reused answers straight to the writer (`answered`) and the
+        batches to send to the workers (`send`)."""
         with self.stop.producer_scope:
             jobs = read_jobs(
                 self.config.jobs_path,
@@ -379,32 +436,71 @@ class _Run:
             finished = False
             while not finished:
                 try:
-                    batches, finished = await anyio.to_thread.run_sync(
-                        self._next_batches, jobs, packer
-                    )
+                    chunk = await anyio.to_thread.run_sync(self._next_chunk, jobs, packer)
                 except GigabatchError as exc:  # the input changed under the run
                     self.stop.stop("fatal", str(exc), exc)
                     return
-                for batch in batches:
+                finished = chunk.finished
+                for reused in chunk.reused:
+                    if reused.results:
+                        await answered.send(reused)
+                for batch in chunk.batches:
                     await send.send(batch)
+            changes = self.reuse.changes
+            if changes is not None:
+                await anyio.to_thread.run_sync(changes.write_removed, self.config.out_dir)
 
-    def _next_batches(self, jobs: Iterator[Job], packer: Packer) -> tuple[list[Batch], bool]:
-        """Read up to a chunk of jobs (in a thread): skip done and filtered-out ones, pack
-        the rest. Returns the batches that became full, and whether the input is over."""
+    def _next_chunk(self, jobs: Iterator[Job], packer: Packer) -> _Chunk:
+        """Read up to a chunk of jobs (in a thread): skip done and filtered-out ones, take
+        the already answered ones from the cache or journal, pack the rest."""
         done = self.checkpoint.done
         check_done = len(done) > 0
         keep = self.config.job_filter
-        batches: list[Batch] = []
+        changes = self.reuse.changes
+        chunk = _Chunk()
+        todo: list[Job] = []
         for _ in range(_READ_CHUNK):
             job = next(jobs, None)
             if job is None:
-                batches.extend(packer.flush())
-                return batches, True
+                chunk.finished = True
+                break
+            if changes is not None:
+                changes.seen(job.id)
             if (check_done and job.id in done) or (keep is not None and not keep(job)):
                 self.stats.skipped += 1
                 continue
-            batches.extend(packer.add(job))
-        return batches, False
+            todo.append(job)
+        answers = self.reuse.answers
+        if answers.active and todo:
+            found = answers.lookup(todo)
+            todo = found.to_send
+            self._count_reused(chunk, found.cached, cached=True)
+            self._count_reused(chunk, found.journalled, cached=False)
+        for job in todo:
+            chunk.batches.extend(packer.add(job))
+        if chunk.finished:
+            chunk.batches.extend(packer.flush())
+        return chunk
+
+    def _count_reused(self, chunk: _Chunk, results: list[JobResult], *, cached: bool) -> None:
+        if not results:
+            return
+        out = reused_batch(results, cached=cached)
+        self.stats.succeeded += len(results)
+        if cached:
+            self.stats.from_cache += len(results)
+        else:
+            self.stats.from_journal += len(results)
+        self._drop_unchanged(out)
+        chunk.reused.append(out)
+
+    def _drop_unchanged(self, out: Outcomes) -> None:
+        """--changed-since: leave out the rows answered as in the earlier output."""
+        changes = self.reuse.changes
+        if changes is not None and out.results:
+            unchanged = changes.drop_unchanged(out)
+            self.stats.unchanged += unchanged
+            self.stats.succeeded -= unchanged
 
     async def _work(
         self, client: GigaChatClient, send: MemoryObjectSendStream[Outcomes], batch: Batch
@@ -414,6 +510,7 @@ class _Run:
             return False
         outcomes = await self.sender.send(client, batch)
         if outcomes is not None:
+            self._drop_unchanged(outcomes)
             # Answered (and billed): hand it to the writer even if the grace period ends
             # now; the writer keeps reading until every worker is gone.
             with anyio.CancelScope(shield=True):

@@ -9,7 +9,7 @@ neither), send through the job kind, and retry per the run's policy.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -98,6 +98,7 @@ class BatchSender:
         stop: RunStop,
         budget: BudgetGate | None,
         recorder: AttemptRecorder | None = None,
+        on_answers: Callable[[Sequence[JobOutcome]], None] | None = None,
     ) -> None:
         self.kind = kind
         self.limiter = limiter
@@ -106,6 +107,8 @@ class BatchSender:
         self.stop = stop
         self.budget = budget
         self.recorder = recorder
+        # Told every answered batch's outcomes (the answer cache or journal keeps them).
+        self.on_answers = on_answers
         self._default_model = str(kind.answer_settings().get("model") or "")
 
     async def send(self, client: GigaChatClient, batch: Batch) -> Outcomes | None:
@@ -149,6 +152,8 @@ class BatchSender:
         return out
 
     def _answered(self, answers: Sequence[JobOutcome], attempt: _Attempt) -> Outcomes:
+        if self.on_answers is not None:
+            self.on_answers(answers)
         out = answered_batch(answers, attempt.count, attempt.latency)
         if out.unknown_usage:
             self._at_ceiling(out, attempt.batch)

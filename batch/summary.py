@@ -38,7 +38,10 @@ class RunStats:
     failed_before: int = 0  # of them, those in failed/
     skipped: int = 0  # jobs this run did not send: done before, or left out by a filter
     invalid: int = 0
-    succeeded: int = 0
+    succeeded: int = 0  # answered this run: sent, or reused (the next two, not billed here)
+    from_cache: int = 0  # answers found in the answer cache
+    from_journal: int = 0  # answers an earlier leg received and journalled before a kill
+    unchanged: int = 0  # --changed-since: answered as in the earlier output, so not written
     failed: int = 0
     requests: int = 0
     retries: int = 0
@@ -64,7 +67,15 @@ class RunStats:
 
     @property
     def remaining(self) -> int:
-        return max(0, self.total_jobs - self.skipped - self.succeeded - self.failed)
+        return max(
+            0, self.total_jobs - self.skipped - self.succeeded - self.failed - self.unchanged
+        )
+
+    @property
+    def sent(self) -> int:
+        """Jobs answered by a request of this run."""
+        answered = self.succeeded + self.failed + self.unchanged
+        return answered - self.from_cache - self.from_journal
 
 
 @dataclass
@@ -185,6 +196,9 @@ class RunSummary:
                 f"  invalid: {jobs['invalid_skipped']} lines skipped (--skip-invalid), "
                 f"listed in {Path(d['out']) / INVALID}"
             )
+        reused = jobs["this_run"]
+        if reused["from_cache"] or reused["from_journal"] or reused["unchanged"]:
+            lines.append(_reuse_line(reused))
         lines.extend(_failure_lines(d, retry_command))
         for kind, t in d["tokens"].items():
             lines.append(
@@ -266,6 +280,17 @@ def _failure_lines(data: dict[str, Any], retry_command: str | None) -> list[str]
     return lines
 
 
+def _reuse_line(this_run: dict[str, Any]) -> str:
+    """`  reuse: 9,900 from cache, 100 sent` (and what a journal or --changed-since did)."""
+    parts = [f"{this_run['from_cache']:,} from cache"]
+    if this_run["from_journal"]:
+        parts.append(f"{this_run['from_journal']:,} from the journal")
+    parts.append(f"{this_run['sent']:,} sent")
+    if this_run["unchanged"]:
+        parts.append(f"{this_run['unchanged']:,} unchanged since the earlier output (not written)")
+    return "  reuse: " + ", ".join(parts)
+
+
 def build_summary(
     *,
     status: str,
@@ -291,13 +316,19 @@ def build_summary(
             "total": stats.total_jobs,
             "succeeded": totals.succeeded,
             "failed": totals.failed,
-            "remaining": max(0, stats.total_jobs - totals.succeeded - totals.failed),
+            "remaining": max(
+                0, stats.total_jobs - totals.succeeded - totals.failed - stats.unchanged
+            ),
             "invalid_skipped": stats.invalid,
             "this_run": {
                 "succeeded": stats.succeeded,
                 "failed": stats.failed,
                 "skipped": stats.skipped,
                 "done_before": stats.done_before,
+                "from_cache": stats.from_cache,
+                "from_journal": stats.from_journal,
+                "sent": stats.sent,
+                "unchanged": stats.unchanged,
             },
         },
         "failures": {f.error_class: f.to_json() for f in failures},

@@ -17,6 +17,7 @@ from batch.api_types import Usage
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from batch.cache.answers import CachedAnswer
     from batch.client import GigaChatClient
 
 
@@ -191,6 +192,12 @@ class JobKind(abc.ABC):
     has_output: ClassVar[bool] = True
     # What a line of this kind is, for `--kind`'s help.
     summary: ClassVar[str] = ""
+    # Whether runs reuse answers from the answer cache unless told otherwise (--cache,
+    # --no-cache): yes for deterministic answers (embeddings), no for sampled ones (chat).
+    cached_by_default: ClassVar[bool] = False
+    # Whether the kind keeps answers at all (`cache_material`, `cache_entry`, `cached_row`
+    # defined): only then may the cache or the answer journal hold them.
+    keeps_answers: ClassVar[bool] = False
 
     def __init__(self, options: KindOptions) -> None:
         self.options = options
@@ -287,3 +294,18 @@ class JobKind(abc.ABC):
     def output_bound_note(self, rows_defaulted: int) -> str:
         """How rows without their own output bound were counted, for the estimate."""
         return ""
+
+    def cache_material(self, job: Job) -> bytes | None:
+        """Everything that determines `job`'s answer, as bytes (the engine hashes them into
+        the answer cache's key); None when this kind's answers are never reused."""
+        return None
+
+    def cache_entry(self, outcome: JobResult) -> CachedAnswer | None:
+        """`outcome`'s answer as the cache and the answer journal keep it, or None when
+        this kind keeps no answers (then nothing is cached or journalled)."""
+        return None
+
+    def cached_row(self, job: Job, answer: CachedAnswer) -> JobResult:
+        """`job` answered by a kept answer (`cache_entry`'s): the row as the answer first
+        gave it, with the usage billed then (the engine bills a cache hit nothing)."""
+        raise NotImplementedError(f"{self.name} keeps answers but does not define cached_row")

@@ -11,6 +11,7 @@ prefix as `precached_prompt_tokens`, which are not billed.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +22,8 @@ import pyarrow as pa
 
 from batch import wire
 from batch.api_types import ChatCompletion, Usage
+from batch.cache.answers import CachedAnswer, chat_from_payload, chat_payload
+from batch.cache.keys import chat_material
 from batch.errors import ConfigError
 from jobs.base import (
     Batch,
@@ -145,6 +148,7 @@ class ChatKind(JobKind):
     cli_options: ClassVar[tuple[KindOption, ...]] = CLI_OPTIONS
     batch_api_method: ClassVar[str] = "chat_completions"
     summary: ClassVar[str] = "a chat completion"
+    keeps_answers: ClassVar[bool] = True
     options: ChatOptions
 
     def __init__(self, options: ChatOptions | None = None) -> None:
@@ -304,6 +308,29 @@ class ChatKind(JobKind):
             "budget does not cap them)"
         )
 
+    def cache_material(self, job: Job) -> bytes:
+        """The model, every message, the functions and every answer-affecting parameter."""
+        return chat_material(job.request)
+
+    def cache_entry(self, outcome: JobResult) -> CachedAnswer:
+        row = outcome.row
+        fields = {name: row[name] for name in _ANSWER_COLUMNS}
+        usage = outcome.usage
+        billed = usage.total_tokens - usage.precached_prompt_tokens
+        return CachedAnswer(chat_payload(fields), outcome.model, time.time(), billed)
+
+    def cached_row(self, job: Job, answer: CachedAnswer) -> JobResult:
+        fields = chat_from_payload(answer.payload)
+        row: dict[str, Any] = {name: fields.get(name) for name in _ANSWER_COLUMNS}
+        row["model"] = answer.model
+        row["metadata"] = json_text(job.metadata)
+        usage = Usage(
+            prompt_tokens=int(row["prompt_tokens"] or 0),
+            completion_tokens=int(row["completion_tokens"] or 0),
+            precached_prompt_tokens=int(row["precached_prompt_tokens"] or 0),
+        )
+        return JobResult(job=job, row=row, usage=usage, model=answer.model)
+
     def result_schema(self) -> pa.Schema:
         return pa.schema(
             [
@@ -321,6 +348,18 @@ class ChatKind(JobKind):
                 pa.field("function_call", pa.string()),
             ]
         )
+
+
+# The result columns an answer gives (the rest are the engine's, or the job's metadata).
+_ANSWER_COLUMNS = (
+    "content",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "precached_prompt_tokens",
+    "total_tokens",
+    "function_call",
+)
 
 
 def _result(job: Job, answer: ChatCompletion) -> JobResult:

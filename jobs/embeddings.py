@@ -11,6 +11,8 @@ still get their vectors.
 
 from __future__ import annotations
 
+import sys
+import time
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ import pyarrow as pa
 
 from batch import wire
 from batch.api_types import Embeddings, TokenCount, Usage
+from batch.cache.answers import CachedAnswer
+from batch.cache.keys import canonical_json, embedding_material
 from batch.errors import ConfigError, FatalError, PayloadTooLarge, ServerError
 from batch.lru import Lru, text_key
 from jobs.base import (
@@ -68,6 +72,7 @@ EMBEDDING_OVERHEAD = 5
 # floats, 1,638 of 2560), so memory stays flat however long the run.
 CACHE_BYTES = 16 * 1024 * 1024
 _FIELDS = ("id", "text", "model", "metadata")
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +153,8 @@ class EmbeddingsKind(JobKind):
     batch_api_method: ClassVar[str] = "embedder"
     has_output: ClassVar[bool] = False
     summary: ClassVar[str] = "a text to embed"
+    cached_by_default: ClassVar[bool] = True
+    keeps_answers: ClassVar[bool] = True
     options: EmbeddingOptions
 
     def __init__(self, options: EmbeddingOptions | None = None) -> None:
@@ -311,6 +318,36 @@ class EmbeddingsKind(JobKind):
             if self.options.on_long_text == "truncate"
             else "fails them without sending (not counted; --on-long-text truncate cuts them)"
         )
+
+    def cache_material(self, job: Job) -> bytes:
+        """The model and the exact text. A truncating run's answers are kept apart: an
+        over-long text gets a vector there and fails its row otherwise."""
+        model, text = str(job.request["model"]), str(job.request["text"])
+        if self.options.on_long_text == "truncate":
+            return canonical_json([model, text, "truncate"])
+        return embedding_material(model, text)
+
+    def cache_entry(self, outcome: JobResult) -> CachedAnswer:
+        row = outcome.row
+        vector: array[float] = row["embedding"]
+        if _BIG_ENDIAN:  # the payload is little-endian float32
+            vector = array("f", vector)
+            vector.byteswap()
+        return CachedAnswer(vector.tobytes(), outcome.model, time.time(), row["prompt_tokens"])
+
+    def cached_row(self, job: Job, answer: CachedAnswer) -> JobResult:
+        values = array("f")
+        values.frombytes(answer.payload)
+        if _BIG_ENDIAN:
+            values.byteswap()
+        row = {
+            "embedding": values,
+            "prompt_tokens": answer.tokens,
+            "model": answer.model,
+            "metadata": json_text(job.metadata),
+        }
+        usage = Usage(prompt_tokens=answer.tokens)
+        return JobResult(job=job, row=row, usage=usage, model=answer.model)
 
     def _outcomes(
         self,

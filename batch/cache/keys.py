@@ -67,8 +67,9 @@ def chat_material(body: Mapping[str, Any]) -> bytes:
 
 def embedding_material(model: str, text: str) -> bytes:
     """Key material of one embedded text: the model and the exact text (no normalisation:
-    a changed space is a changed text)."""
-    return canonical_json([model, text])
+    a changed space is a changed text). The bytes of `canonical_json([model, text])`: two
+    strings need no normalising, and this runs once per job of every cached run."""
+    return orjson.dumps([model, text])
 
 
 def _normalise(value: Any) -> Any:

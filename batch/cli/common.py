@@ -82,9 +82,9 @@ def click_option(option: Option) -> Callable[[F], F]:
 def _click_type(option: Option) -> Any:
     if option.path is not None:
         return click.Path(
-            exists=option.path == "existing_file",
-            file_okay=option.path != "dir",
-            dir_okay=option.path == "dir",
+            exists=option.path in ("existing_file", "existing_dir"),
+            file_okay=option.path in ("file", "existing_file"),
+            dir_okay=option.path in ("dir", "existing_dir"),
             path_type=Path if option.type is Path else None,
         )
     if option.choices:

@@ -37,7 +37,8 @@ def estimate(jobs_path: Path, as_json: bool, **options: Any) -> None:
     jobs are answered for real, the total is projected with a confidence interval, and the
     per-message overhead is checked against what their prompts were billed. The
     prepaid balance, where the account has one, is shown next to the estimate. --offline
-    approximates from characters without credentials or requests.
+    approximates from characters without credentials or requests. Jobs the answer cache
+    answers already (embeddings by default, chat with --cache) are counted, not priced.
 
     \b
     Examples:

@@ -95,6 +95,8 @@ def run(jobs: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
       gigabatch run corpus.parquet --out out/c --keep-columns lang,source --emulator
       gigabatch run texts.parquet --kind embed --text-column body --out out/emb \\
           --max-concurrency 32 --max-cost 50
+      gigabatch run texts.parquet --kind embed --out out/$(date +%F) \\
+          --changed-since out/yesterday
     """
     progress: ProgressMode = "off" if quiet else "auto"
     given = jobs
