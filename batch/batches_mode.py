@@ -44,6 +44,7 @@ from batch.errors import (
     RetryableError,
 )
 from batch.failures import failure_classes
+from batch.outcomes import with_cached_column
 from batch.pricing import PriceTable
 from batch.progress import Progress
 from batch.runner import RunConfig, keep_spec, open_client
@@ -145,7 +146,7 @@ class _BatchesRun:
         self.duplicates = report.duplicates
         self.kept = report.kept
         schema = self.kind.result_schema()
-        self.result_schema = self.kept.extend(schema) if self.kept else schema
+        self.result_schema = with_cached_column(self.kept.extend(schema) if self.kept else schema)
         self.failed_schema = self.kept.extend(FAILED_SCHEMA) if self.kept else FAILED_SCHEMA
         self.waiting: dict[int, _Waiting] = {}
         self.pacing = PollPacing(settings.poll_initial_s, settings.poll_max_s)

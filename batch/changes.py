@@ -78,7 +78,9 @@ class ChangeFilter:
     def drop_unchanged(self, out: Outcomes) -> int:
         """Remove from `out` the result rows answered as in the earlier output; returns how
         many were removed."""
-        table = rows_to_table(out.results, self.schema)
+        # Only the compared columns: rows also carry the engine's and the kept input's.
+        compared = [{name: row.get(name) for name in self.schema.names} for row in out.results]
+        table = rows_to_table(compared, self.schema)
         digests = row_digests(table, self.columns)
         kept = [
             row
