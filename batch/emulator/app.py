@@ -23,7 +23,7 @@ from batch.emulator import chat
 from batch.emulator.config import SCOPE_STREAM_LIMITS, SCOPES, EmulatorConfig, coerce_knobs
 from batch.emulator.content import embedding_json
 from batch.emulator.faults import HTML_502, FaultDice
-from batch.emulator.limits import RateWindow, Storm, StreamLimiter, TokenStore, retry_after
+from batch.emulator.limits import RateWindow, StreamLimiter, TokenStore, Window, retry_after
 from batch.emulator.models import MODELS, model_entry
 from batch.emulator.pacing import Pacer
 from batch.emulator.stats import Stats
@@ -53,6 +53,7 @@ SERVER_ERROR = _error(500, "Internal Server Error")
 GATEWAY_TIMEOUT = _error(504, "Gateway Timeout")
 FORBIDDEN = _error(403, "Permission denied")
 PAYMENT_REQUIRED = _error(402, "Payment required: token balance exhausted")
+SERVICE_UNAVAILABLE = _error(503, "Service Unavailable")
 METHOD_NOT_ALLOWED = _error(405, "Method not allowed")
 # A reset cuts the answer after this many bytes of a body announced as much longer.
 RESET_AFTER = b'{"choices":[{"message":{"role":"assistant","content":"'
@@ -74,12 +75,16 @@ class Call:
     """One request in flight: what the handlers need and the status it got."""
 
     __slots__ = (
-        "arrived", "body", "due", "headers", "method", "path", "query", "request_id", "send",
-        "session", "status",
+        "arrived", "body", "drip_s", "due", "headers", "method", "path", "query", "receive",
+        "request_id", "send", "session", "status",
     )
 
-    def __init__(self, scope: Scope, body: bytes, send: Send, arrived: float) -> None:
+    def __init__(
+        self, scope: Scope, body: bytes, send: Send, receive: Receive, arrived: float
+    ) -> None:
         self.arrived = arrived
+        self.drip_s = 0.0  # > 0: the answer trickles out one byte per drip_s (a fault)
+        self.receive = receive
         self.due: float | None = None  # when a paced answer is due (`EmulatorApp._wait`)
         self.path: str = scope["path"]
         self.method: str = scope["method"]
@@ -117,7 +122,28 @@ class Call:
                 *extra,
             ],
         })
+        if self.drip_s > 0:
+            await self._drip(body)
+            return
         await self.send({"type": "http.response.body", "body": body})
+
+    async def _drip(self, body: bytes) -> None:
+        """Send `body` one byte per `drip_s`, until done or the client gives up."""
+        for i in range(len(body)):
+            more = i + 1 < len(body)
+            chunk = body[i : i + 1]
+            await self.send({"type": "http.response.body", "body": chunk, "more_body": more})
+            if more and await self.gone_within(self.drip_s):
+                self.status = 0
+                return
+
+    async def gone_within(self, seconds: float) -> bool:
+        """Wait up to `seconds`; True as soon as the client disconnects."""
+        try:
+            message = await asyncio.wait_for(self.receive(), seconds)
+        except TimeoutError:
+            return False
+        return bool(message.get("type") == "http.disconnect")
 
     async def stream(self, frames: list[bytes], gap_s: float) -> None:
         self.status = 200
@@ -172,7 +198,12 @@ class EmulatorApp:
         self.pacer = Pacer()
         self.tokens = TokenStore()
         self.oauth_rate = RateWindow()
-        self.storm = Storm()
+        self.storm = Window()
+        self.outage = Window()
+        if config.outage_start_s is not None:
+            start = time.time() + config.outage_start_s
+            self.outage.start(start, config.outage_s)
+        self.answered = 0  # API requests answered 200 (for `payment_after`)
         self.cache = chat.PrefixCache()
         self.credentials = credentials_for(config).encode()
         self._seed(config.seed)
@@ -206,7 +237,7 @@ class EmulatorApp:
         while message.get("more_body"):
             message = await receive()
             body += message.get("body", b"")
-        call = Call(scope, body, send, arrived)
+        call = Call(scope, body, send, receive, arrived)
         path = call.path
         if path.startswith("/_emulator/"):
             await self._control(call)
@@ -237,12 +268,20 @@ class EmulatorApp:
 
     async def _api(self, call: Call, handler: Handler, limited: bool) -> None:
         now = time.time()
+        if self.outage.active(now):
+            self.stats.faults["outage"] += 1
+            await self._unavailable(call)
+            return
         storm = self.storm.remaining(now)
         if storm > 0:
             await self._too_many(call, storm, now)
             return
         scope = await self._authorize(call, now)
         if scope is None:
+            return
+        payment_after = self.config.payment_after
+        if payment_after is not None and self.answered >= payment_after:
+            await call.reply(402, PAYMENT_REQUIRED)
             return
         if not limited:
             await handler(call, scope)
@@ -255,9 +294,14 @@ class EmulatorApp:
         self.stats.concurrency(self.streams.total())
         try:
             fault = self.dice.roll(config)
+            if fault == "drip":
+                self.stats.faults[fault] += 1
+                call.drip_s = config.drip_ms / 1000
+                fault = None
             if fault is None:
                 await handler(call, scope)
                 if call.status == 200:
+                    self.answered += 1
                     sent = time.time()
                     self.stats.service(sent - call.arrived)
                     if call.due is not None:
@@ -293,27 +337,43 @@ class EmulatorApp:
         elif fault == "html_502":
             await call.reply(502, HTML_502, content_type=b"text/html")
         elif fault == "reset":
-            # Announce a long body, send its first bytes, return: uvicorn then closes the
-            # connection, which the client sees as a reset mid-response.
-            await call.send({
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", JSON),
-                    (b"content-length", RESET_ANNOUNCED),
-                    (b"x-request-id", call.request_id),
-                    (b"x-session-id", call.session_id),
-                ],
-            })
-            await call.send({"type": "http.response.body", "body": RESET_AFTER, "more_body": True})
+            await self._cut(call)
         elif fault == "hang":
-            await asyncio.sleep(self.config.hang_s)
-            await call.reply(504, GATEWAY_TIMEOUT)
+            # A real hung upstream frees nothing either, but a client that gave up is gone:
+            # its stream is released then (or after hang_s, with a 504).
+            if not await call.gone_within(self.config.hang_s):
+                await call.reply(504, GATEWAY_TIMEOUT)
         elif fault == "error_body":
             await call.reply(200, TOO_MANY)
+        elif fault == "429":
+            await call.reply(429, TOO_MANY)
+        elif fault == "401":
+            await call.reply(401, EXPIRED)
         else:  # storm: this request opens it
             self.storm.start(now, self.config.storm_s)
             await self._too_many(call, self.storm.remaining(now), now)
+
+    async def _cut(self, call: Call) -> None:
+        """Announce a long body, send its first bytes, return: uvicorn then closes the
+        connection, which the client sees as a reset mid-response."""
+        await call.send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", JSON),
+                (b"content-length", RESET_ANNOUNCED),
+                (b"x-request-id", call.request_id),
+                (b"x-session-id", call.session_id),
+            ],
+        })
+        await call.send({"type": "http.response.body", "body": RESET_AFTER, "more_body": True})
+
+    async def _unavailable(self, call: Call) -> None:
+        """An API request during an outage: no answer (the connection is cut), or a 503."""
+        if self.config.outage_mode == "503":
+            await call.reply(503, SERVICE_UNAVAILABLE)
+        else:
+            await self._cut(call)
 
     def _latency(self, prompt: int, completion: int) -> tuple[float, float]:
         """Seeded latency split into (before the answer starts, while it streams)."""
@@ -358,7 +418,9 @@ class EmulatorApp:
         if call.method != "POST":
             await call.reply(405, METHOD_NOT_ALLOWED)
             return
-        if not self.oauth_rate.allow(now, config.oauth_rate_per_s):
+        if not self.oauth_rate.allow(now, config.oauth_rate_per_s) or self.dice.oauth_refused(
+            config
+        ):
             header, _ = retry_after(config.retry_after, 1.0, now)
             extra = ((b"retry-after", header),) if header else ()
             await call.reply(429, _oauth_error(10, "Too many requests"), extra=extra)
@@ -528,13 +590,16 @@ class EmulatorApp:
             "config": self.config.to_dict(),
             "stream_limit": self.config.effective_stream_limit,
             "storm_remaining_s": self.storm.remaining(time.time()),
+            "outage_remaining_s": self.outage.remaining(time.time()),
         }
 
     def reconfigure(self, knobs: dict[str, Any]) -> None:
         """Change runtime knobs (ValueError for unknown, fixed or invalid ones);
-        `start_storm_s` opens a 429 storm of that many seconds now."""
+        `start_storm_s` opens a 429 storm of that many seconds now, `start_outage_s` an
+        outage (see `outage_mode`)."""
         knobs = dict(knobs)
         storm = knobs.pop("start_storm_s", None)
+        outage = knobs.pop("start_outage_s", None)
         changes = coerce_knobs(knobs)
         fixed = sorted(
             name for name in changes
@@ -549,6 +614,8 @@ class EmulatorApp:
             self.balance = self._fresh_balance()
         if storm is not None:
             self.storm.start(time.time(), float(storm))
+        if outage is not None:
+            self.outage.start(time.time(), float(outage))
 
     async def _control(self, call: Call) -> None:
         path, method = call.path, call.method

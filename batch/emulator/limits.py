@@ -1,5 +1,5 @@
 """The limits the real service enforces: concurrent streams per scope, token lifetime,
-the OAuth request rate, 429 storms, and how a 429 announces when to come back."""
+the OAuth request rate, 429 storms and outages, and how a 429 announces when to come back."""
 
 from __future__ import annotations
 
@@ -69,17 +69,24 @@ class RateWindow:
         return True
 
 
-class Storm:
-    """A window during which every API request is refused with 429."""
+class Window:
+    """A span of time during which every API request is refused: a 429 storm, an outage."""
 
     def __init__(self) -> None:
+        self.begins = 0.0
         self.until = 0.0
 
-    def start(self, now: float, seconds: float) -> None:
-        self.until = max(self.until, now + seconds)
+    def start(self, at: float, seconds: float) -> None:
+        """Refuse from `at` (unix seconds, may be in the future) for `seconds`."""
+        if at >= self.until:
+            self.begins = at
+        self.until = max(self.until, at + seconds)
 
     def remaining(self, now: float) -> float:
         return max(0.0, self.until - now)
+
+    def active(self, now: float) -> bool:
+        return self.begins <= now < self.until
 
 
 def retry_after(style: str, seconds: float, now: float) -> tuple[bytes | None, float]:
