@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import anyio
 import certifi
 import httpx
 
@@ -273,12 +274,21 @@ class GigaChatClient:
         if session_id is not None:
             headers["X-Session-ID"] = session_id
         try:
-            if http is self._http:
-                response = await self._exchange(request, headers)
-            else:
-                response = await http.request(
-                    request.method, request.url, content=request.body, headers=headers
-                )
+            # The whole exchange has one deadline: a per-read timeout never fires on an
+            # answer that trickles in a byte at a time, nor bounds a slow connect + send.
+            with anyio.fail_after(self.settings.timeout):
+                if http is self._http:
+                    response = await self._exchange(request, headers)
+                else:
+                    response = await http.request(
+                        request.method, request.url, content=request.body, headers=headers
+                    )
+        except TimeoutError:
+            raise RequestTimedOut(
+                f"no complete answer from {request.url} within {self.settings.timeout:g} s "
+                "(GIGACHAT_TIMEOUT / --timeout)",
+                request_id=request_id,
+            ) from None
         except httpx.TimeoutException as exc:
             raise RequestTimedOut(
                 f"no answer from {request.url} in time ({type(exc).__name__})",

@@ -90,7 +90,8 @@ _API_OPTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
         ("--timeout",),
         "timeout",
         {
-            "help": "Seconds to wait for an answer (read timeout) [env GIGACHAT_TIMEOUT].",
+            "help": "Seconds one request may take in all: connect, send and the whole answer "
+            "(default 90; then it is retried) [env GIGACHAT_TIMEOUT].",
             "type": click.FloatRange(min=0, min_open=True),
         },
     ),
