@@ -33,7 +33,7 @@ from batch.errors import (
     error_from_response,
 )
 from batch.settings import AUTH_VARIABLES, ClientSettings
-from batch.transport import ShardedPool
+from batch.transport import SendCheck, ShardedPool
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ class GigaChatClient:
     waiting for a free connection waits as long as it takes, so queued work never fails with
     a pool timeout (`batch.transport.ShardedPool`). `transport` replaces it, for API and token
     requests alike: tests pass `httpx.MockTransport`, or a `ShardedPool` over a scripted
-    network backend to go through the real pool.
+    network backend to go through the real pool. `send_check` is called right before an
+    API request's bytes leave the built pool (a run re-checks its announced pause there).
     """
 
     def __init__(
@@ -121,13 +122,17 @@ class GigaChatClient:
         *,
         max_connections: int = 16,
         transport: httpx.AsyncBaseTransport | None = None,
+        send_check: SendCheck | None = None,
     ) -> None:
         if not settings.has_auth:
             raise ConfigError(f"no GigaChat credentials: set {AUTH_VARIABLES}")
         self.settings = settings
         verify: ssl.SSLContext | bool = True if transport is not None else ssl_context(settings)
         api_transport = transport or ShardedPool(
-            max_connections, verify=verify, proxy=_proxy_for(settings.base_url)
+            max_connections,
+            verify=verify,
+            proxy=_proxy_for(settings.base_url),
+            send_check=send_check,
         )
         timeout = httpx.Timeout(
             connect=settings.connect_timeout,

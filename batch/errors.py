@@ -12,7 +12,9 @@ The engine acts on the branch an error sits in, never on a status code:
         │   ├── RateLimited            429; carries retry_after seconds when the server said
         │   ├── ServerError            5xx, including HTML pages from the front proxy
         │   ├── ConnectionFailed       connect refused, reset mid-response, protocol error
-        │   └── RequestTimedOut        no answer within the configured timeout
+        │   ├── RequestTimedOut        no complete answer within the whole-request deadline
+        │   ├── TokenUnavailable       the OAuth endpoint kept refusing (429) token requests
+        │   └── SendHeld               a run-wide pause began before the request left: not sent
         ├── PermanentError             this request will never succeed: rows fail, the run goes on
         │   ├── BadRequest             400
         │   ├── NotFound               404 (unknown model)
@@ -21,7 +23,9 @@ The engine acts on the branch an error sits in, never on a status code:
         └── FatalError                 nothing more will succeed: stop the run, commit, exit 1
             ├── AuthenticationFailed   401 after one refresh, or credentials rejected by OAuth
             ├── PaymentRequired        402: the prepaid balance is exhausted
-            └── PermissionDenied       403
+            ├── PermissionDenied       403
+            ├── ServiceUnreachable     API or OAuth unreachable at the start, or past --max-outage
+            └── ServiceMisconfigured   a URL that answers 404 to everything, an unknown model
 """
 
 from __future__ import annotations
@@ -122,7 +126,16 @@ class ConnectionFailed(RetryableError):
 
 
 class RequestTimedOut(RetryableError):
-    """No answer within the configured timeout."""
+    """No complete answer within the whole-request deadline (GIGACHAT_TIMEOUT)."""
+
+
+class TokenUnavailable(RetryableError):
+    """The OAuth endpoint kept refusing token requests with 429: not the API's limit."""
+
+
+class SendHeld(RetryableError):
+    """A run-wide pause began after the request passed the limiter and before its bytes
+    left: it was not sent, and goes again once the pause is over."""
 
 
 class PermanentError(ApiError):
@@ -159,6 +172,16 @@ class PaymentRequired(FatalError):
 
 class PermissionDenied(FatalError):
     """403: this account may not do this."""
+
+
+class ServiceUnreachable(FatalError):
+    """The API or its OAuth endpoint could not be reached when the run began, or stayed
+    unreachable for longer than --max-outage."""
+
+
+class ServiceMisconfigured(FatalError):
+    """The settings point at something that is not a usable GigaChat: a base URL that
+    answers 404 to everything, an OAuth URL that gives no token, an unknown model, TLS."""
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {

@@ -3,12 +3,12 @@
 `AdaptiveLimiter` finds the server's concurrent-stream limit by itself (AIMD: additive
 increase on success, multiplicative decrease on 429) and holds near the last level that
 worked. A request holds a `Slot` (`async with limiter.slot()`), which waits out the run-wide
-`Cooldown` (batch/cooldown.py) a 429 imposes and records how the request ended.
+`Cooldown` (batch/cooldown.py) a 429 imposes and any `Outage` (batch/outage.py), and
+records how the request ended.
 """
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,9 +17,12 @@ from types import TracebackType
 import anyio
 
 from batch.cooldown import Cooldown
-from batch.errors import RateLimited
+from batch.errors import RateLimited, SendHeld
+from batch.limit_history import LimitHistory
+from batch.outage import Outage
+from batch.refusals import Refusals
 
-__all__ = ["AdaptiveLimiter", "Cooldown", "Slot"]
+__all__ = ["AdaptiveLimiter", "Cooldown", "Outage", "Slot"]
 
 
 # A probe waits at least this many times the run-wide pause the previous 429 caused, so
@@ -40,12 +43,19 @@ class Slot:
     429 inside the block says so with `rate_limited()`.
 
     While held: `sent_at` (on the limiter's clock), the limit `epoch` it was taken under,
-    and `in_flight`, the requests in flight (itself included) as it went."""
+    `in_flight`, the requests in flight (itself included) as it went, and whether it is
+    the one `probe` of an outage. `owner` (the request's tries share one) tells the outage
+    one request failing again from several failing."""
 
-    __slots__ = ("_limiter", "_refused", "_retry_after", "epoch", "in_flight", "sent_at")
+    __slots__ = (
+        "_limiter", "_refused", "_retry_after", "epoch", "in_flight", "owner", "probe",
+        "sent_at",
+    )
 
-    def __init__(self, limiter: AdaptiveLimiter) -> None:
+    def __init__(self, limiter: AdaptiveLimiter, owner: object = None) -> None:
         self._limiter = limiter
+        self.owner = owner if owner is not None else self
+        self.probe = False
         self._refused = False
         self._retry_after: float | None = None
         self.sent_at = 0.0
@@ -68,6 +78,7 @@ class Slot:
         tb: TracebackType | None,
     ) -> None:
         limiter = self._limiter
+        limiter.outage.record(exc, self.owner, limiter.limit, probe=self.probe)
         if isinstance(exc, RateLimited):
             limiter._refused_by_server(self, exc.retry_after)
         elif self._refused:
@@ -86,6 +97,10 @@ class AdaptiveLimiter:
       Until the first 429 the limit grows x`growth` per round trip instead (slow start), to
       find the level fast: with 1 s answers, doubling from 2 spends 4 s reaching 32 and
       x4 spends 2 s, while the one-off burst refused on overshooting costs no money.
+    - Only a 429 for a request sent above the highest level known to work ("safe") starts
+      an overload. One sent at or below it is transient (batch/refusals.py): the run backs
+      off for a moment and keeps its level, unless refusals keep coming among accepted
+      answers, which means the server's limit went down: then it is an overload too.
     - Decrease on 429 (an "overload"): -1 for the first refused request and -1 for each
       other request sent into the same overload and refused too, so the limit lands on
       what the server accepted; but never below x`decrease` (after slow start: the level
@@ -113,12 +128,14 @@ class AdaptiveLimiter:
         hold: int = 4,
         max_hold: int = 256,
         cooldown: Cooldown | None = None,
+        outage: Outage | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if maximum < 1:
             raise ValueError("maximum concurrency must be at least 1")
         self.maximum = maximum
         self.cooldown = cooldown if cooldown is not None else Cooldown(clock=clock)
+        self.outage = outage if outage is not None else Outage(clock=clock)
         self._clock = clock
         self._decrease = decrease
         self._growth = max(2, growth)
@@ -146,12 +163,12 @@ class AdaptiveLimiter:
         self._required_windows = 1
         self._epoch = 0
         self._slow_start = True
+        self._refusals = Refusals()
         self._changed = anyio.Event()
         self._waiters: deque[anyio.Event] = deque()
         self.rate_limited = 0
         self.started = clock()
-        self._history: deque[tuple[float, int]] = deque(maxlen=20_000)
-        self._history.append((self.started, self._limit))
+        self._history = LimitHistory(self.started, self._limit)
 
     @property
     def limit(self) -> int:
@@ -167,11 +184,29 @@ class AdaptiveLimiter:
         grew, and the server may take more than it has reached)."""
         return not self._slow_start
 
-    def slot(self) -> Slot:
+    def slot(self, owner: object = None) -> Slot:
         """A permit for one request: `async with limiter.slot() as slot:` (see `Slot`)."""
-        return Slot(self)
+        return Slot(self, owner)
+
+    def check_send(self) -> None:
+        """Raise SendHeld inside a window the server announced (the transport calls this
+        as a request's bytes are about to leave: it may have passed the slot just before
+        the window was known)."""
+        remaining = self.cooldown.announced_remaining
+        if remaining > 0:
+            raise SendHeld(f"held back: the server asked to wait {remaining:.2f} s more")
 
     async def _acquire(self, slot: Slot) -> None:
+        """Wait for any outage to let this request probe or go, then as below."""
+        slot.probe = await self.outage.admit()
+        try:
+            await self._take_when_free(slot)
+        except BaseException:
+            if slot.probe:
+                self.outage.probe_done()
+            raise
+
+    async def _take_when_free(self, slot: Slot) -> None:
         """Wait for a free slot and for any run-wide pause to end, then take the slot.
         Nothing awaits between the last check and returning, so the caller sends at once.
         Waiters queue in order and each freed slot wakes one of them (not all: with many
@@ -235,6 +270,7 @@ class AdaptiveLimiter:
     def _succeeded(self) -> None:
         self._release()
         self.cooldown.reset()
+        self._refusals.accepted()
         self._successes += 1
         if self._successes < self._limit:
             return
@@ -265,10 +301,15 @@ class AdaptiveLimiter:
             self.cooldown.backoff(slot.sent_at)
         self._release()
         if slot.epoch == self._epoch - 1:
+            self._refusals.refused()
             self._refused_again(slot)
-        elif slot.epoch == self._epoch:
+        elif slot.epoch != self._epoch:
+            self._refusals.refused()  # sent before an earlier decrease: nothing new
+        elif slot.in_flight > self._safe:
+            self._refusals.refused()
             self._overload(slot)
-        # else: sent before an earlier decrease, it says nothing new
+        elif self._refusals.transient(self._limit):
+            self._overload(slot)  # transient-looking 429s that keep coming: a shrink
 
     def _refused_again(self, slot: Slot) -> None:
         """Another request sent into the same overload was refused: one fewer fits."""
@@ -282,9 +323,13 @@ class AdaptiveLimiter:
             self._set_limit(target)
             self._bad = self._limit + 1
             self._required_windows = self._base_hold
-        if self._overload_level - self._overload_refused < self._floor:
-            # Refusals beyond the floor are not about our level (a storm, a shrink):
-            # regrowth up to where the overload began need not wait for probes.
+        if (
+            self._overload_level - self._overload_refused < self._floor
+            or self._refusals.in_a_row > self._overload_refused
+        ):
+            # Refusals beyond the floor, or of requests sent at a level known to work, are
+            # not about our level (a storm, a shrink): regrowth up to where the overload
+            # began need not wait for probes.
             self._bad = self._overload_level
 
     def _overload(self, slot: Slot) -> None:
@@ -348,28 +393,11 @@ class AdaptiveLimiter:
         self._windows = 0
         self._required_windows = 1
         self._peak_since_change = self._in_flight
-        self._history.append((self._clock(), self._limit))
+        self._history.add(self._clock(), self._limit)
         self._wake()
 
     def settled(self, *, tail: float = 0.5) -> float:
         """The concurrency the run settled at: the time-weighted median of the limit over
         the last `tail` fraction of the run so far."""
         now = self._clock()
-        start = now - (now - self.started) * tail
-        spans: dict[int, float] = {}
-        entries = list(self._history)
-        for i, (t, value) in enumerate(entries):
-            end = entries[i + 1][0] if i + 1 < len(entries) else now
-            lo = max(t, start)
-            if end > lo:
-                spans[value] = spans.get(value, 0.0) + (end - lo)
-        if not spans:
-            return float(self._limit)
-        total = sum(spans.values())
-        levels = sorted(spans)
-        cumulative = []
-        acc = 0.0
-        for value in levels:
-            acc += spans[value]
-            cumulative.append(acc)
-        return float(levels[bisect.bisect_left(cumulative, total / 2)])
+        return self._history.median(start=now - (now - self.started) * tail, now=now)

@@ -3,8 +3,10 @@ seconds otherwise (cron, CI), nothing with --quiet."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Literal, TextIO
 
 import anyio
@@ -12,6 +14,8 @@ import anyio
 from batch.summary import RunStats
 
 ProgressMode = Literal["auto", "tty", "log", "off"]
+
+logger = logging.getLogger(__name__)
 
 
 def _duration(seconds: float) -> str:
@@ -31,8 +35,9 @@ def _count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def progress_line(stats: RunStats) -> str:
-    """One line: done/total, rate, tokens, cost, 429s, concurrency, ETA."""
+def progress_line(stats: RunStats, pause: str = "") -> str:
+    """One line: done/total, rate, tokens, cost, 429s, concurrency, ETA, and any run-wide
+    pause in force."""
     answered = stats.succeeded + stats.failed
     elapsed = stats.elapsed
     rate = answered / elapsed if elapsed > 0 else 0.0
@@ -42,12 +47,13 @@ def progress_line(stats: RunStats) -> str:
         f"{done}/{stats.total_jobs} done ({stats.failed} failed) | {rate:.1f} jobs/s | "
         f"{_count(stats.tokens.total_tokens)} tokens | {stats.cost:.2f} {stats.prices.currency} | "
         f"429s {stats.rate_limited} | concurrency {stats.concurrency}/{stats.max_concurrency} | "
-        f"ETA {eta}"
+        f"ETA {eta}" + (f" | {pause}" if pause else "")
     )
 
 
 class Progress:
-    """Draws `progress_line` every `interval` seconds until cancelled."""
+    """Draws `progress_line` every `interval` seconds until cancelled; `pause` says which
+    run-wide pause is in force ("" for none), and `announce` prints an event line."""
 
     def __init__(
         self,
@@ -56,8 +62,10 @@ class Progress:
         *,
         stream: TextIO | None = None,
         interval: float | None = None,
+        pause: Callable[[], str] | None = None,
     ) -> None:
         self.stats = stats
+        self.pause = pause
         self.stream = stream if stream is not None else sys.stderr
         if mode == "auto":
             mode = "tty" if self.stream.isatty() else "log"
@@ -66,12 +74,24 @@ class Progress:
         self._drawn = False
 
     def draw(self) -> None:
-        line = progress_line(self.stats)
+        line = progress_line(self.stats, self.pause() if self.pause is not None else "")
         if self.mode == "tty":
             self.stream.write("\r\x1b[2K" + line)
             self._drawn = True
         elif self.mode == "log":
             self.stream.write(time.strftime("%H:%M:%S ") + line + "\n")
+        self.stream.flush()
+
+    def announce(self, message: str) -> None:
+        """A run-wide event (a pause, an outage and its end): logged, and printed on its
+        own line (above the live line on a terminal) unless progress is off."""
+        logger.info(message)
+        if self.mode == "off":
+            return
+        prefix = "\r\x1b[2K" if self.mode == "tty" and self._drawn else ""
+        self.stream.write(prefix + time.strftime("%H:%M:%S ") + message + "\n")
+        if self.mode == "tty" and self._drawn:
+            self.draw()
         self.stream.flush()
 
     async def run(self) -> None:

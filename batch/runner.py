@@ -31,8 +31,10 @@ from batch.budget import Budget
 from batch.checkpoint import Checkpoint
 from batch.errors import ApiError, BudgetExhausted, GigabatchError
 from batch.invalid_log import OnProblem, invalid_log
-from batch.limiter import AdaptiveLimiter
+from batch.limiter import AdaptiveLimiter, Cooldown
+from batch.outage import DEFAULT_MAX_OUTAGE, Outage
 from batch.pipeline import run_pipeline
+from batch.preflight import check_service
 from batch.pricing import PriceTable
 from batch.progress import Progress, ProgressMode
 from batch.retry import RetryPolicy
@@ -55,7 +57,10 @@ _READ_CHUNK = 512
 class RunConfig:
     """Everything one run needs. `client_factory` (tests, embedding callers) replaces the
     client built from `client_settings`. With `max_cost` or `max_tokens` the run uses
-    `kind.bounded()`, so every request's worst case is known before it is sent."""
+    `kind.bounded()`, so every request's worst case is known before it is sent. A client
+    built from `client_settings` is checked before the first job (batch/preflight.py); one
+    from `client_factory` is the caller's to check. An outage longer than `max_outage`
+    seconds stops the run."""
 
     jobs_path: Path
     out_dir: Path
@@ -65,6 +70,7 @@ class RunConfig:
     max_concurrency: int = 16
     initial_concurrency: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_outage: float = DEFAULT_MAX_OUTAGE
     flush_interval: float = 2.0
     flush_rows: int = 2000
     grace_period: float = 5.0
@@ -150,7 +156,15 @@ class _Run:
         self.checkpoint = checkpoint
         self.stats = stats
         self.duplicates = duplicates
-        self.limiter = AdaptiveLimiter(config.max_concurrency, initial=config.initial_concurrency)
+        self.progress = Progress(
+            stats, config.progress, interval=config.progress_interval, pause=self._pause
+        )
+        self.limiter = AdaptiveLimiter(
+            config.max_concurrency,
+            initial=config.initial_concurrency,
+            cooldown=Cooldown(announce=self.progress.announce),
+            outage=Outage(max_outage=config.max_outage, announce=self.progress.announce),
+        )
         self.stop = RunStop(self.limiter, config.grace_period)
         self.sender = BatchSender(
             kind=self.kind,
@@ -171,11 +185,23 @@ class _Run:
             from batch.settings import ClientSettings
 
             settings = ClientSettings.from_env()
-        return GigaChatClient(settings, max_connections=self.config.max_concurrency)
+        return GigaChatClient(
+            settings,
+            max_connections=self.config.max_concurrency,
+            send_check=self.limiter.check_send,
+        )
+
+    def _pause(self) -> str:
+        """The run-wide pause in force, for the progress line ("" when none)."""
+        outage = self.limiter.outage
+        if outage.active:
+            return f"PAUSED: API unreachable for {outage.elapsed:.0f}s, probing"
+        remaining = self.limiter.cooldown.remaining
+        return f"PAUSED {remaining:.1f}s after 429s" if remaining >= 0.5 else ""
 
     async def execute(self) -> RunSummary:
         config = self.config
-        progress = Progress(self.stats, config.progress, interval=config.progress_interval)
+        progress = self.progress
         writer = PartWriter(
             self.checkpoint,
             self.kind.result_schema(),
@@ -186,21 +212,24 @@ class _Run:
             config.max_concurrency * 2
         )
         with self._invalid_log() as on_problem:
-            async with self._client() as client, anyio.create_task_group() as outer:
-                outer.start_soon(writer.run, receive_out)
-                async with anyio.create_task_group() as side:
-                    if config.handle_signals:
-                        side.start_soon(self.stop.watch_signals)
-                    side.start_soon(progress.run)
-                    side.start_soon(self.stop.grace)
-                    async with send_out:
-                        with self.stop.workers_scope:
-                            await run_pipeline(
-                                partial(self._produce, on_problem),
-                                partial(self._work, client, send_out),
-                                workers=config.max_concurrency,
-                            )
-                    side.cancel_scope.cancel()
+            async with self._client() as client:
+                if config.client_factory is None:
+                    await check_service(client, self.kind.answer_settings().get("model"))
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(writer.run, receive_out)
+                    async with anyio.create_task_group() as side:
+                        if config.handle_signals:
+                            side.start_soon(self.stop.watch_signals)
+                        side.start_soon(progress.run)
+                        side.start_soon(self.stop.grace)
+                        async with send_out:
+                            with self.stop.workers_scope:
+                                await run_pipeline(
+                                    partial(self._produce, on_problem),
+                                    partial(self._work, client, send_out),
+                                    workers=config.max_concurrency,
+                                )
+                        side.cancel_scope.cancel()
         progress.close()
         return await self._summarise()
 

@@ -110,7 +110,9 @@ class BatchSender:
         attempt = _Attempt(self, client, batch)
         try:
             await attempt.reserve()
-            answers = await call_with_retry(attempt, self.retry)
+            answers = await call_with_retry(
+                attempt, self.retry, excused=self.limiter.outage.excuses
+            )
         except _Stopped:
             attempt.release()
             return None
@@ -176,7 +178,7 @@ class _Attempt:
         sender = self.sender
         await self.reserve()  # the last try's was charged
         try:
-            async with sender.limiter.slot() as slot:
+            async with sender.limiter.slot(owner=self) as slot:
                 if sender.stop.stopping:
                     raise _Stopped
                 self.count += 1
@@ -197,3 +199,5 @@ class _Attempt:
             if self.reservation is not None and sender.budget is not None:
                 sender.budget.charge_unseen(self.reservation)
             self.reservation = None
+        if sender.limiter.outage.expired:
+            raise sender.limiter.outage.give_up() from None

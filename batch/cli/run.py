@@ -69,7 +69,16 @@ EXIT_CODES = {
     type=click.FloatRange(min=0, min_open=True),
     default=300.0,
     show_default=True,
-    help="Seconds after which a request's retries (429s included) give up.",
+    help="Seconds after which a request's retries (429s included) give up; each try is "
+    "bounded by --timeout.",
+)
+@click.option(
+    "--max-outage",
+    type=click.FloatRange(min=0, min_open=True),
+    default=900.0,
+    show_default=True,
+    help="Seconds the API may stay unreachable (the run pauses, probing) before the run "
+    "stops with exit 1; a resume continues.",
 )
 @click.option(
     "--flush-interval",
@@ -127,6 +136,7 @@ def run(
     max_concurrency: int,
     max_attempts: int,
     max_elapsed: float,
+    max_outage: float,
     flush_interval: float,
     grace_period: float,
     skip_invalid: bool,
@@ -170,6 +180,7 @@ def run(
             client_settings=settings,
             max_concurrency=max_concurrency,
             retry=RetryPolicy(max_attempts=max_attempts, max_elapsed=max_elapsed),
+            max_outage=max_outage,
             flush_interval=flush_interval,
             grace_period=grace_period,
             skip_invalid=skip_invalid,
