@@ -596,7 +596,7 @@ class EmulatorApp:
     def reconfigure(self, knobs: dict[str, Any]) -> None:
         """Change runtime knobs (ValueError for unknown, fixed or invalid ones);
         `start_storm_s` opens a 429 storm of that many seconds now, `start_outage_s` an
-        outage (see `outage_mode`)."""
+        outage (see `outage_mode`; 0 ends one)."""
         knobs = dict(knobs)
         storm = knobs.pop("start_storm_s", None)
         outage = knobs.pop("start_outage_s", None)
@@ -615,7 +615,10 @@ class EmulatorApp:
         if storm is not None:
             self.storm.start(time.time(), float(storm))
         if outage is not None:
-            self.outage.start(time.time(), float(outage))
+            if float(outage) > 0:
+                self.outage.start(time.time(), float(outage))
+            else:
+                self.outage.end()
 
     async def _control(self, call: Call) -> None:
         path, method = call.path, call.method

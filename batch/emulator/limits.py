@@ -82,6 +82,9 @@ class Window:
             self.begins = at
         self.until = max(self.until, at + seconds)
 
+    def end(self) -> None:
+        self.until = 0.0
+
     def remaining(self, now: float) -> float:
         return max(0.0, self.until - now)
 
