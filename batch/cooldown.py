@@ -11,6 +11,7 @@ from collections.abc import Callable
 import anyio
 
 from batch.backoff import backoff_delay
+from batch.errors import SendHeld
 
 
 class Cooldown:
@@ -55,6 +56,13 @@ class Cooldown:
     def announced_remaining(self) -> float:
         """Seconds left in a window the server announced with `Retry-After` (0 when none)."""
         return max(0.0, self._announced_until - self._clock())
+
+    def check_send(self) -> None:
+        """Raise SendHeld inside a window the server announced (the transport's last check
+        before a request's bytes leave: it may have passed the limiter just before)."""
+        remaining = self.announced_remaining
+        if remaining > 0:
+            raise SendHeld(f"held back: the server asked to wait {remaining:.2f} s more")
 
     def pause_until(self, deadline: float, why: str = "") -> None:
         """Pause every worker until `deadline` (on this cooldown's clock); never shortens."""

@@ -118,8 +118,9 @@ async def _count_online(
     """The counting pass against the API, then the balance."""
     progress = _ProgressLine(counter, total, request.quiet)
     limiter = AdaptiveLimiter(request.max_concurrency)
+    check = limiter.cooldown.check_send
     async with GigaChatClient(
-        settings, max_connections=request.max_concurrency, send_check=limiter.check_send
+        settings, max_connections=request.max_concurrency, send_check=check
     ) as client:
         count = limited_counter(client.tokens_count, limiter, RetryPolicy())
         failure: ApiError | None = None
@@ -200,7 +201,8 @@ async def _run_sample(
     answered = [(job, found.prompt[job.id]) for job, _ in sampler.items if job.id in found.prompt]
     assumed = kind.billed_input(sampler.items[0][0], message_overhead=request.message_overhead)
     limiter = AdaptiveLimiter(4)
-    async with GigaChatClient(settings, max_connections=4, send_check=limiter.check_send) as client:
+    check = limiter.cooldown.check_send
+    async with GigaChatClient(settings, max_connections=4, send_check=check) as client:
         count = limited_counter(client.tokens_count, limiter, RetryPolicy())
         calibration = await measure_overhead(
             kind, answered, count, assumed=assumed.overhead // max(assumed.messages, 1)

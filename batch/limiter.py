@@ -17,10 +17,11 @@ from types import TracebackType
 import anyio
 
 from batch.cooldown import Cooldown
-from batch.errors import RateLimited, SendHeld
+from batch.errors import RateLimited
 from batch.limit_history import LimitHistory
 from batch.outage import Outage
 from batch.refusals import Refusals
+from batch.stalls import Stalls
 
 __all__ = ["AdaptiveLimiter", "Cooldown", "Outage", "Slot"]
 
@@ -49,13 +50,14 @@ class Slot:
 
     __slots__ = (
         "_limiter", "_refused", "_retry_after", "epoch", "in_flight", "owner", "probe",
-        "sent_at",
+        "sent_at", "stalled",
     )
 
     def __init__(self, limiter: AdaptiveLimiter, owner: object = None) -> None:
         self._limiter = limiter
         self.owner = owner if owner is not None else self
         self.probe = False
+        self.stalled = False  # in flight so long that it no longer holds a slot
         self._refused = False
         self._retry_after: float | None = None
         self.sent_at = 0.0
@@ -84,9 +86,9 @@ class Slot:
         elif self._refused:
             limiter._refused_by_server(self, self._retry_after)
         elif exc is None:
-            limiter._succeeded()
+            limiter._succeeded(self)
         else:
-            limiter._release()
+            limiter._release(self)
 
 
 class AdaptiveLimiter:
@@ -98,9 +100,8 @@ class AdaptiveLimiter:
       find the level fast: with 1 s answers, doubling from 2 spends 4 s reaching 32 and
       x4 spends 2 s, while the one-off burst refused on overshooting costs no money.
     - Only a 429 for a request sent above the highest level known to work ("safe") starts
-      an overload. One sent at or below it is transient (batch/refusals.py): the run backs
-      off for a moment and keeps its level, unless refusals keep coming among accepted
-      answers, which means the server's limit went down: then it is an overload too.
+      an overload. One sent at or below it is transient (batch/refusals.py), unless such
+      refusals keep coming among accepted answers: the server's limit went down.
     - Decrease on 429 (an "overload"): -1 for the first refused request and -1 for each
       other request sent into the same overload and refused too, so the limit lands on
       what the server accepted; but never below x`decrease` (after slow start: the level
@@ -164,6 +165,7 @@ class AdaptiveLimiter:
         self._epoch = 0
         self._slow_start = True
         self._refusals = Refusals()
+        self._stalls = Stalls()
         self._changed = anyio.Event()
         self._waiters: deque[anyio.Event] = deque()
         self.rate_limited = 0
@@ -187,14 +189,6 @@ class AdaptiveLimiter:
     def slot(self, owner: object = None) -> Slot:
         """A permit for one request: `async with limiter.slot() as slot:` (see `Slot`)."""
         return Slot(self, owner)
-
-    def check_send(self) -> None:
-        """Raise SendHeld inside a window the server announced (the transport calls this
-        as a request's bytes are about to leave: it may have passed the slot just before
-        the window was known)."""
-        remaining = self.cooldown.announced_remaining
-        if remaining > 0:
-            raise SendHeld(f"held back: the server asked to wait {remaining:.2f} s more")
 
     async def _acquire(self, slot: Slot) -> None:
         """Wait for any outage to let this request probe or go, then as below."""
@@ -239,6 +233,7 @@ class AdaptiveLimiter:
                 return
 
     def _take(self, slot: Slot) -> None:
+        self._stalls.sent(slot)
         self._in_flight += 1
         if self._in_flight > self._peak_since_change:
             self._peak_since_change = self._in_flight
@@ -263,12 +258,23 @@ class AdaptiveLimiter:
         self._changed.set()
         self._changed = anyio.Event()
 
-    def _release(self) -> None:
-        self._in_flight -= 1
+    def _release(self, slot: Slot, *, answered: bool = False) -> None:
+        self._stalls.ended(slot, self._clock(), answered=answered)
+        if not slot.stalled:
+            self._in_flight -= 1
         self._wake()
 
-    def _succeeded(self) -> None:
-        self._release()
+    async def watch_stalls(self, every: float = 0.5) -> None:
+        """Free the slots of hung or trickling requests (batch/stalls.py), until cancelled."""
+        while True:
+            await anyio.sleep(every)
+            stalled = self._stalls.newly_stalled(self._clock())
+            if stalled:
+                self._in_flight -= stalled
+                self._wake()
+
+    def _succeeded(self, slot: Slot) -> None:
+        self._release(slot, answered=True)
         self.cooldown.reset()
         self._refusals.accepted()
         self._successes += 1
@@ -299,7 +305,7 @@ class AdaptiveLimiter:
             self.cooldown.retry_after(retry_after)
         else:
             self.cooldown.backoff(slot.sent_at)
-        self._release()
+        self._release(slot)
         if slot.epoch == self._epoch - 1:
             self._refusals.refused()
             self._refused_again(slot)

@@ -188,7 +188,7 @@ class _Run:
         return GigaChatClient(
             settings,
             max_connections=self.config.max_concurrency,
-            send_check=self.limiter.check_send,
+            send_check=self.limiter.cooldown.check_send,
         )
 
     def _pause(self) -> str:
@@ -221,6 +221,7 @@ class _Run:
                         if config.handle_signals:
                             side.start_soon(self.stop.watch_signals)
                         side.start_soon(progress.run)
+                        side.start_soon(self.limiter.watch_stalls)
                         side.start_soon(self.stop.grace)
                         async with send_out:
                             with self.stop.workers_scope:

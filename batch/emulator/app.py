@@ -286,12 +286,17 @@ class EmulatorApp:
         if not limited:
             await handler(call, scope)
             return
+        await self._in_stream(call, handler, scope, now)
+
+    async def _in_stream(self, call: Call, handler: Handler, scope: str, now: float) -> None:
+        """A request that holds one of its scope's streams while it is served."""
         config = self.config
         limit = config.stream_limit or SCOPE_STREAM_LIMITS[scope]
         if not self.streams.try_acquire(scope, limit):
             await self._too_many(call, config.retry_after_s, now)
             return
         self.stats.concurrency(self.streams.total())
+        held = True
         try:
             fault = self.dice.roll(config)
             if fault == "drip":
@@ -308,9 +313,14 @@ class EmulatorApp:
                         self.pacer.observe(sent - call.due)
             else:
                 self.stats.faults[fault] += 1
+                if fault == "hang":
+                    # The answer is lost upstream: the stream is free, the client waits.
+                    self.streams.release(scope)
+                    held = False
                 await self._fault(call, fault, now)
         finally:
-            self.streams.release(scope)
+            if held:
+                self.streams.release(scope)
 
     async def _authorize(self, call: Call, now: float) -> str | None:
         header = call.headers.get(b"authorization", b"")
@@ -339,8 +349,6 @@ class EmulatorApp:
         elif fault == "reset":
             await self._cut(call)
         elif fault == "hang":
-            # A real hung upstream frees nothing either, but a client that gave up is gone:
-            # its stream is released then (or after hang_s, with a 504).
             if not await call.gone_within(self.config.hang_s):
                 await call.reply(504, GATEWAY_TIMEOUT)
         elif fault == "error_body":
