@@ -141,28 +141,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clean-s", type=float, default=None, help="a clean median from before")
     args = parser.parse_args(argv)
     clean: float | None = args.clean_s
+    results: dict[str, list[Result]] = {name: [] for name in args.which}
     with tempfile.TemporaryDirectory(prefix="gigabatch-resilience-") as tmp:
         jobs = write_chat_jobs(Path(tmp) / "jobs.jsonl", args.jobs)
-        for name in args.which:
-            case = CASES[name]
-            results = [
-                run_case(case, jobs, Path(tmp) / f"out-{name}-{i}") for i in range(args.repeat)
-            ]
-            median = statistics.median(r.seconds for r in results)
-            if name == "clean":
-                clean = median
-            rows = ", ".join(
-                f"{r.seconds:.1f} s ({r.succeeded} ok, {r.failed} failed, exit {r.exit_code}, "
-                f"settled {r.settled:g})"
-                for r in results
-            )
-            every = all(r.succeeded == args.jobs and r.exit_code == 0 for r in results)
-            print(
-                f"{name:8} median {median:6.1f} s | every row succeeded: {every} | "
-                f"{_target(name, median, clean)} | runs: {rows}",
-                flush=True,
-            )
-
+        # Cases take turns, so the load of a shared machine drifts over all of them alike.
+        for i in range(args.repeat):
+            for name in args.which:
+                out = Path(tmp) / f"out-{name}-{i}"
+                results[name].append(run_case(CASES[name], jobs, out))
+    if "clean" in results:
+        clean = statistics.median(r.seconds for r in results["clean"])
+    for name, runs in results.items():
+        median = statistics.median(r.seconds for r in runs)
+        rows = ", ".join(
+            f"{r.seconds:.1f} s ({r.succeeded} ok, {r.failed} failed, exit {r.exit_code}, "
+            f"settled {r.settled:g})"
+            for r in runs
+        )
+        every = all(r.succeeded == args.jobs and r.exit_code == 0 for r in runs)
+        print(
+            f"{name:8} median {median:6.1f} s | every row succeeded: {every} | "
+            f"{_target(name, median, clean)} | runs: {rows}",
+            flush=True,
+        )
 
 if __name__ == "__main__":
     main()

@@ -188,8 +188,8 @@ def test_an_outage_past_max_outage_stops_with_exit_1_and_a_resume_continues(
 def test_random_401s_get_a_fresh_token_and_every_row_succeeds(
     emu: RunningEmulator, tmp_path: Path
 ) -> None:
-    emu.reconfigure(fault_401=0.03)
-    run_to_completion(emu, tmp_path, 300)
+    emu.reconfigure(fault_401=0.03, latency_base_ms=10.0)  # a run of 2 s or so
+    run_to_completion(emu, tmp_path, 600)
     assert emu.stats(arrivals=False)["oauth_calls"] > 1
 
 

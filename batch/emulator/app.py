@@ -58,6 +58,8 @@ METHOD_NOT_ALLOWED = _error(405, "Method not allowed")
 # A reset cuts the answer after this many bytes of a body announced as much longer.
 RESET_AFTER = b'{"choices":[{"message":{"role":"assistant","content":"'
 RESET_ANNOUNCED = b"4096"
+# The random-401 fault spares tokens younger than this (a client's retry after a refresh).
+FRESH_TOKEN_S = 1.0
 # The real API refuses requests over 20 MB.
 MAX_BODY_BYTES = 20 * 1024 * 1024
 
@@ -299,6 +301,8 @@ class EmulatorApp:
         held = True
         try:
             fault = self.dice.roll(config)
+            if fault == "401" and self._fresh_token(call, now):
+                fault = None  # the server forgets old tokens: one just issued always works
             if fault == "drip":
                 self.stats.faults[fault] += 1
                 call.drip_s = config.drip_ms / 1000
@@ -321,6 +325,10 @@ class EmulatorApp:
         finally:
             if held:
                 self.streams.release(scope)
+
+    def _fresh_token(self, call: Call, now: float) -> bool:
+        token = call.headers.get(b"authorization", b"")[7:].decode("latin-1")
+        return self.tokens.age(token, now) < FRESH_TOKEN_S
 
     async def _authorize(self, call: Call, now: float) -> str | None:
         header = call.headers.get(b"authorization", b"")

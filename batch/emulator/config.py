@@ -86,7 +86,9 @@ class EmulatorConfig:
     fault_429: float = _knob(
         0.0, "Rate of isolated 429s without Retry-After (not caused by the stream limit)."
     )
-    fault_401: float = _knob(0.0, "Rate of API requests refused with 401 'Token has expired'.")
+    fault_401: float = _knob(
+        0.0, "Rate of API requests refused with 401 'Token has expired' (tokens over 1 s old)."
+    )
     fault_drip: float = _knob(0.0, "Rate of answers trickled one byte per drip_ms.")
     drip_ms: float = _knob(50.0, "Milliseconds between the bytes of a slow-drip answer.")
     fault_oauth_429: float = _knob(

@@ -36,15 +36,23 @@ class TokenStore:
 
     def __init__(self) -> None:
         self._tokens: dict[str, tuple[str, float]] = {}
+        self._issued: dict[str, float] = {}
 
     def issue(self, scope: str, now: float, ttl_s: float) -> tuple[str, float]:
         """A new token and its expiry (unix seconds)."""
         if len(self._tokens) >= _TOKEN_PRUNE_AT:
             self._tokens = {t: v for t, v in self._tokens.items() if v[1] > now}
+            self._issued = {t: self._issued[t] for t in self._tokens}
         token = secrets.token_urlsafe(32)
         expires = now + ttl_s
         self._tokens[token] = (scope, expires)
+        self._issued[token] = now
         return token, expires
+
+    def age(self, token: str, now: float) -> float:
+        """Seconds since `token` was issued (0 for one never issued)."""
+        issued = self._issued.get(token)
+        return 0.0 if issued is None else now - issued
 
     def check(self, token: str, now: float) -> tuple[str | None, bool]:
         """(scope, expired): scope None for a token never issued."""
