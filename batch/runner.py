@@ -39,6 +39,7 @@ from batch.pricing import PriceTable
 from batch.progress import Progress, ProgressMode
 from batch.retry import RetryPolicy
 from batch.sending import BatchSender, BudgetGate
+from batch.stalls import HEADROOM
 from batch.stopping import RunStop
 from batch.summary import RunStats, RunSummary, build_summary
 from batch.writer import Outcomes, PartWriter
@@ -187,9 +188,15 @@ class _Run:
             settings = ClientSettings.from_env()
         return GigaChatClient(
             settings,
-            max_connections=self.config.max_concurrency,
+            max_connections=self.config.max_concurrency * HEADROOM,
             send_check=self.limiter.cooldown.check_send,
         )
+
+    def _workers(self) -> int:
+        """HEADROOM workers per slot, so hung requests cannot hold them all; a budgeted run
+        keeps one per slot, since each waiting worker would hold a budget reservation."""
+        per_slot = 1 if self.sender.budget is not None else HEADROOM
+        return self.config.max_concurrency * per_slot
 
     def _pause(self) -> str:
         """The run-wide pause in force, for the progress line ("" when none)."""
@@ -228,7 +235,7 @@ class _Run:
                                 await run_pipeline(
                                     partial(self._produce, on_problem),
                                     partial(self._work, client, send_out),
-                                    workers=config.max_concurrency,
+                                    workers=self._workers(),
                                 )
                         side.cancel_scope.cancel()
         progress.close()

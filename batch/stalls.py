@@ -1,6 +1,7 @@
 """Requests that stopped counting: one in flight ten times longer than answers take is
-hung or trickling. It keeps its connection until its deadline, but no longer holds one of
-the limiter's slots, so a few hung requests cannot stall a whole run for a deadline."""
+hung or trickling. It keeps its worker and its connection until its deadline, but no
+longer holds one of the limiter's slots, so a few hung requests cannot stall a whole run
+for a deadline (the run has HEADROOM workers and connections per slot for them)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from typing import Protocol
 # A request is stalled after this many typical answer times, and never before MIN_STALL_S.
 STALL_FACTOR = 10.0
 MIN_STALL_S = 2.0
+# Workers and connections per limiter slot: a stalled request keeps its worker and its
+# connection until its deadline, so a run has more of both than the limiter lets count.
+HEADROOM = 4
 # Weight of each new answer time in the running typical one.
 _ALPHA = 0.05
 
