@@ -16,7 +16,6 @@ import anyio
 
 from batch.api_types import ModelInfo
 from batch.errors import (
-    ApiError,
     AuthenticationFailed,
     ConfigError,
     FatalError,
@@ -83,7 +82,7 @@ def _token_error(exc: GigabatchError, step: str, url: str) -> FatalError:
     if isinstance(exc, ConfigError):  # TLS: the certificate of the endpoint
         return ServiceMisconfigured(str(exc))
     return ServiceMisconfigured(
-        f"{step} at {url} gave no token: {_described(exc)}; check GIGACHAT_AUTH_URL "
+        f"{step} at {url} gave no token: {exc}; check GIGACHAT_AUTH_URL "
         "and GIGACHAT_SCOPE"
     )
 
@@ -102,11 +101,7 @@ def _api_error(exc: GigabatchError, url: str) -> FatalError:
         return exc
     if isinstance(exc, ConfigError):
         return ServiceMisconfigured(str(exc))
-    return ServiceMisconfigured(f"the API at {url} does not work: {_described(exc)}")
-
-
-def _described(exc: GigabatchError) -> str:
-    return str(exc) if isinstance(exc, ApiError) else exc.args[0] if exc.args else repr(exc)
+    return ServiceMisconfigured(f"the API at {url} does not work: {exc}")
 
 
 def _check_model(models: list[ModelInfo], model: object, url: str) -> None:
