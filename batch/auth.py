@@ -5,6 +5,9 @@ rejects it); new tokens come from the authorization key (OAuth) if set, else fro
 password; with only a client certificate (mTLS) no token is sent. However many requests find
 the token stale or get a 401 at the same moment, exactly one token request goes out: the
 others wait on the lock and, seeing the generation moved on, use the token it fetched.
+The OAuth endpoint's own 429s are its business: they never reach the API's limiter (a
+refusal that outlasts the retries is TokenUnavailable), and after a failed refresh the next
+one waits a growing backoff instead of starting at once.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from batch.errors import (
     GigabatchError,
     RateLimited,
     RetryableError,
+    TokenUnavailable,
 )
 from batch.settings import ClientSettings
 
@@ -70,6 +74,8 @@ class Authenticator:
         # refresh share its error instead of each sending its own doomed token request.
         self._refreshes = 0
         self._failure: GigabatchError | None = None
+        self._failed_refreshes = 0  # in a row; the next refresh waits a backoff
+        self._retry_at = 0.0  # anyio's clock
         if settings.access_token is not None:
             # A token given directly carries no expiry: use it until the API says 401.
             self._token = AccessToken(settings.access_token.reveal(), math.inf)
@@ -135,13 +141,27 @@ class Authenticator:
         refresh failed while the caller waited for the lock, raise its error instead."""
         if self._refreshes != refreshes_seen and self._failure is not None:
             raise self._failure
+        wait = self._retry_at - anyio.current_time()
+        if wait > 0:
+            await anyio.sleep(wait)
         self._refreshes += 1
         try:
             await self._fetch_with_retries()
         except GigabatchError as exc:
             self._failure = exc
+            self._failed_refreshes += 1
+            self._retry_at = anyio.current_time() + backoff_delay(
+                self._failed_refreshes - 1, base=self._backoff, cap=MAX_TOKEN_WAIT
+            )
             raise
         self._failure = None
+        self._failed_refreshes = 0
+
+    async def fetch_once(self) -> None:
+        """Fetch a token with one request and no retries (the run's start-up check); the
+        token is then used by the calls that follow."""
+        async with self._lock:
+            self._store(await self._fetch())
 
     async def _fetch_with_retries(self) -> None:
         retrying = AsyncRetrying(
@@ -151,9 +171,20 @@ class Authenticator:
             sleep=anyio.sleep,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                token = await self._fetch()
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    token = await self._fetch()
+        except RateLimited as exc:
+            raise TokenUnavailable(
+                f"the token endpoint kept answering 429 ({exc.message}) after "
+                f"{TOKEN_ATTEMPTS} tries",
+                status=exc.status,
+                request_id=exc.request_id,
+            ) from None
+        self._store(token)
+
+    def _store(self, token: AccessToken) -> None:
         now = self._clock()
         self._token = token
         self._margin = min(REFRESH_MARGIN, max(0.0, token.expires_at - now) / 2)

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import anyio
 import certifi
 import httpx
 
@@ -39,7 +40,7 @@ from batch.errors import (
     error_from_response,
 )
 from batch.settings import AUTH_VARIABLES, ClientSettings
-from batch.transport import ShardedPool
+from batch.transport import SendCheck, ShardedPool
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ class GigaChatClient:
     waiting for a free connection waits as long as it takes, so queued work never fails with
     a pool timeout (`batch.transport.ShardedPool`). `transport` replaces it, for API and token
     requests alike: tests pass `httpx.MockTransport`, or a `ShardedPool` over a scripted
-    network backend to go through the real pool.
+    network backend to go through the real pool. `send_check` is called right before an
+    API request's bytes leave the built pool (a run re-checks its announced pause there).
     """
 
     def __init__(
@@ -127,13 +129,17 @@ class GigaChatClient:
         *,
         max_connections: int = 16,
         transport: httpx.AsyncBaseTransport | None = None,
+        send_check: SendCheck | None = None,
     ) -> None:
         if not settings.has_auth:
             raise ConfigError(f"no GigaChat credentials: set {AUTH_VARIABLES}")
         self.settings = settings
         verify: ssl.SSLContext | bool = True if transport is not None else ssl_context(settings)
         api_transport = transport or ShardedPool(
-            max_connections, verify=verify, proxy=_proxy_for(settings.base_url)
+            max_connections,
+            verify=verify,
+            proxy=_proxy_for(settings.base_url),
+            send_check=send_check,
         )
         timeout = httpx.Timeout(
             connect=settings.connect_timeout,
@@ -317,12 +323,21 @@ class GigaChatClient:
         if session_id is not None:
             headers["X-Session-ID"] = session_id
         try:
-            if http is self._http:
-                response = await self._exchange(request, headers)
-            else:
-                response = await http.request(
-                    request.method, request.url, content=request.body, headers=headers
-                )
+            # The whole exchange has one deadline: a per-read timeout never fires on an
+            # answer that trickles in a byte at a time, nor bounds a slow connect + send.
+            with anyio.fail_after(self.settings.timeout):
+                if http is self._http:
+                    response = await self._exchange(request, headers)
+                else:
+                    response = await http.request(
+                        request.method, request.url, content=request.body, headers=headers
+                    )
+        except TimeoutError:
+            raise RequestTimedOut(
+                f"no complete answer from {request.url} within {self.settings.timeout:g} s "
+                "(GIGACHAT_TIMEOUT / --timeout)",
+                request_id=request_id,
+            ) from None
         except httpx.TimeoutException as exc:
             raise RequestTimedOut(
                 f"no answer from {request.url} in time ({type(exc).__name__})",

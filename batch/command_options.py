@@ -62,7 +62,8 @@ API_OPTIONS = (
     ),
     Option(
         "--timeout",
-        "Seconds to wait for an answer (read timeout) [env GIGACHAT_TIMEOUT].",
+        "Seconds one request may take in all: connect, send and the whole answer "
+        "(default 90; then it is retried) [env GIGACHAT_TIMEOUT].",
         type=float,
         show_default=False,
         minimum=0,
@@ -215,9 +216,19 @@ RUN_OPTIONS = (
     ),
     Option(
         "--max-elapsed",
-        "Seconds after which a request's retries (429s included) give up.",
+        "Seconds after which a request's retries (429s included) give up; each try is "
+        "bounded by --timeout.",
         type=float,
         default=300.0,
+        minimum=0,
+        min_open=True,
+    ),
+    Option(
+        "--max-outage",
+        "Seconds the API may stay unreachable (the run pauses, probing) before the run "
+        "stops with exit 1; a resume continues.",
+        type=float,
+        default=900.0,
         minimum=0,
         min_open=True,
     ),

@@ -21,7 +21,9 @@ The engine acts on the branch an error sits in, never on a status code:
         │   ├── RateLimited            429; carries retry_after seconds when the server said
         │   ├── ServerError            5xx, including HTML pages from the front proxy
         │   ├── ConnectionFailed       connect refused, reset mid-response, protocol error
-        │   └── RequestTimedOut        no answer within the configured timeout
+        │   ├── RequestTimedOut        no complete answer within the whole-request deadline
+        │   ├── TokenUnavailable       the OAuth endpoint kept refusing (429) token requests
+        │   └── SendHeld               a run-wide pause began before the request left: not sent
         ├── PermanentError             this request will never succeed: rows fail, the run goes on
         │   ├── BadRequest             400
         │   ├── NotFound               404 (unknown model)
@@ -31,7 +33,9 @@ The engine acts on the branch an error sits in, never on a status code:
             ├── AuthenticationFailed   401 after one refresh, or credentials rejected by OAuth
             ├── PaymentRequired        402: the prepaid balance is exhausted
             ├── PermissionDenied       403
-            └── RetryAfterTooLong      429 asking for a longer pause than --max-retry-after
+            ├── RetryAfterTooLong      429 asking for a longer pause than --max-retry-after
+            ├── ServiceUnreachable     API or OAuth unreachable at the start, or past --max-outage
+            └── ServiceMisconfigured   a URL that answers 404 to everything, an unknown model
 """
 
 from __future__ import annotations
@@ -196,7 +200,16 @@ class ConnectionFailed(RetryableError):
 
 
 class RequestTimedOut(RetryableError):
-    """No answer within the configured timeout."""
+    """No complete answer within the whole-request deadline (GIGACHAT_TIMEOUT)."""
+
+
+class TokenUnavailable(RetryableError):
+    """The OAuth endpoint kept refusing token requests with 429: not the API's limit."""
+
+
+class SendHeld(RetryableError):
+    """A run-wide pause began after the request passed the limiter and before its bytes
+    left: it was not sent, and goes again once the pause is over."""
 
 
 class PermanentError(ApiError):
@@ -246,6 +259,16 @@ class RetryAfterTooLong(FatalError):
             request_id=cause.request_id,
         )
         self.retry_after = retry_after
+
+
+class ServiceUnreachable(FatalError):
+    """The API or its OAuth endpoint could not be reached when the run began, or stayed
+    unreachable for longer than --max-outage."""
+
+
+class ServiceMisconfigured(FatalError):
+    """The settings point at something that is not a usable GigaChat: a base URL that
+    answers 404 to everything, an OAuth URL that gives no token, an unknown model, TLS."""
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {

@@ -126,8 +126,11 @@ async def _count_online(
 ) -> BalanceReport:
     """The counting pass against the API, then the balance."""
     progress = _ProgressLine(counter, total, request.quiet)
-    async with GigaChatClient(settings, max_connections=request.max_concurrency) as client:
-        limiter = AdaptiveLimiter(request.max_concurrency)
+    limiter = AdaptiveLimiter(request.max_concurrency)
+    check = limiter.cooldown.check_send
+    async with GigaChatClient(
+        settings, max_connections=request.max_concurrency, send_check=check
+    ) as client:
         count = limited_counter(client.tokens_count, limiter, RetryPolicy())
         failure: ApiError | None = None
         async with anyio.create_task_group() as tg:
@@ -208,8 +211,10 @@ async def _run_sample(
     found = await anyio.to_thread.run_sync(_read_sampled, out, wanted, request.prices)
     answered = [(job, found.prompt[job.id]) for job, _ in sampler.items if job.id in found.prompt]
     assumed = kind.billed_input(sampler.items[0][0], message_overhead=request.message_overhead)
-    async with GigaChatClient(settings, max_connections=4) as client:
-        count = limited_counter(client.tokens_count, AdaptiveLimiter(4), RetryPolicy())
+    limiter = AdaptiveLimiter(4)
+    check = limiter.cooldown.check_send
+    async with GigaChatClient(settings, max_connections=4, send_check=check) as client:
+        count = limited_counter(client.tokens_count, limiter, RetryPolicy())
         calibration = await measure_overhead(
             kind, answered, count, assumed=assumed.overhead // max(assumed.messages, 1)
         )

@@ -169,6 +169,7 @@ def planned_run(
                 max_elapsed=values.pop("max_elapsed"),
                 max_retry_after=values.pop("max_retry_after"),
             ),
+            max_outage=values.pop("max_outage"),
             flush_interval=values.pop("flush_interval"),
             grace_period=values.pop("grace_period"),
             disk_wait=values.pop("disk_wait"),

@@ -3,12 +3,12 @@
 `AdaptiveLimiter` finds the server's concurrent-stream limit by itself (AIMD: additive
 increase on success, multiplicative decrease on 429) and holds near the last level that
 worked. A request holds a `Slot` (`async with limiter.slot()`), which waits out the run-wide
-`Cooldown` (batch/cooldown.py) a 429 imposes and records how the request ended.
+`Cooldown` (batch/cooldown.py) a 429 imposes and any `Outage` (batch/outage.py), and
+records how the request ended.
 """
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,8 +18,12 @@ import anyio
 
 from batch.cooldown import Cooldown
 from batch.errors import RateLimited
+from batch.limit_history import LimitHistory
+from batch.outage import Outage
+from batch.refusals import Refusals
+from batch.stalls import Stalls
 
-__all__ = ["AdaptiveLimiter", "Cooldown", "Slot"]
+__all__ = ["AdaptiveLimiter", "Cooldown", "Outage", "Slot"]
 
 
 # A probe waits at least this many times the run-wide pause the previous 429 caused, so
@@ -40,12 +44,20 @@ class Slot:
     429 inside the block says so with `rate_limited()`.
 
     While held: `sent_at` (on the limiter's clock), the limit `epoch` it was taken under,
-    and `in_flight`, the requests in flight (itself included) as it went."""
+    `in_flight`, the requests in flight (itself included) as it went, and whether it is
+    the one `probe` of an outage. `owner` (the request's tries share one) tells the outage
+    one request failing again from several failing."""
 
-    __slots__ = ("_limiter", "_refused", "_retry_after", "epoch", "in_flight", "sent_at")
+    __slots__ = (
+        "_limiter", "_refused", "_retry_after", "epoch", "in_flight", "owner", "probe",
+        "sent_at", "stalled",
+    )
 
-    def __init__(self, limiter: AdaptiveLimiter) -> None:
+    def __init__(self, limiter: AdaptiveLimiter, owner: object = None) -> None:
         self._limiter = limiter
+        self.owner = owner if owner is not None else self
+        self.probe = False
+        self.stalled = False  # in flight so long that it no longer holds a slot
         self._refused = False
         self._retry_after: float | None = None
         self.sent_at = 0.0
@@ -68,14 +80,15 @@ class Slot:
         tb: TracebackType | None,
     ) -> None:
         limiter = self._limiter
+        limiter.outage.record(exc, self.owner, limiter.limit, probe=self.probe)
         if isinstance(exc, RateLimited):
             limiter._refused_by_server(self, exc.retry_after)
         elif self._refused:
             limiter._refused_by_server(self, self._retry_after)
         elif exc is None:
-            limiter._succeeded()
+            limiter._succeeded(self)
         else:
-            limiter._release()
+            limiter._release(self)
 
 
 class AdaptiveLimiter:
@@ -86,6 +99,9 @@ class AdaptiveLimiter:
       Until the first 429 the limit grows x`growth` per round trip instead (slow start), to
       find the level fast: with 1 s answers, doubling from 2 spends 4 s reaching 32 and
       x4 spends 2 s, while the one-off burst refused on overshooting costs no money.
+    - Only a 429 for a request sent above the highest level known to work ("safe") starts
+      an overload. One sent at or below it is transient (batch/refusals.py), unless such
+      refusals keep coming among accepted answers: the server's limit went down.
     - Decrease on 429 (an "overload"): -1 for the first refused request and -1 for each
       other request sent into the same overload and refused too, so the limit lands on
       what the server accepted; but never below x`decrease` (after slow start: the level
@@ -113,6 +129,7 @@ class AdaptiveLimiter:
         hold: int = 4,
         max_hold: int = 256,
         cooldown: Cooldown | None = None,
+        outage: Outage | None = None,
         clock: Callable[[], float] = time.monotonic,
         remembered: int | None = None,
     ) -> None:
@@ -120,6 +137,7 @@ class AdaptiveLimiter:
             raise ValueError("maximum concurrency must be at least 1")
         self.maximum = maximum
         self.cooldown = cooldown if cooldown is not None else Cooldown(clock=clock)
+        self.outage = outage if outage is not None else Outage(clock=clock)
         self._clock = clock
         self._decrease = decrease
         self._growth = max(2, growth)
@@ -147,14 +165,15 @@ class AdaptiveLimiter:
         self._required_windows = 1
         self._epoch = 0
         self._slow_start = True
+        self._refusals = Refusals()
+        self._stalls = Stalls()
         self._changed = anyio.Event()
         self._waiters: deque[anyio.Event] = deque()
         self.rate_limited = 0
         self.started = clock()
-        self._history: deque[tuple[float, int]] = deque(maxlen=20_000)
         if remembered is not None:
             self._start_remembered(remembered)
-        self._history.append((self.started, self._limit))
+        self._history = LimitHistory(self.started, self._limit)
 
     def _start_remembered(self, level: int) -> None:
         """Start at the level an earlier run settled at, as if a 429 had shown it: no slow
@@ -181,11 +200,21 @@ class AdaptiveLimiter:
         grew, and the server may take more than it has reached)."""
         return not self._slow_start
 
-    def slot(self) -> Slot:
+    def slot(self, owner: object = None) -> Slot:
         """A permit for one request: `async with limiter.slot() as slot:` (see `Slot`)."""
-        return Slot(self)
+        return Slot(self, owner)
 
     async def _acquire(self, slot: Slot) -> None:
+        """Wait for any outage to let this request probe or go, then as below."""
+        slot.probe = await self.outage.admit()
+        try:
+            await self._take_when_free(slot)
+        except BaseException:
+            if slot.probe:
+                self.outage.probe_done()
+            raise
+
+    async def _take_when_free(self, slot: Slot) -> None:
         """Wait for a free slot and for any run-wide pause to end, then take the slot.
         Nothing awaits between the last check and returning, so the caller sends at once.
         Waiters queue in order and each freed slot wakes one of them (not all: with many
@@ -218,6 +247,7 @@ class AdaptiveLimiter:
                 return
 
     def _take(self, slot: Slot) -> None:
+        self._stalls.sent(slot)
         self._in_flight += 1
         if self._in_flight > self._peak_since_change:
             self._peak_since_change = self._in_flight
@@ -242,13 +272,25 @@ class AdaptiveLimiter:
         self._changed.set()
         self._changed = anyio.Event()
 
-    def _release(self) -> None:
-        self._in_flight -= 1
+    def _release(self, slot: Slot, *, answered: bool = False) -> None:
+        self._stalls.ended(slot, self._clock(), answered=answered)
+        if not slot.stalled:
+            self._in_flight -= 1
         self._wake()
 
-    def _succeeded(self) -> None:
-        self._release()
+    async def watch_stalls(self, every: float = 0.5) -> None:
+        """Free the slots of hung or trickling requests (batch/stalls.py), until cancelled."""
+        while True:
+            await anyio.sleep(every)
+            stalled = self._stalls.newly_stalled(self._clock())
+            if stalled:
+                self._in_flight -= stalled
+                self._wake()
+
+    def _succeeded(self, slot: Slot) -> None:
+        self._release(slot, answered=True)
         self.cooldown.reset()
+        self._refusals.accepted()
         self._successes += 1
         if self._successes < self._limit:
             return
@@ -277,12 +319,17 @@ class AdaptiveLimiter:
             self.cooldown.retry_after(retry_after)
         else:
             self.cooldown.backoff(slot.sent_at)
-        self._release()
+        self._release(slot)
         if slot.epoch == self._epoch - 1:
+            self._refusals.refused()
             self._refused_again(slot)
-        elif slot.epoch == self._epoch:
+        elif slot.epoch != self._epoch:
+            self._refusals.refused()  # sent before an earlier decrease: nothing new
+        elif slot.in_flight > self._safe:
+            self._refusals.refused()
             self._overload(slot)
-        # else: sent before an earlier decrease, it says nothing new
+        elif self._refusals.transient(self._limit):
+            self._overload(slot)  # transient-looking 429s that keep coming: a shrink
 
     def _refused_again(self, slot: Slot) -> None:
         """Another request sent into the same overload was refused: one fewer fits."""
@@ -296,9 +343,13 @@ class AdaptiveLimiter:
             self._set_limit(target)
             self._bad = self._limit + 1
             self._required_windows = self._base_hold
-        if self._overload_level - self._overload_refused < self._floor:
-            # Refusals beyond the floor are not about our level (a storm, a shrink):
-            # regrowth up to where the overload began need not wait for probes.
+        if (
+            self._overload_level - self._overload_refused < self._floor
+            or self._refusals.in_a_row > self._overload_refused
+        ):
+            # Refusals beyond the floor, or of requests sent at a level known to work, are
+            # not about our level (a storm, a shrink): regrowth up to where the overload
+            # began need not wait for probes.
             self._bad = self._overload_level
 
     def _overload(self, slot: Slot) -> None:
@@ -362,28 +413,11 @@ class AdaptiveLimiter:
         self._windows = 0
         self._required_windows = 1
         self._peak_since_change = self._in_flight
-        self._history.append((self._clock(), self._limit))
+        self._history.add(self._clock(), self._limit)
         self._wake()
 
     def settled(self, *, tail: float = 0.5) -> float:
         """The concurrency the run settled at: the time-weighted median of the limit over
         the last `tail` fraction of the run so far."""
         now = self._clock()
-        start = now - (now - self.started) * tail
-        spans: dict[int, float] = {}
-        entries = list(self._history)
-        for i, (t, value) in enumerate(entries):
-            end = entries[i + 1][0] if i + 1 < len(entries) else now
-            lo = max(t, start)
-            if end > lo:
-                spans[value] = spans.get(value, 0.0) + (end - lo)
-        if not spans:
-            return float(self._limit)
-        total = sum(spans.values())
-        levels = sorted(spans)
-        cumulative = []
-        acc = 0.0
-        for value in levels:
-            acc += spans[value]
-            cumulative.append(acc)
-        return float(levels[bisect.bisect_left(cumulative, total / 2)])
+        return self._history.median(start=now - (now - self.started) * tail, now=now)

@@ -5,8 +5,10 @@ Python API in a notebook or a terminal."""
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TextIO
@@ -16,6 +18,8 @@ import anyio
 from batch.summary import RunStats
 
 ProgressMode = Literal["auto", "tty", "log", "bar", "off"]
+
+logger = logging.getLogger(__name__)
 
 
 def _duration(seconds: float) -> str:
@@ -35,9 +39,10 @@ def _count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def progress_line(stats: RunStats) -> str:
+def progress_line(stats: RunStats, pause: str = "") -> str:
     """One line: the output directory's done/total and failed (this run's and earlier
-    runs'), then this run's rate, tokens and cost, 429s, concurrency, and the ETA."""
+    runs'), then this run's rate, tokens and cost, 429s, concurrency, the ETA, and any
+    run-wide pause in force."""
     answered = stats.succeeded + stats.failed
     elapsed = stats.elapsed
     rate = answered / elapsed if elapsed > 0 else 0.0
@@ -50,7 +55,7 @@ def progress_line(stats: RunStats) -> str:
         f"this run: {rate:.1f} jobs/s, {_count(stats.tokens.total_tokens)} tokens, "
         f"{stats.cost:.2f} {stats.prices.currency} | "
         f"429s {stats.rate_limited} | concurrency {stats.concurrency}/{stats.max_concurrency} | "
-        f"ETA {eta}"
+        f"ETA {eta}" + (f" | {pause}" if pause else "")
     )
 
 
@@ -86,7 +91,8 @@ def log_time(at: float | None = None) -> str:
 
 
 class Progress:
-    """Draws `progress_line` every `interval` seconds until cancelled."""
+    """Draws `progress_line` every `interval` seconds until cancelled; `pause` says which
+    run-wide pause is in force ("" for none), and `announce` prints an event line."""
 
     def __init__(
         self,
@@ -95,8 +101,10 @@ class Progress:
         *,
         stream: TextIO | None = None,
         interval: float | None = None,
+        pause: Callable[[], str] | None = None,
     ) -> None:
         self.stats = stats
+        self.pause = pause
         self.stream = stream if stream is not None else sys.stderr
         if mode == "auto":
             mode = "tty" if self.stream.isatty() else "log"
@@ -109,7 +117,7 @@ class Progress:
         if self._bar is not None:
             self._bar.draw()
             return
-        line = progress_line(self.stats)
+        line = progress_line(self.stats, self.pause() if self.pause is not None else "")
         if self.mode == "tty":
             self.stream.write("\r\x1b[2K" + line)
             self._drawn = True
@@ -117,7 +125,7 @@ class Progress:
             self.stream.write(f"{log_time()} {line}\n")
         self.stream.flush()
 
-    def announce(self, start: RunStart) -> None:
+    def start_line(self, start: RunStart) -> None:
         """The start line, before any progress (on a terminal too: it is the run's heading)."""
         if self.mode == "off":
             return
@@ -130,6 +138,18 @@ class Progress:
         if self._drawn:
             self.stream.write("\r\x1b[2K")
         self.stream.write(f"{log_time()} {message}\n")
+        self.stream.flush()
+
+    def announce(self, message: str) -> None:
+        """A run-wide event (a pause, an outage and its end): logged, and printed on its
+        own line (above the live line on a terminal) unless progress is off."""
+        logger.info(message)
+        if self.mode == "off":
+            return
+        prefix = "\r\x1b[2K" if self.mode == "tty" and self._drawn else ""
+        self.stream.write(f"{prefix}{log_time()} {message}\n")
+        if self.mode == "tty" and self._drawn:
+            self.draw()
         self.stream.flush()
 
     async def run(self) -> None:

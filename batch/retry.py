@@ -5,7 +5,10 @@ jitter, up to `max_attempts` failed sends and `max_elapsed` seconds.
 asked, so a 429 is retried at once (the next send waits for its limiter slot) and
 does not use up `max_attempts`, which is for errors that say something about the request or
 the server's health (5xx, resets, timeouts). A request stuck behind 429s still gives up when
-`max_elapsed` has passed since its first send.
+`max_elapsed` has passed since its first send. A request held back before it left
+(`SendHeld`) is treated the same way. An `excused` error (one the run attributes to an
+outage, not to the request) never counts and never ends the request: the run's outage
+handling decides when it goes again and when the run gives up.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from batch.backoff import backoff_delay
-from batch.errors import RateLimited, RetryableError, RetryAfterTooLong
+from batch.errors import RateLimited, RetryableError, RetryAfterTooLong, SendHeld
 
 T = TypeVar("T")
 
@@ -54,24 +57,40 @@ def retry_after_capped(policy: RetryPolicy) -> Iterator[None]:
         raise
 
 
+Excused = Callable[[BaseException], bool]
+
+
+def _never(exc: BaseException) -> bool:
+    return False
+
+
 class _Budget:
     """The stop and wait decisions for one request, counting failures that are not 429s."""
 
-    def __init__(self, policy: RetryPolicy, clock: Callable[[], float], started: float) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        clock: Callable[[], float],
+        started: float,
+        excused: Excused = _never,
+    ) -> None:
         self.policy = policy
         self.clock = clock
         self.started = started
+        self.excused = excused
         self.failures = 0
 
     def give_up(self, exc: BaseException | None) -> bool:
-        if not isinstance(exc, RateLimited):
+        if exc is not None and self.excused(exc):
+            return False
+        if not isinstance(exc, RateLimited | SendHeld):
             self.failures += 1
             if self.failures >= self.policy.max_attempts:
                 return True
         return self.clock() - self.started >= self.policy.max_elapsed
 
     def delay(self, exc: BaseException | None) -> float:
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited | SendHeld) or (exc is not None and self.excused(exc)):
             return 0.0
         p = self.policy
         backoff = backoff_delay(
@@ -92,16 +111,18 @@ async def call_with_retry(
     policy: RetryPolicy,
     *,
     clock: Callable[[], float] = time.monotonic,
+    excused: Excused = _never,
 ) -> T:
     """Run `attempt` until it returns, retrying RetryableError per `policy`; the last error
-    is re-raised when the policy gives up. Other errors propagate at once."""
+    is re-raised when the policy gives up. Other errors propagate at once. Errors for
+    which `excused` says True are retried at once and never counted."""
     started = clock()
     # Fast path: most requests succeed first time, and building tenacity's machinery per
     # request costs CPU that a 1,000-requests-per-second run notices.
     try:
         return await attempt()
     except RetryableError as exc:
-        budget = _Budget(policy, clock, started)
+        budget = _Budget(policy, clock, started, excused)
         if budget.give_up(exc):
             raise
         pause = budget.delay(exc)

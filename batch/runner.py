@@ -33,9 +33,11 @@ from batch.errors import ApiError, BudgetExhausted, GigabatchError, OutputError
 from batch.eventlog import EventLog
 from batch.failures import failure_classes
 from batch.invalid_log import OnProblem, invalid_log
-from batch.limiter import AdaptiveLimiter
+from batch.limiter import AdaptiveLimiter, Cooldown
+from batch.outage import DEFAULT_MAX_OUTAGE, Outage
 from batch.outcomes import reused_batch, with_cached_column
 from batch.pipeline import run_pipeline
+from batch.preflight import check_service
 from batch.pricing import PriceTable
 from batch.progress import Progress, ProgressMode, RunStart
 from batch.recording import AttemptRecorder
@@ -43,6 +45,7 @@ from batch.retry import RetryPolicy
 from batch.reuse import RunReuse
 from batch.run_lock import RunLock
 from batch.sending import BatchSender, BudgetGate
+from batch.stalls import HEADROOM
 from batch.stopping import EarlySignals, RunStop
 from batch.storage import check_writable, output_errors
 from batch.summary import RunStats, RunSummary, build_summary, run_outcome
@@ -63,7 +66,10 @@ _READ_CHUNK = 512
 class RunConfig:
     """Everything one run needs. `client_factory` (tests, embedding callers) replaces the
     client built from `client_settings`. With `max_cost` or `max_tokens` the run uses
-    `kind.bounded()`, so every request's worst case is known before it is sent."""
+    `kind.bounded()`, so every request's worst case is known before it is sent. A client
+    built from `client_settings` is checked before the first job (batch/preflight.py); one
+    from `client_factory` is the caller's to check. An outage longer than `max_outage`
+    seconds stops the run."""
 
     jobs_path: Path
     out_dir: Path
@@ -73,6 +79,7 @@ class RunConfig:
     max_concurrency: int = 16
     initial_concurrency: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_outage: float = DEFAULT_MAX_OUTAGE
     flush_interval: float = 2.0
     flush_rows: int = 2000
     grace_period: float = 5.0
@@ -99,7 +106,10 @@ class RunConfig:
 
 
 def open_client(
-    config: RunConfig, max_connections: int
+    config: RunConfig,
+    max_connections: int,
+    *,
+    send_check: Callable[[], None] | None = None,
 ) -> AbstractAsyncContextManager[GigaChatClient]:
     """The client of a run: `config.client_factory`'s, else one from `config.client_settings`
     (else the environment) with a pool of `max_connections`."""
@@ -112,7 +122,7 @@ def open_client(
         from batch.settings import ClientSettings
 
         settings = ClientSettings.from_env()
-    return GigaChatClient(settings, max_connections=max_connections)
+    return GigaChatClient(settings, max_connections=max_connections, send_check=send_check)
 
 
 async def run_jobs(config: RunConfig) -> RunSummary:
@@ -307,8 +317,15 @@ class _Run:
         self._last_invalid: SourceLocation | None = None
         self.reuse = reuse
         self.recalled = reuse.limit.recall() if reuse.limit is not None else None
+        self.progress = Progress(
+            stats, config.progress, interval=config.progress_interval, pause=self._pause
+        )
         self.limiter = AdaptiveLimiter(
-            config.max_concurrency, initial=config.initial_concurrency, remembered=self.recalled
+            config.max_concurrency,
+            initial=config.initial_concurrency,
+            remembered=self.recalled,
+            cooldown=Cooldown(announce=self.progress.announce),
+            outage=Outage(max_outage=config.max_outage, announce=self.progress.announce),
         )
         self.stop = RunStop(self.limiter, config.grace_period)
         self.recorder = AttemptRecorder(events, self.limiter, stats.prices)
@@ -331,12 +348,30 @@ class _Run:
             reuse.limit.keep(self.limiter, recalled=self.recalled)
 
     def _client(self) -> AbstractAsyncContextManager[GigaChatClient]:
-        return open_client(self.config, self.config.max_concurrency)
+        return open_client(
+            self.config,
+            self.config.max_concurrency * HEADROOM,
+            send_check=self.limiter.cooldown.check_send,
+        )
+
+    def _workers(self) -> int:
+        """HEADROOM workers per slot, so hung requests cannot hold them all; a budgeted run
+        keeps one per slot, since each waiting worker would hold a budget reservation."""
+        per_slot = 1 if self.sender.budget is not None else HEADROOM
+        return self.config.max_concurrency * per_slot
+
+    def _pause(self) -> str:
+        """The run-wide pause in force, for the progress line ("" when none)."""
+        outage = self.limiter.outage
+        if outage.active:
+            return f"PAUSED: API unreachable for {outage.elapsed:.0f}s, probing"
+        remaining = self.limiter.cooldown.remaining
+        return f"PAUSED {remaining:.1f}s after 429s" if remaining >= 0.5 else ""
 
     async def execute(self) -> RunSummary:
         config = self.config
-        progress = Progress(self.stats, config.progress, interval=config.progress_interval)
-        progress.announce(self.start)
+        progress = self.progress
+        progress.start_line(self.start)
         kept = self.kept
         writer = PartWriter(
             self.checkpoint,
@@ -353,21 +388,25 @@ class _Run:
             config.max_concurrency * 2
         )
         with self._invalid_log() as on_problem:
-            async with self._client() as client, anyio.create_task_group() as outer:
-                outer.start_soon(writer.run, receive_out)
-                async with anyio.create_task_group() as side:
-                    if config.handle_signals:
-                        side.start_soon(self.stop.watch_signals)
-                    side.start_soon(progress.run)
-                    side.start_soon(self.stop.grace)
-                    async with send_out:
-                        with self.stop.workers_scope:
-                            await run_pipeline(
-                                partial(self._produce, on_problem, send_out),
-                                partial(self._work, client, send_out),
-                                workers=config.max_concurrency,
-                            )
-                    side.cancel_scope.cancel()
+            async with self._client() as client:
+                if config.client_factory is None:
+                    await check_service(client, self.kind.answer_settings().get("model"))
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(writer.run, receive_out)
+                    async with anyio.create_task_group() as side:
+                        if config.handle_signals:
+                            side.start_soon(self.stop.watch_signals)
+                        side.start_soon(progress.run)
+                        side.start_soon(self.limiter.watch_stalls)
+                        side.start_soon(self.stop.grace)
+                        async with send_out:
+                            with self.stop.workers_scope:
+                                await run_pipeline(
+                                    partial(self._produce, on_problem, send_out),
+                                    partial(self._work, client, send_out),
+                                    workers=self._workers(),
+                                )
+                        side.cancel_scope.cancel()
         progress.close()
         error = writer.outcome()
         if error is not None:

@@ -116,7 +116,9 @@ class BatchSender:
         attempt = _Attempt(self, client, batch)
         try:
             await attempt.reserve()
-            answers = await call_with_retry(attempt, self.retry)
+            answers = await call_with_retry(
+                attempt, self.retry, excused=self.limiter.outage.excuses
+            )
         except _Stopped:
             return self._unanswered(attempt, None)
         except FatalError as exc:
@@ -219,7 +221,7 @@ class _Attempt:
         recorder = sender.recorder
         sent: Slot | None = None
         try:
-            async with sender.limiter.slot() as slot:
+            async with sender.limiter.slot(owner=self) as slot:
                 if sender.stop.stopping:
                     raise _Stopped
                 sent = slot
@@ -248,3 +250,5 @@ class _Attempt:
             if self.reservation is not None and sender.budget is not None:
                 sender.budget.charge_unseen(self.reservation)
             self.reservation = None
+        if sender.limiter.outage.expired:
+            raise sender.limiter.outage.give_up() from None

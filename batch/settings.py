@@ -19,8 +19,9 @@ from batch.errors import ConfigError
 DEFAULT_BASE_URL = "https://gigachat.devices.sberbank.ru/api/v1"
 DEFAULT_AUTH_URL = "https://ngw.devices.sberbank.ru:9443/api/v2/oauth"
 DEFAULT_SCOPE = "GIGACHAT_API_PERS"
-# An LLM answer can take minutes to generate; a dead host should be noticed in seconds.
-DEFAULT_TIMEOUT = 300.0
+# The deadline of one whole request (connect + send + the entire answer). A long LLM answer
+# takes a minute or so; against --max-elapsed's 300 s, 90 s leaves a hung request 3 tries.
+DEFAULT_TIMEOUT = 90.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 ENV_PREFIX = "GIGACHAT_"

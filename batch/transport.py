@@ -10,6 +10,9 @@ attribute touched (one: the network backend of the pool an httpx transport build
   write yields to the event loop. A request's writes are held until the connection reads
   (which it does as soon as the request is out), so a small request leaves in one send; a
   large body still goes out in slices of at most `FLUSH_AT` bytes.
+- `send_check` is called at the last moment before a request's bytes leave (each flush):
+  it raises (`batch.errors.SendHeld`) when a run-wide pause began after the request passed
+  the limiter, so nothing leaves inside a window the server announced.
 """
 
 from __future__ import annotations
@@ -23,12 +26,17 @@ import httpx
 
 FLUSH_AT = 64 * 1024
 
+SendCheck = Callable[[], None]
+
 
 class CoalescingStream(httpcore.AsyncNetworkStream):
     """Writes are buffered until the next read (or until `FLUSH_AT` bytes are waiting)."""
 
-    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+    def __init__(
+        self, stream: httpcore.AsyncNetworkStream, send_check: SendCheck | None = None
+    ) -> None:
         self._stream = stream
+        self._send_check = send_check
         self._pending: list[bytes] = []
         self._size = 0
         self._timeout: float | None = None
@@ -51,6 +59,8 @@ class CoalescingStream(httpcore.AsyncNetworkStream):
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
         self._size = 0
+        if self._send_check is not None:
+            self._send_check()  # raising here drops the request unsent (and the connection)
         await self._stream.write(data, self._timeout)
 
     async def aclose(self) -> None:
@@ -67,7 +77,7 @@ class CoalescingStream(httpcore.AsyncNetworkStream):
         if self._pending:  # a proxy's CONNECT must be out before the handshake
             await self._flush()
         tls = await self._stream.start_tls(ssl_context, server_hostname, timeout)
-        return CoalescingStream(tls)
+        return CoalescingStream(tls, self._send_check)
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)
@@ -76,8 +86,13 @@ class CoalescingStream(httpcore.AsyncNetworkStream):
 class CoalescingBackend(httpcore.AsyncNetworkBackend):
     """httpcore's own backend, with every stream it opens wrapped in `CoalescingStream`."""
 
-    def __init__(self, backend: httpcore.AsyncNetworkBackend | None = None) -> None:
+    def __init__(
+        self,
+        backend: httpcore.AsyncNetworkBackend | None = None,
+        send_check: SendCheck | None = None,
+    ) -> None:
         self._backend = backend if backend is not None else httpcore.AnyIOBackend()
+        self._send_check = send_check
 
     async def connect_tcp(
         self,
@@ -90,7 +105,7 @@ class CoalescingBackend(httpcore.AsyncNetworkBackend):
         stream = await self._backend.connect_tcp(
             host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
         )
-        return CoalescingStream(stream)
+        return CoalescingStream(stream, self._send_check)
 
     async def connect_unix_socket(
         self,
@@ -101,7 +116,7 @@ class CoalescingBackend(httpcore.AsyncNetworkBackend):
         stream = await self._backend.connect_unix_socket(
             path, timeout=timeout, socket_options=socket_options
         )
-        return CoalescingStream(stream)
+        return CoalescingStream(stream, self._send_check)
 
     async def sleep(self, seconds: float) -> None:
         await self._backend.sleep(seconds)
@@ -145,7 +160,8 @@ class ShardedPool(httpx.AsyncBaseTransport):
     SHARD_SIZE, each request sent through the one with the most free connections, give the
     same total limit with 2-3x the requests per second. A request waits for a connection only
     when all `max_connections` are busy, and then for as long as it takes (no pool timeout).
-    `network_backend` replaces httpcore's sockets (tests pass a scripted one).
+    `network_backend` replaces httpcore's sockets (tests pass a scripted one); `send_check`
+    is called right before each request's bytes leave (see the module's docstring).
     """
 
     SHARD_SIZE = 4
@@ -157,6 +173,7 @@ class ShardedPool(httpx.AsyncBaseTransport):
         verify: ssl.SSLContext | bool = True,
         proxy: str | None = None,
         network_backend: httpcore.AsyncNetworkBackend | None = None,
+        send_check: SendCheck | None = None,
     ) -> None:
         count = -(-max(1, max_connections) // self.SHARD_SIZE)
         sizes = [max_connections // count + (i < max_connections % count) for i in range(count)]
@@ -170,7 +187,7 @@ class ShardedPool(httpx.AsyncBaseTransport):
             )
             for size in self.sizes
         ]
-        backend = CoalescingBackend(network_backend)
+        backend = CoalescingBackend(network_backend, send_check)
         installed = [_install(shard, backend) for shard in self._shards]
         if network_backend is not None and not all(installed):
             raise TypeError("this httpx version does not let ShardedPool set a network backend")

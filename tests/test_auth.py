@@ -11,7 +11,7 @@ import pytest
 
 from batch import wire
 from batch.auth import TOKEN_ATTEMPTS, Authenticator
-from batch.errors import AuthenticationFailed, ServerError
+from batch.errors import AuthenticationFailed, RateLimited, ServerError, TokenUnavailable
 from batch.settings import ClientSettings
 
 KEY = "Y2xpZW50OnNlY3JldA=="
@@ -236,3 +236,30 @@ def test_after_a_failed_refresh_the_next_request_tries_again() -> None:
     with pytest.raises(ServerError):
         anyio.run(auth.authorization)
     assert anyio.run(auth.authorization)[0] == f"Bearer t{TOKEN_ATTEMPTS + 1}"
+
+
+def test_oauth_429s_that_outlast_the_retries_are_not_the_apis_rate_limit() -> None:
+    clock = Clock()
+    limited = [
+        httpx.Response(429, json={"code": 10, "message": "Too many requests"})
+        for _ in range(TOKEN_ATTEMPTS)
+    ]
+    endpoint = TokenEndpoint(clock, 1800.0, *limited)
+    auth = authenticator(endpoint, clock)
+
+    with pytest.raises(TokenUnavailable) as info:
+        anyio.run(auth.authorization)
+    assert not isinstance(info.value, RateLimited)  # the API's limiter never sees it
+
+
+def test_after_a_failed_refresh_the_next_one_waits_a_backoff() -> None:
+    clock = Clock()
+    rejected = httpx.Response(401, json={"code": 6, "message": "credentials doesn't match"})
+    endpoint = TokenEndpoint(clock, 1800.0, rejected)
+    settings = ClientSettings.from_env({}, credentials=KEY)
+    auth = Authenticator(settings, endpoint, clock=clock, backoff=0.3)
+    with pytest.raises(AuthenticationFailed):
+        anyio.run(auth.authorization)
+
+    assert anyio.run(auth.authorization)[0] == "Bearer t2"
+    assert endpoint.sent_at[1] - endpoint.sent_at[0] >= 0.15  # not 1 ms later

@@ -583,6 +583,31 @@ def test_timeout_setting_is_the_read_timeout() -> None:
     run(client.aclose)
 
 
+class _Trickle(httpx.AsyncByteStream):
+    """An answer body that arrives one byte every 20 ms, far longer than any deadline."""
+
+    async def __aiter__(self) -> Any:
+        for _ in range(10_000):
+            await anyio.sleep(0.02)
+            yield b" "
+
+
+def test_an_answer_that_trickles_in_is_abandoned_at_the_whole_request_deadline() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=_Trickle())
+
+    async def main() -> float:
+        configured = settings(credentials=None, access_token="t", timeout=0.3)
+        async with GigaChatClient(configured, transport=httpx.MockTransport(handler)) as client:
+            started = time.monotonic()
+            with pytest.raises(RequestTimedOut, match=r"within 0\.3 s"):
+                await client.chat(HELLO)
+            return time.monotonic() - started
+
+    # Every read arrives well within a read timeout of 0.3 s: only a deadline ends it.
+    assert 0.3 <= run(main) < 1.5
+
+
 # --- secrets -------------------------------------------------------------------------------
 
 SECRETS = ("c2VjcmV0LWtleQ==", "hunter2-password", "given-access-token", "token-1", "token-2")

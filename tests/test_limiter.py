@@ -15,7 +15,7 @@ import pytest
 from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from batch.errors import RateLimited, ServerError
+from batch.errors import BadRequest, RateLimited, ServerError
 from batch.limiter import AdaptiveLimiter, Cooldown
 
 
@@ -46,7 +46,7 @@ class Request:
     async def _hold(self, limiter: AdaptiveLimiter, *, task_status: TaskStatus[None]) -> None:
         self._end = end = anyio.Event()
         taking = anyio.CancelScope(deadline=anyio.current_time() + 1)
-        with taking, contextlib.suppress(RateLimited, ServerError):
+        with taking, contextlib.suppress(RateLimited, BadRequest):
             async with limiter.slot():
                 taking.deadline = math.inf  # taken: held for as long as the test wants
                 task_status.started()
@@ -69,7 +69,7 @@ class Request:
 
     def fail(self) -> None:
         """An error that says nothing about capacity."""
-        self._finish(ServerError("boom", status=500))
+        self._finish(BadRequest("boom", status=400))
 
 
 def fill_window(portal: BlockingPortal, limiter: AdaptiveLimiter) -> None:
@@ -185,8 +185,8 @@ def test_429s_for_requests_sent_before_an_earlier_decrease_are_ignored(
     old[15].refuse(None)  # epoch 0 -> 1: 15
     for request in old[:14]:
         request.fail()
-    newer = acquire_now_after(portal, limiter, clock)
-    newer.refuse(None)  # a new overload: epoch 1 -> 2: 14
+    newer = [acquire_now_after(portal, limiter, clock) for _ in range(9)]
+    newer[8].refuse(None)  # sent with 10 in flight, over the 8 known good: epoch 1 -> 2: 14
     assert limiter.limit == 14
     old[14].refuse(None)  # epoch 0: two decreases ago
     assert limiter.limit == 14
@@ -195,17 +195,59 @@ def test_429s_for_requests_sent_before_an_earlier_decrease_are_ignored(
 def test_429_at_the_known_good_level_steps_it_down(portal: BlockingPortal) -> None:
     clock = Clock()
     limiter = AdaptiveLimiter(64, initial=10, clock=clock)
-    fill_window(portal, limiter)  # 10 known good -> 20
+    fill_window(portal, limiter)  # 10 known good -> 40
     requests = [Request(portal, limiter) for _ in range(20)]
     for request in requests[10:]:
-        request.refuse(None)
+        request.refuse(1.0)
     for request in requests[:10]:
         request.succeed()
     assert limiter.limit == 10
-    clock.now += 100  # past the pause
-    request = Request(portal, limiter)
-    request.refuse(None)  # 429 at 10: the server shrank
+    clock.now += 2  # past the pause, long before any probe
+    for _ in range(4):
+        Request(portal, limiter).refuse(None)  # 429s at the known-good 10, answers between
+        clock.now += 1
+        fill_window(portal, limiter)
+        assert limiter.limit == 10
+    Request(portal, limiter).refuse(None)  # the fifth among the last answers: it shrank
     assert limiter.limit == 9
+
+
+def test_an_isolated_429_at_the_known_good_level_only_pauses(portal: BlockingPortal) -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(64, initial=10, clock=clock)
+    fill_window(portal, limiter)  # 10 known good -> 40
+    requests = [Request(portal, limiter) for _ in range(11)]
+    requests[10].refuse(None)  # the server holds 10
+    for request in requests[:10]:
+        request.succeed()
+    assert limiter.limit == 10
+    for _ in range(20):  # 429s without Retry-After, one in every 4 windows: noise
+        clock.now += 1
+        Request(portal, limiter).refuse(None)
+        assert limiter.cooldown.remaining > 0  # the run backs off for a moment
+        assert limiter.limit >= 10  # never lowered (it may probe 11)
+        clock.now += 1
+        for _ in range(4):
+            fill_window(portal, limiter)
+
+
+def test_a_storm_at_the_known_good_level_pauses_but_keeps_the_level(
+    portal: BlockingPortal,
+) -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(64, initial=8, clock=clock)
+    fill_window(portal, limiter)  # 8 known good -> 32
+    requests = [Request(portal, limiter) for _ in range(9)]
+    requests[8].refuse(None)
+    for request in requests[:8]:
+        request.succeed()
+    assert limiter.limit == 8
+    for _ in range(10):  # every request of each burst refused, burst after burst
+        clock.now += 100
+        burst = [Request(portal, limiter) for _ in range(8)]
+        for request in burst:
+            request.refuse(None)
+    assert limiter.limit == 8
 
 
 def test_probing_the_level_that_failed_waits_longer_than_growing_below_it(

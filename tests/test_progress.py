@@ -95,3 +95,22 @@ def test_engine_warnings_on_the_command_line_are_dated_and_not_doubled(
     logging.getLogger("batch.client").warning("TLS verification is off")
     iso = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}"
     assert re.fullmatch(iso + r" WARNING: TLS verification is off\n", err.getvalue())
+
+
+def test_a_run_wide_pause_shows_on_the_line_and_is_announced_on_a_line_of_its_own() -> None:
+    log = io.StringIO()
+    progress = Progress(stats(), stream=log, pause=lambda: "PAUSED 12.0s after 429s")
+    progress.announce("paused 12.0 s: the server's Retry-After (every worker waits)")
+    progress.draw()
+    first, second = log.getvalue().splitlines()
+    assert first.endswith("paused 12.0 s: the server's Retry-After (every worker waits)")
+    assert second.endswith("| PAUSED 12.0s after 429s")
+
+
+def test_announcements_keep_the_live_line_below_them() -> None:
+    tty = FakeTerminal()
+    live = Progress(stats(), stream=tty)
+    live.draw()
+    live.announce("API unreachable since 03:12:07 (refused); paused, probing with one request")
+    text = tty.getvalue()
+    assert "API unreachable since" in text and text.rstrip("\n").endswith("ETA 18s")

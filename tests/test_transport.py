@@ -15,6 +15,7 @@ import pytest
 
 from batch.client import GigaChatClient
 from batch.emulator import RunningEmulator, profile, serve_emulator
+from batch.errors import SendHeld
 from batch.settings import ClientSettings
 from batch.transport import FLUSH_AT, CoalescingBackend, CoalescingStream, ShardedPool
 
@@ -267,6 +268,34 @@ def test_each_request_through_the_pool_is_one_write_of_head_and_body() -> None:
         assert head.startswith(b"POST /api/v1/chat/completions HTTP/1.1\r\n")
         assert f"Content-Length: {len(sent)}".encode() in head
         assert orjson.loads(sent)["messages"] == body["messages"]
+
+
+def test_a_request_held_by_the_send_check_never_leaves_and_the_next_one_does() -> None:
+    """The run-wide pause is checked once more as the bytes would leave: a held request
+    writes nothing, raises SendHeld (not sent, so not a connection failure), and the
+    pool carries on."""
+    network = ScriptedNetwork(MODELS_ANSWER)
+    paused = False
+
+    def check() -> None:
+        if paused:
+            raise SendHeld("a run-wide pause began")
+
+    async def scenario() -> None:
+        nonlocal paused
+        pool = ShardedPool(4, network_backend=network, send_check=check)
+        async with scripted_client(pool) as client:
+            await client.models()
+            paused = True
+            with pytest.raises(SendHeld):
+                await client.models()
+            paused = False
+            await client.models()
+
+    anyio.run(scenario)
+    writes = [write for connection in network.connections for write in connection.writes]
+    assert len(writes) == 2
+    assert all(write.startswith(b"GET /api/v1/models HTTP/1.1") for write in writes)
 
 
 POOL_SIZE = 8

@@ -13,28 +13,22 @@ import binascii
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
 
 from batch.emulator import batches, chat, embeddings
+from batch.emulator.call import JSON, Call, Receive, Scope, Send
 from batch.emulator.config import SCOPE_STREAM_LIMITS, SCOPES, EmulatorConfig, coerce_knobs
 from batch.emulator.faults import HTML_502, FaultDice
-from batch.emulator.limits import RateWindow, Storm, StreamLimiter, TokenStore, retry_after
+from batch.emulator.limits import RateWindow, StreamLimiter, TokenStore, Window, retry_after
 from batch.emulator.models import MODELS, model_entry
 from batch.emulator.pacing import Pacer
 from batch.emulator.stats import Stats
 from batch.emulator.tokens import count_tokens
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-JSON = b"application/json"
-EVENT_STREAM = b"text/event-stream"
 CHAT_POOL = "GigaChat"
 EMBEDDING_POOL = "embeddings"
 
@@ -52,10 +46,13 @@ SERVER_ERROR = _error(500, "Internal Server Error")
 GATEWAY_TIMEOUT = _error(504, "Gateway Timeout")
 FORBIDDEN = _error(403, "Permission denied")
 PAYMENT_REQUIRED = _error(402, "Payment required: token balance exhausted")
+SERVICE_UNAVAILABLE = _error(503, "Service Unavailable")
 METHOD_NOT_ALLOWED = _error(405, "Method not allowed")
 # A reset cuts the answer after this many bytes of a body announced as much longer.
 RESET_AFTER = b'{"choices":[{"message":{"role":"assistant","content":"'
 RESET_ANNOUNCED = b"4096"
+# The random-401 fault spares tokens younger than this (a client's retry after a refresh).
+FRESH_TOKEN_S = 1.0
 # The real API refuses requests over 20 MB.
 MAX_BODY_BYTES = 20 * 1024 * 1024
 
@@ -67,74 +64,6 @@ def credentials_for(config: EmulatorConfig) -> str:
 
 def _oauth_error(code: int, message: str) -> bytes:
     return orjson.dumps({"code": code, "message": message})
-
-
-class Call:
-    """One request in flight: what the handlers need and the status it got."""
-
-    __slots__ = (
-        "arrived", "body", "due", "headers", "method", "path", "query", "request_id", "send",
-        "session", "status",
-    )
-
-    def __init__(self, scope: Scope, body: bytes, send: Send, arrived: float) -> None:
-        self.arrived = arrived
-        self.due: float | None = None  # when a paced answer is due (`EmulatorApp._wait`)
-        self.path: str = scope["path"]
-        self.method: str = scope["method"]
-        self.query: bytes = scope.get("query_string", b"")
-        self.headers: dict[bytes, bytes] = dict(scope["headers"])
-        self.body = body
-        self.send = send
-        self.request_id = self.headers.get(b"x-request-id") or str(uuid.uuid4()).encode()
-        self.session = self.headers.get(b"x-session-id")
-        self.status = 0
-
-    @property
-    def session_id(self) -> bytes:
-        if self.session is None:
-            self.session = str(uuid.uuid4()).encode()
-        return self.session
-
-    async def reply(
-        self,
-        status: int,
-        body: bytes,
-        *,
-        content_type: bytes = JSON,
-        extra: tuple[tuple[bytes, bytes], ...] = (),
-    ) -> None:
-        self.status = status
-        await self.send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", self.request_id),
-                (b"x-session-id", self.session_id),
-                *extra,
-            ],
-        })
-        await self.send({"type": "http.response.body", "body": body})
-
-    async def stream(self, frames: list[bytes], gap_s: float) -> None:
-        self.status = 200
-        await self.send({
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", EVENT_STREAM),
-                (b"cache-control", b"no-store"),
-                (b"x-request-id", self.request_id),
-                (b"x-session-id", self.session_id),
-            ],
-        })
-        for frame in frames:
-            if gap_s > 0:
-                await asyncio.sleep(gap_s)
-            await self.send({"type": "http.response.body", "body": frame, "more_body": True})
-        await self.send({"type": "http.response.body", "body": b""})
 
 
 Handler = Callable[[Call, str], Awaitable[None]]
@@ -162,7 +91,12 @@ class EmulatorApp:
         self.pacer = Pacer()
         self.tokens = TokenStore()
         self.oauth_rate = RateWindow()
-        self.storm = Storm()
+        self.storm = Window()
+        self.outage = Window()
+        if config.outage_start_s is not None:
+            start = time.time() + config.outage_start_s
+            self.outage.start(start, config.outage_s)
+        self.answered = 0  # API requests answered 200 (for `payment_after`)
         self.cache = chat.PrefixCache()
         self.batches = batches.BatchStore(config.seed)
         self.credentials = credentials_for(config).encode()
@@ -197,7 +131,7 @@ class EmulatorApp:
         while message.get("more_body"):
             message = await receive()
             body += message.get("body", b"")
-        call = Call(scope, body, send, arrived)
+        call = Call(scope, body, send, receive, arrived)
         path = call.path
         if path.startswith("/_emulator/"):
             await self._control(call)
@@ -233,6 +167,10 @@ class EmulatorApp:
 
     async def _api(self, call: Call, handler: Handler, limited: bool) -> None:
         now = time.time()
+        if self.outage.active(now):
+            self.stats.faults["outage"] += 1
+            await self._unavailable(call)
+            return
         storm = self.storm.remaining(now)
         if storm > 0:
             await self._too_many(call, storm, now)
@@ -240,29 +178,54 @@ class EmulatorApp:
         scope = await self._authorize(call, now)
         if scope is None:
             return
+        payment_after = self.config.payment_after
+        if payment_after is not None and self.answered >= payment_after:
+            await call.reply(402, PAYMENT_REQUIRED)
+            return
         if not limited:
             await handler(call, scope)
             return
+        await self._in_stream(call, handler, scope, now)
+
+    async def _in_stream(self, call: Call, handler: Handler, scope: str, now: float) -> None:
+        """A request that holds one of its scope's streams while it is served."""
         config = self.config
         limit = config.stream_limit or SCOPE_STREAM_LIMITS[scope]
         if not self.streams.try_acquire(scope, limit):
             await self._too_many(call, config.retry_after_s, now)
             return
         self.stats.concurrency(self.streams.total())
+        held = True
         try:
             fault = self.dice.roll(config)
+            if fault == "401" and self._fresh_token(call, now):
+                fault = None  # the server forgets old tokens: one just issued always works
+            if fault == "drip":
+                self.stats.faults[fault] += 1
+                call.drip_s = config.drip_ms / 1000
+                fault = None
             if fault is None:
                 await handler(call, scope)
                 if call.status == 200:
+                    self.answered += 1
                     sent = time.time()
                     self.stats.service(sent - call.arrived)
                     if call.due is not None:
                         self.pacer.observe(sent - call.due)
             else:
                 self.stats.faults[fault] += 1
+                if fault == "hang":
+                    # The answer is lost upstream: the stream is free, the client waits.
+                    self.streams.release(scope)
+                    held = False
                 await self._fault(call, fault, now)
         finally:
-            self.streams.release(scope)
+            if held:
+                self.streams.release(scope)
+
+    def _fresh_token(self, call: Call, now: float) -> bool:
+        token = call.headers.get(b"authorization", b"")[7:].decode("latin-1")
+        return self.tokens.age(token, now) < FRESH_TOKEN_S
 
     async def _authorize(self, call: Call, now: float) -> str | None:
         header = call.headers.get(b"authorization", b"")
@@ -289,27 +252,41 @@ class EmulatorApp:
         elif fault == "html_502":
             await call.reply(502, HTML_502, content_type=b"text/html")
         elif fault == "reset":
-            # Announce a long body, send its first bytes, return: uvicorn then closes the
-            # connection, which the client sees as a reset mid-response.
-            await call.send({
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", JSON),
-                    (b"content-length", RESET_ANNOUNCED),
-                    (b"x-request-id", call.request_id),
-                    (b"x-session-id", call.session_id),
-                ],
-            })
-            await call.send({"type": "http.response.body", "body": RESET_AFTER, "more_body": True})
+            await self._cut(call)
         elif fault == "hang":
-            await asyncio.sleep(self.config.hang_s)
-            await call.reply(504, GATEWAY_TIMEOUT)
+            if not await call.gone_within(self.config.hang_s):
+                await call.reply(504, GATEWAY_TIMEOUT)
         elif fault == "error_body":
             await call.reply(200, TOO_MANY)
+        elif fault == "429":
+            await call.reply(429, TOO_MANY)
+        elif fault == "401":
+            await call.reply(401, EXPIRED)
         else:  # storm: this request opens it
             self.storm.start(now, self.config.storm_s)
             await self._too_many(call, self.storm.remaining(now), now)
+
+    async def _cut(self, call: Call) -> None:
+        """Announce a long body, send its first bytes, return: uvicorn then closes the
+        connection, which the client sees as a reset mid-response."""
+        await call.send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", JSON),
+                (b"content-length", RESET_ANNOUNCED),
+                (b"x-request-id", call.request_id),
+                (b"x-session-id", call.session_id),
+            ],
+        })
+        await call.send({"type": "http.response.body", "body": RESET_AFTER, "more_body": True})
+
+    async def _unavailable(self, call: Call) -> None:
+        """An API request during an outage: no answer (the connection is cut), or a 503."""
+        if self.config.outage_mode == "503":
+            await call.reply(503, SERVICE_UNAVAILABLE)
+        else:
+            await self._cut(call)
 
     def _latency(self, prompt: int, completion: int) -> tuple[float, float]:
         """Seeded latency split into (before the answer starts, while it streams)."""
@@ -354,7 +331,9 @@ class EmulatorApp:
         if call.method != "POST":
             await call.reply(405, METHOD_NOT_ALLOWED)
             return
-        if not self.oauth_rate.allow(now, config.oauth_rate_per_s):
+        if not self.oauth_rate.allow(now, config.oauth_rate_per_s) or self.dice.oauth_refused(
+            config
+        ):
             header, _ = retry_after(config.retry_after, 1.0, now)
             extra = ((b"retry-after", header),) if header else ()
             await call.reply(429, _oauth_error(10, "Too many requests"), extra=extra)
@@ -524,13 +503,16 @@ class EmulatorApp:
             "config": self.config.to_dict(),
             "stream_limit": self.config.effective_stream_limit,
             "storm_remaining_s": self.storm.remaining(time.time()),
+            "outage_remaining_s": self.outage.remaining(time.time()),
         }
 
     def reconfigure(self, knobs: dict[str, Any]) -> None:
         """Change runtime knobs (ValueError for unknown, fixed or invalid ones);
-        `start_storm_s` opens a 429 storm of that many seconds now."""
+        `start_storm_s` opens a 429 storm of that many seconds now, `start_outage_s` an
+        outage (see `outage_mode`; 0 ends one)."""
         knobs = dict(knobs)
         storm = knobs.pop("start_storm_s", None)
+        outage = knobs.pop("start_outage_s", None)
         changes = coerce_knobs(knobs)
         fixed = sorted(
             name for name in changes
@@ -545,6 +527,11 @@ class EmulatorApp:
             self.balance = self._fresh_balance()
         if storm is not None:
             self.storm.start(time.time(), float(storm))
+        if outage is not None:
+            if float(outage) > 0:
+                self.outage.start(time.time(), float(outage))
+            else:
+                self.outage.end()
 
     async def _control(self, call: Call) -> None:
         path, method = call.path, call.method

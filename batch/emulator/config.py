@@ -16,6 +16,9 @@ SCOPES = ("GIGACHAT_API_PERS", "GIGACHAT_API_B2B", "GIGACHAT_API_CORP")
 SCOPE_STREAM_LIMITS = {"GIGACHAT_API_PERS": 1, "GIGACHAT_API_B2B": 10, "GIGACHAT_API_CORP": 10}
 RETRY_AFTER_STYLES = ("none", "seconds", "date")
 BATCH_LIST_SHAPES = ("object", "array")
+# What an API request gets during a scheduled outage: its connection closed with no answer,
+# or a 503 from the front proxy.
+OUTAGE_MODES = ("drop", "503")
 
 
 def _knob(default: Any, help: str, *, runtime: bool = True) -> Any:
@@ -74,7 +77,9 @@ class EmulatorConfig:
     fault_5xx: float = _knob(0.0, "Rate of 500/503 answers with a JSON body.")
     fault_html_502: float = _knob(0.0, "Rate of 502 answers carrying an nginx HTML page.")
     fault_reset: float = _knob(0.0, "Rate of connections closed half-way through the body.")
-    fault_hang: float = _knob(0.0, "Rate of requests that get no answer for hang_s seconds.")
+    fault_hang: float = _knob(
+        0.0, "Rate of requests that get no answer until the client gives up (or hang_s)."
+    )
     hang_s: float = _knob(5.0, "How long a hang lasts before a 504 (bounds test time).")
     fault_error_body: float = _knob(0.0, "Rate of HTTP 200 answers carrying a 429 error body.")
     fault_storm: float = _knob(0.0, "Rate at which a request starts a 429 storm.")
@@ -90,6 +95,27 @@ class EmulatorConfig:
         0.0, "Seeded rate of batch tasks answered with a 500 error line."
     )
     batch_poll_429_rate: float = _knob(0.0, "Rate of GET /batches polls answered 429.")
+    fault_429: float = _knob(
+        0.0, "Rate of isolated 429s without Retry-After (not caused by the stream limit)."
+    )
+    fault_401: float = _knob(
+        0.0, "Rate of API requests refused with 401 'Token has expired' (tokens over 1 s old)."
+    )
+    fault_drip: float = _knob(0.0, "Rate of answers trickled one byte per drip_ms.")
+    drip_ms: float = _knob(50.0, "Milliseconds between the bytes of a slow-drip answer.")
+    fault_oauth_429: float = _knob(
+        0.0, "Rate of OAuth token requests refused with 429 without Retry-After."
+    )
+    payment_after: int | None = _knob(
+        None, "After this many answered API requests, every API request answers 402."
+    )
+    outage_start_s: float | None = _knob(
+        None, "Seconds after the server starts when a scheduled outage begins (unset: none)."
+    )
+    outage_s: float = _knob(60.0, "How long a scheduled outage lasts, seconds.")
+    outage_mode: str = _knob(
+        "drop", "What API requests get in an outage: drop (connection closed, no answer) | 503."
+    )
     seed: int = _knob(0, "Seed of the latency jitter, the faults and the answer lengths.")
 
     def __post_init__(self) -> None:
@@ -112,9 +138,11 @@ class EmulatorConfig:
             raise ValueError(f"batch_list_shape must be one of {', '.join(BATCH_LIST_SHAPES)}")
         if self.batch_max_lines < 1 or self.batch_processing_s < 0:
             raise ValueError("need batch_max_lines >= 1 and batch_processing_s >= 0")
+        if self.outage_mode not in OUTAGE_MODES:
+            raise ValueError(f"outage_mode must be one of {', '.join(OUTAGE_MODES)}")
         for name in ("fault_5xx", "fault_html_502", "fault_reset", "fault_hang",
-                     "fault_error_body", "fault_storm", "batch_task_failure_rate",
-                     "batch_poll_429_rate"):
+                     "fault_error_body", "fault_storm", "fault_429", "fault_401", "fault_drip",
+                     "fault_oauth_429", "batch_task_failure_rate", "batch_poll_429_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a rate in [0, 1]")
 

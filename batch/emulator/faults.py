@@ -15,6 +15,9 @@ FAULT_RATES = {
     "hang": "fault_hang",
     "error_body": "fault_error_body",
     "storm": "fault_storm",
+    "429": "fault_429",
+    "401": "fault_401",
+    "drip": "fault_drip",
 }
 
 HTML_502 = (
@@ -29,6 +32,7 @@ class FaultDice:
 
     def __init__(self, seed: int) -> None:
         self._rng = random.Random(f"faults-{seed}")
+        self._oauth_rng = random.Random(f"oauth-faults-{seed}")
 
     def roll(self, config: EmulatorConfig) -> str | None:
         rates = [(kind, getattr(config, knob)) for kind, knob in FAULT_RATES.items()]
@@ -40,3 +44,8 @@ class FaultDice:
                 return kind
             x -= rate
         return None
+
+    def oauth_refused(self, config: EmulatorConfig) -> bool:
+        """Whether a token request gets a 429 (its own stream: API faults stay as seeded)."""
+        rate = config.fault_oauth_429
+        return rate > 0 and self._oauth_rng.random() < rate

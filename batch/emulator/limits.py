@@ -1,5 +1,5 @@
 """The limits the real service enforces: concurrent streams per scope, token lifetime,
-the OAuth request rate, 429 storms, and how a 429 announces when to come back."""
+the OAuth request rate, 429 storms and outages, and how a 429 announces when to come back."""
 
 from __future__ import annotations
 
@@ -36,15 +36,23 @@ class TokenStore:
 
     def __init__(self) -> None:
         self._tokens: dict[str, tuple[str, float]] = {}
+        self._issued: dict[str, float] = {}
 
     def issue(self, scope: str, now: float, ttl_s: float) -> tuple[str, float]:
         """A new token and its expiry (unix seconds)."""
         if len(self._tokens) >= _TOKEN_PRUNE_AT:
             self._tokens = {t: v for t, v in self._tokens.items() if v[1] > now}
+            self._issued = {t: self._issued[t] for t in self._tokens}
         token = secrets.token_urlsafe(32)
         expires = now + ttl_s
         self._tokens[token] = (scope, expires)
+        self._issued[token] = now
         return token, expires
+
+    def age(self, token: str, now: float) -> float:
+        """Seconds since `token` was issued (0 for one never issued)."""
+        issued = self._issued.get(token)
+        return 0.0 if issued is None else now - issued
 
     def check(self, token: str, now: float) -> tuple[str | None, bool]:
         """(scope, expired): scope None for a token never issued."""
@@ -69,17 +77,27 @@ class RateWindow:
         return True
 
 
-class Storm:
-    """A window during which every API request is refused with 429."""
+class Window:
+    """A span of time during which every API request is refused: a 429 storm, an outage."""
 
     def __init__(self) -> None:
+        self.begins = 0.0
         self.until = 0.0
 
-    def start(self, now: float, seconds: float) -> None:
-        self.until = max(self.until, now + seconds)
+    def start(self, at: float, seconds: float) -> None:
+        """Refuse from `at` (unix seconds, may be in the future) for `seconds`."""
+        if at >= self.until:
+            self.begins = at
+        self.until = max(self.until, at + seconds)
+
+    def end(self) -> None:
+        self.until = 0.0
 
     def remaining(self, now: float) -> float:
         return max(0.0, self.until - now)
+
+    def active(self, now: float) -> bool:
+        return self.begins <= now < self.until
 
 
 def retry_after(style: str, seconds: float, now: float) -> tuple[bytes | None, float]:
