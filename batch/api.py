@@ -106,7 +106,10 @@ def run(
     `max_cost=`), with the same defaults and checks; `progress` ("auto", "bar", "log",
     "off") draws a text bar when interactive by default. With `check` (the default), a run
     that `gigabatch run` would exit non-zero for raises (`RunSummary.raise_for_status`).
-    Callable from any thread; inside a running event loop, `await arun(...)` instead.
+    What stops a run before its first job raises whatever `check` says: invalid input or
+    options, no credentials, a directory in use, and settings the start-up check refuses
+    (rejected credentials, a wrong URL or model). Callable from any thread; inside a running
+    event loop, `await arun(...)` instead.
 
         >>> import batch
         >>> summary = batch.run("sample_jobs/chat.jsonl", "out/chat", emulator=True)

@@ -19,6 +19,7 @@ import batch
 from batch.api import run_options
 from batch.batches_settings import BatchesSettings
 from batch.cli import main
+from batch.client import GigaChatClient
 from batch.command_options import ESTIMATE_OPTIONS
 from batch.errors import CacheUnavailable, ConfigError, single_error
 from batch.launch import RunPlan, execute_run
@@ -113,8 +114,9 @@ def test_an_error_inside_the_engines_task_groups_is_raised_alone(tmp_path: Path)
         jobs_path=SAMPLES / "chat.jsonl",
         out_dir=tmp_path / "out",
         kind=LockedCacheKind(ChatOptions()),
-        client_settings=ClientSettings.from_env(
-            {}, access_token="t", base_url="http://127.0.0.1:9"
+        # A client of our own: no start-up check, so the producer's error comes first.
+        client_factory=lambda: GigaChatClient(
+            ClientSettings.from_env({}, access_token="t", base_url="http://127.0.0.1:9")
         ),
         progress="off",
     )

@@ -113,4 +113,4 @@ def test_announcements_keep_the_live_line_below_them() -> None:
     live.draw()
     live.announce("API unreachable since 03:12:07 (refused); paused, probing with one request")
     text = tty.getvalue()
-    assert "API unreachable since" in text and text.rstrip("\n").endswith("ETA 18s")
+    assert "API unreachable since" in text and text.rstrip("\n").endswith("ETA 19s")
