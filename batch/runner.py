@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from batch.budget import Budget
 from batch.checkpoint import Checkpoint
-from batch.errors import ApiError, BudgetExhausted, GigabatchError
+from batch.errors import ApiError, BudgetExhausted, GigabatchError, RunRefused
 from batch.eventlog import EventLog
 from batch.invalid_log import OnProblem, invalid_log
 from batch.limiter import AdaptiveLimiter
@@ -80,6 +80,10 @@ class RunConfig:
     progress: ProgressMode = "auto"
     progress_interval: float | None = None
     handle_signals: bool = True
+    # A Ray cluster to run on (`local`, `auto` or an address; batch/cluster/), and how many
+    # worker actors (None: one per CPU of the cluster).
+    ray: str | None = None
+    ray_workers: int | None = None
 
 
 async def run_jobs(config: RunConfig) -> RunSummary:
@@ -88,6 +92,8 @@ async def run_jobs(config: RunConfig) -> RunSummary:
     if config.max_concurrency < 1:
         raise ValueError("max_concurrency must be at least 1")
     budgeted = config.max_cost is not None or config.max_tokens is not None
+    if config.ray is not None:
+        _refuse_on_cluster(config, budgeted)
     if budgeted:
         # A reservation only bounds what a request can cost when the request itself is
         # bounded (chat: max_tokens on every request); the cap is then in the fingerprint.
@@ -147,6 +153,31 @@ async def run_jobs(config: RunConfig) -> RunSummary:
         run.recorder.close()
 
 
+def _refuse_on_cluster(config: RunConfig, budgeted: bool) -> None:
+    if budgeted:
+        raise RunRefused(
+            "--max-cost/--max-tokens are not supported with --ray yet (budget reservations "
+            "are not shared across the cluster): run budgeted jobs without --ray"
+        )
+    if config.client_factory is not None:
+        raise RunRefused("a client_factory cannot be sent to Ray workers: give client_settings")
+
+
+class Dispatch(Protocol):
+    """Where a worker's batch goes: `BatchSender` here, or a cluster's `ClusterSender`."""
+
+    async def send(self, client: GigaChatClient, batch: Batch) -> Outcomes | None: ...
+
+
+class LimitReport(Protocol):
+    """The concurrency a run settled at, and whether a 429 showed the server's limit."""
+
+    def settled(self) -> float: ...
+
+    @property
+    def found_limit(self) -> bool: ...
+
+
 class _Run:
     """One run while it executes: it wires the parts together and writes the summary.
 
@@ -180,6 +211,10 @@ class _Run:
             budget=BudgetGate(budget, self.stop) if budget is not None else None,
             recorder=self.recorder,
         )
+        # Where batches go (this process's sender, or a cluster's workers) and who knows
+        # the limit the run settled at.
+        self.dispatch: Dispatch = self.sender
+        self.limits: LimitReport = self.limiter
 
     def _client(self) -> AbstractAsyncContextManager[GigaChatClient]:
         if self.config.client_factory is not None:
@@ -192,6 +227,29 @@ class _Run:
 
             settings = ClientSettings.from_env()
         return GigaChatClient(settings, max_connections=self.config.max_concurrency)
+
+    @contextlib.asynccontextmanager
+    async def _dispatcher(self, client: GigaChatClient) -> AsyncIterator[None]:
+        """On a cluster: batches go to its workers while the block runs."""
+        config = self.config
+        if config.ray is None:
+            yield
+            return
+        from batch.cluster.driver import ClusterPlan, open_cluster
+        from batch.settings import ClientSettings
+
+        plan = ClusterPlan(
+            address=config.ray,
+            kind=self.kind,
+            settings=config.client_settings or ClientSettings.from_env(),
+            retry=config.retry,
+            max_concurrency=config.max_concurrency,
+            initial_concurrency=config.initial_concurrency,
+            workers=config.ray_workers,
+        )
+        async with open_cluster(plan, client, self.stats, self.stop) as cluster:
+            self.dispatch = self.limits = self.stop.limiter = cluster
+            yield
 
     async def execute(self) -> RunSummary:
         config = self.config
@@ -206,7 +264,11 @@ class _Run:
             config.max_concurrency * 2
         )
         with self._invalid_log() as on_problem:
-            async with self._client() as client, anyio.create_task_group() as outer:
+            async with (
+                self._client() as client,
+                self._dispatcher(client),
+                anyio.create_task_group() as outer,
+            ):
                 outer.start_soon(writer.run, receive_out)
                 async with anyio.create_task_group() as side:
                     if config.handle_signals:
@@ -244,8 +306,8 @@ class _Run:
             message=message,
             stats=self.stats,
             totals=totals,
-            settled=self.limiter.settled(),
-            limit_found=self.limiter.found_limit,
+            settled=self.limits.settled(),
+            limit_found=self.limits.found_limit,
             out_dir=self.config.out_dir,
         )
         await anyio.to_thread.run_sync(summary.write, self.config.out_dir)
@@ -307,7 +369,7 @@ class _Run:
         """One batch of a worker: False once the run is stopping (the batch stays pending)."""
         if self.stop.stopping:
             return False
-        outcomes = await self.sender.send(client, batch)
+        outcomes = await self.dispatch.send(client, batch)
         if outcomes is not None:
             # Answered (and billed): hand it to the writer even if the grace period ends
             # now; the writer keeps reading until every worker is gone.

@@ -6,17 +6,27 @@ workers are cancelled. Whatever was answered is still committed by the writer.
 from __future__ import annotations
 
 import signal
+from typing import Protocol
 
 import anyio
 
 from batch.errors import GigabatchError
-from batch.limiter import AdaptiveLimiter
+
+
+class InFlight(Protocol):
+    """What the grace period watches: the run's `AdaptiveLimiter`, or on a cluster the
+    driver's count of batches out with the workers."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    async def wait_changed(self) -> None: ...
 
 
 class RunStop:
     """The run's stop state, and the two side tasks that act on it (`grace`, `watch_signals`)."""
 
-    def __init__(self, limiter: AdaptiveLimiter, grace_period: float) -> None:
+    def __init__(self, limiter: InFlight, grace_period: float) -> None:
         self.limiter = limiter
         self.grace_period = grace_period
         self.status = "completed"

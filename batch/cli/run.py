@@ -26,6 +26,7 @@ from batch.cli import (
     main,
 )
 from batch.cli.batches import batches_lines, batches_options, batches_status, pop_batches_options
+from batch.cli.cluster import pop_ray_options, ray_options
 from batch.cli.common import (
     api_options,
     api_settings,
@@ -125,6 +126,7 @@ EXIT_CODES = {
     help="An emulator knob for --emulator (e.g. stream_limit=4); repeatable.",
 )
 @batches_options
+@ray_options
 @api_options
 @cli_errors
 def run(
@@ -167,8 +169,10 @@ def run(
       cat jobs.jsonl | gigabatch run - --out out/chat --emulator
       gigabatch run texts.parquet --kind embed --text-column body --out out/emb \\
           --max-concurrency 32 --max-cost 50
+      gigabatch run texts.parquet --kind embed --out out/emb --ray auto --max-concurrency 64
     """
     mode, batch_settings = pop_batches_options(options)
+    ray_address, ray_workers = pop_ray_options(options, mode)
     price_table = PriceTable.load(prices)
     jobs = spooled_input(jobs, out_dir / SPOOL_DIR)
     with api_settings(options, emulator, emulator_profile, emulator_knobs) as settings:
@@ -189,6 +193,8 @@ def run(
             max_cost=max_cost,
             max_tokens=max_tokens_budget,
             progress="off" if quiet else "auto",
+            ray=ray_address,
+            ray_workers=ray_workers,
         )
         # Everything alive now (modules, settings, the job kind) lives as long as the run:
         # kept out of the collector's scans, a full collection stalls every request in
