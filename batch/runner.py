@@ -246,6 +246,7 @@ class _Run:
             max_concurrency=config.max_concurrency,
             initial_concurrency=config.initial_concurrency,
             workers=config.ray_workers,
+            out_dir=config.out_dir,
         )
         async with open_cluster(plan, client, self.stats, self.stop) as cluster:
             self.dispatch = self.limits = self.stop.limiter = cluster

@@ -61,11 +61,16 @@ class CoordinatorReport:
     leases: int
     reports: int
     slots: int
-    cpu_seconds: float
+    cpu_seconds: float  # the actor's whole process, Ray's own threads included
+    loop_cpu_seconds: float  # its event loop: the coordinator's code and Ray's glue to it
 
     @property
     def cpu_us_per_request(self) -> float:
         return 1e6 * self.cpu_seconds / self.slots if self.slots else 0.0
+
+    @property
+    def loop_cpu_us_per_request(self) -> float:
+        return 1e6 * self.loop_cpu_seconds / self.slots if self.slots else 0.0
 
 
 class _Unanswered(Exception):
@@ -85,6 +90,7 @@ class Coordinator:
         self._reports = 0
         self._slots = 0
         self._cpu_started = time.process_time()
+        self._loop_cpu_started = 0.0
         self._pause_until = 0.0
         self._pause_moved: anyio.Event | None = None
         self._grant = Grant(None, 0)
@@ -96,6 +102,7 @@ class Coordinator:
     def limiter(self) -> AdaptiveLimiter:
         if self._limiter is None:
             self._limiter = AdaptiveLimiter(self._maximum, initial=self._initial)
+            self._loop_cpu_started = time.thread_time()
         return self._limiter
 
     async def lease(self, owner: str, want: int, reports: list[Report]) -> Lease:
@@ -224,4 +231,5 @@ class Coordinator:
             reports=self._reports,
             slots=self._slots,
             cpu_seconds=time.process_time() - self._cpu_started,
+            loop_cpu_seconds=time.thread_time() - self._loop_cpu_started,
         )

@@ -8,18 +8,21 @@ exactly-once and resume come from the driver's checkpoint as they do locally.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import orjson
 
 from batch.cluster.coordinator import Coordinator, CoordinatorReport
-from batch.cluster.worker import BatchWorker, WorkerReply, shareable_settings
+from batch.cluster.worker import NAMESPACE, BatchWorker, WorkerReply, shareable_settings
 from batch.errors import ApiError, ConfigError, GigabatchError
 from batch.stopping import RunStop
 from batch.summary import RunStats
@@ -34,7 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-NAMESPACE = "gigabatch"
 # How often the driver checks its token (it refreshes ahead of expiry by itself).
 TOKEN_CHECK = 5.0
 # A batch whose worker died goes to another; with no worker answering for this long the
@@ -85,6 +87,7 @@ class ClusterPlan:
     max_concurrency: int
     initial_concurrency: int = 2
     workers: int | None = None
+    out_dir: Path | None = None  # where cluster.json (the coordinator's figures) goes
 
 
 class ClusterSender:
@@ -198,6 +201,10 @@ async def open_cluster(
             yield sender
             tg.cancel_scope.cancel()
         sender.report = await coordinator.summary.remote()
+        if plan.out_dir is not None:
+            await anyio.to_thread.run_sync(
+                _write_report, plan.out_dir, sender.report, len(workers), sender.lost_batches
+            )
         with anyio.move_on_after(5):
             await _close_workers(ray, workers)
     finally:
@@ -207,12 +214,31 @@ async def open_cluster(
             await anyio.to_thread.run_sync(ray.shutdown)
 
 
+def _write_report(
+    out_dir: Path, report: CoordinatorReport, workers: int, lost_batches: int
+) -> None:
+    """OUT/cluster.json: what the coordinator did and cost this run."""
+    figures = {
+        **dataclasses.asdict(report),
+        "cpu_us_per_request": round(report.cpu_us_per_request, 1),
+        "loop_cpu_us_per_request": round(report.loop_cpu_us_per_request, 1),
+        "slots_per_lease": round(report.slots / report.leases, 2) if report.leases else 0.0,
+        "workers": workers,
+        "lost_batches": lost_batches,
+    }
+    path = out_dir / "cluster.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+    tmp.replace(path)
+
+
 def _start_actors(ray: Any, plan: ClusterPlan) -> tuple[Any, list[Any]]:
     run = uuid.uuid4().hex[:12]
     count = plan.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    name = f"coordinator-{run}"
     coordinator = (
         ray.remote(Coordinator)
-        .options(name=f"coordinator-{run}", namespace=NAMESPACE, num_cpus=0, max_concurrency=10_000)
+        .options(name=name, namespace=NAMESPACE, num_cpus=0, max_concurrency=10_000)
         .remote(plan.max_concurrency, plan.initial_concurrency)
     )
     settings = shareable_settings(plan.settings)
@@ -226,7 +252,7 @@ def _start_actors(ray: Any, plan: ClusterPlan) -> tuple[Any, list[Any]]:
             max_task_retries=0,
             max_concurrency=plan.max_concurrency * 2 + 8,
         ).remote(
-            f"worker-{i}", coordinator, plan.kind, settings, plan.retry, plan.max_concurrency
+            f"worker-{i}", name, plan.kind, settings, plan.retry, plan.max_concurrency
         )
         for i in range(count)
     ]

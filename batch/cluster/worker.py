@@ -29,6 +29,7 @@ from batch.summary import RunStats
 from batch.writer import Outcomes
 from jobs.base import Batch, JobKind
 
+NAMESPACE = "gigabatch"
 # The settings a worker may see: every field but the secrets, which stay on the driver.
 SECRET_FIELDS = ("credentials", "password", "access_token", "key_file_password")
 
@@ -96,7 +97,7 @@ class BatchWorker:
     def __init__(
         self,
         name: str,
-        coordinator: Any,
+        coordinator: str,
         kind: JobKind,
         settings: dict[str, Any],
         retry: RetryPolicy,
@@ -104,7 +105,7 @@ class BatchWorker:
     ) -> None:
         self._name = name
         self._owner = f"{name}/{uuid.uuid4().hex}"
-        self._coordinator = RemoteCoordinator(coordinator)
+        self._coordinator_name = coordinator
         self._kind = kind
         self._settings = settings
         self._retry = retry
@@ -134,6 +135,12 @@ class BatchWorker:
         )
 
     async def _start(self) -> None:
+        # Found by name, not passed: an actor handle among the constructor's arguments
+        # would live in the object store, which Ray warns about for restartable actors.
+        import ray
+
+        handle = await asyncio.to_thread(ray.get_actor, self._coordinator_name, NAMESPACE)
+        self._coordinator = RemoteCoordinator(handle)
         await self._coordinator.forget(f"{self._name}/", self._owner)
         # The client insists on some way in; its Authenticator is replaced at once, so this
         # placeholder is never sent.
