@@ -9,6 +9,7 @@ The engine acts on the branch an error sits in, never on a status code:
     ├── BudgetExhausted                the next request could cross --max-cost / --max-tokens
     ├── ReportError                    an output directory that cannot be reported on (exit 2)
     ├── CacheUnavailable               the answer cache or journal cannot be opened or written
+    ├── ClusterLost                    --ray: the workers or the coordinator are gone (exit 1)
     └── ApiError                       the API answered with an error, or could not be reached
         ├── RetryableError             try the same request again later
         │   ├── RateLimited            429; carries retry_after seconds when the server said
@@ -68,6 +69,11 @@ class ReportError(GigabatchError):
 
 class CacheUnavailable(GigabatchError):
     """The answer cache, journal or limit table cannot be opened or written; names the file."""
+
+
+class ClusterLost(GigabatchError):
+    """The Ray cluster lost its workers or its coordinator: the run stops, commits what was
+    answered, and exits 1; re-running the same command resumes."""
 
 
 class ApiError(GigabatchError):

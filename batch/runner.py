@@ -29,7 +29,13 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from batch.budget import Budget
 from batch.checkpoint import Checkpoint
-from batch.errors import ApiError, BudgetExhausted, GigabatchError, RunRefused
+from batch.errors import (
+    ApiError,
+    BudgetExhausted,
+    ClusterLost,
+    GigabatchError,
+    RunRefused,
+)
 from batch.eventlog import EventLog
 from batch.invalid_log import OnProblem, invalid_log
 from batch.limiter import AdaptiveLimiter
@@ -289,7 +295,8 @@ class _Run:
 
     async def _summarise(self) -> RunSummary:
         stop = self.stop
-        if stop.error is not None and not isinstance(stop.error, ApiError | BudgetExhausted):
+        ended = ApiError | BudgetExhausted | ClusterLost  # errors a summary reports
+        if stop.error is not None and not isinstance(stop.error, ended):
             raise stop.error
         totals = self.checkpoint.totals
         status = stop.status

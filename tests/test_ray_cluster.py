@@ -98,8 +98,9 @@ def test_chat_sample_runs_on_the_cluster_into_one_dataset(cluster: str, tmp_path
     assert set(table.column_names) >= {"id", "content", "prompt_tokens", "attempts"}
     written = json.loads((out / "summary.json").read_text())
     assert written["rate_limited"] == served["rate_limited"]
-    assert written["requests"] == sum(sum(c.values()) for p, c in served["requests"].items()
-                                      if p.startswith("/api/v1/chat"))
+    assert written["requests"] == sum(
+        sum(c.values()) for p, c in served["requests"].items() if p.startswith("/api/v1/chat")
+    )
 
 
 def test_embeddings_run_on_the_cluster_into_fixed_size_vectors(
@@ -201,8 +202,22 @@ def test_resume_after_kill_9_of_the_driver_gives_every_id_exactly_once(
     with serve_emulator(cfg) as emu:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIGACHAT_")}
         env.update(emu.client_env())
-        args = [sys.executable, "-m", "batch", "run", str(jobs), "--out", str(out), "-q",
-                "--flush-interval", "0.2", "--ray", cluster, "--ray-workers", "2"]
+        args = [
+            sys.executable,
+            "-m",
+            "batch",
+            "run",
+            str(jobs),
+            "--out",
+            str(out),
+            "-q",
+            "--flush-interval",
+            "0.2",
+            "--ray",
+            cluster,
+            "--ray-workers",
+            "2",
+        ]
         driver = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 90
         while len(ids(out, "results")) < 40 and time.monotonic() < deadline:
@@ -217,11 +232,10 @@ def test_resume_after_kill_9_of_the_driver_gives_every_id_exactly_once(
     assert Counter(ids(out, "results")) == Counter(dict.fromkeys(expected, 1))
 
 
-def test_budgets_with_ray_are_refused_before_anything_is_sent(
-    cluster: str, tmp_path: Path
-) -> None:
+def test_budgets_with_ray_are_refused_before_anything_is_sent(cluster: str, tmp_path: Path) -> None:
     jobs = tmp_path / "jobs.jsonl"
     chat_jobs(jobs, 5)
-    with serve_emulator(profile("b2b", **FAST)) as emu, pytest.raises(RunRefused, match="--ray"):
-        cluster_run(emu, jobs, tmp_path / "out", max_cost=1.0)
+    with serve_emulator(profile("b2b", **FAST)) as emu:
+        with pytest.raises(RunRefused, match="--ray"):
+            cluster_run(emu, jobs, tmp_path / "out", max_cost=1.0)
         assert emu.stats(arrivals=False)["requests"] == {}

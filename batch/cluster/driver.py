@@ -23,7 +23,7 @@ import orjson
 
 from batch.cluster.coordinator import Coordinator, CoordinatorReport
 from batch.cluster.worker import NAMESPACE, BatchWorker, WorkerReply, shareable_settings
-from batch.errors import ApiError, ConfigError, GigabatchError
+from batch.errors import ApiError, ClusterLost, ConfigError, GigabatchError
 from batch.stopping import RunStop
 from batch.summary import RunStats
 from batch.writer import Outcomes
@@ -124,17 +124,24 @@ class ClusterSender:
 
     async def send(self, client: GigaChatClient, batch: Batch) -> Outcomes | None:
         """Send `batch` through a worker; its outcomes, or None when the run stops first."""
-        actor_error = self._ray.exceptions.RayActorError
+        exceptions = self._ray.exceptions
         while not self._stop.stopping:
             index = self._busy.index(min(self._busy))
             self._busy[index] += 1
             self._in_flight += 1
             try:
                 reply: WorkerReply = await self._workers[index].send.remote(batch)
-            except actor_error as exc:
+            except exceptions.RayActorError as exc:
                 self._worker_lost(exc)
                 await anyio.sleep(0.2)
                 continue
+            except (
+                exceptions.RayError
+            ) as exc:  # the worker's own code failed (the coordinator is gone)
+                self._stop.stop(
+                    "fatal", f"a Ray worker failed: {_last_line(exc)}", ClusterLost(str(exc))
+                )
+                return None
             finally:
                 self._busy[index] -= 1
                 self._in_flight -= 1
@@ -152,7 +159,7 @@ class ClusterSender:
                 "fatal",
                 f"no Ray worker answered for {LOST_AFTER:.0f} s: the cluster is lost "
                 "(answered jobs are committed; re-run the same command to resume)",
-                ConfigError("Ray workers lost"),
+                ClusterLost("Ray workers lost"),
             )
 
     def _received(self, reply: WorkerReply) -> Outcomes | None:
@@ -214,6 +221,11 @@ async def open_cluster(
             await anyio.to_thread.run_sync(ray.shutdown)
 
 
+def _last_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
+
+
 def _write_report(
     out_dir: Path, report: CoordinatorReport, workers: int, lost_batches: int
 ) -> None:
@@ -251,9 +263,7 @@ def _start_actors(ray: Any, plan: ClusterPlan) -> tuple[Any, list[Any]]:
             max_restarts=-1,
             max_task_retries=0,
             max_concurrency=plan.max_concurrency * 2 + 8,
-        ).remote(
-            f"worker-{i}", name, plan.kind, settings, plan.retry, plan.max_concurrency
-        )
+        ).remote(f"worker-{i}", name, plan.kind, settings, plan.retry, plan.max_concurrency)
         for i in range(count)
     ]
     return coordinator, workers
