@@ -239,3 +239,20 @@ def test_budgets_with_ray_are_refused_before_anything_is_sent(cluster: str, tmp_
         with pytest.raises(RunRefused, match="--ray"):
             cluster_run(emu, jobs, tmp_path / "out", max_cost=1.0)
         assert emu.stats(arrivals=False)["requests"] == {}
+
+
+def test_an_address_nothing_answers_is_refused_in_one_line(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    chat_jobs(jobs, 3)
+    with serve_emulator(profile("b2b", **FAST)) as emu:
+        env = {**os.environ, **emu.client_env()}
+        args = ["run", str(jobs), "--out", str(tmp_path / "out"), "--ray", "127.0.0.1:1"]
+        done = subprocess.run(
+            [sys.executable, "-m", "batch", *args], env=env, capture_output=True, text=True
+        )
+        assert emu.stats(arrivals=False)["requests"] == {}
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: no Ray cluster answers at 127.0.0.1:1 (Connection refused): start one with "
+        "'ray start --head', or use --ray local"
+    ]

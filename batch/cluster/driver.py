@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -60,6 +61,7 @@ def connect(address: str) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
+    _check_reachable(address)
     try:
         ray.init(
             address=address,
@@ -74,6 +76,21 @@ def connect(address: str) -> bool:
             "'ray start --head', or use --ray local"
         ) from None
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """An explicit HOST:PORT that nothing answers is refused in seconds (Ray itself retries
+    for minutes before it gives up)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or address.startswith(("ray://", "local", "auto")):
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}): start one with "
+            "'ray start --head', or use --ray local"
+        ) from None
 
 
 @dataclass(frozen=True)
