@@ -177,6 +177,8 @@ def test_killed_worker_actor_still_gives_every_id_exactly_once(
     assert result[0].status == "completed", result[0].message
     assert before < len(expected)
     assert Counter(ids(out, "results")) == Counter(dict.fromkeys(expected, 1))
+    # The kill caught batches in flight, and they went to the other worker.
+    assert json.loads((out / "cluster.json").read_text())["lost_batches"] >= 1
 
 
 def _wait_for_worker(ready: Any, timeout: float = 60.0) -> str:
