@@ -68,7 +68,7 @@ def connect(address: str) -> bool:
             namespace=NAMESPACE,
             include_dashboard=False,
             log_to_driver=False,
-            configure_logging=False,
+            logging_level=logging.ERROR,
         )
     except ConnectionError as exc:
         raise ConfigError(
