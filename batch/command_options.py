@@ -181,6 +181,22 @@ CHANGED_SINCE = Option(
     type=Path,
     path="existing_dir",
 )
+# A Ray cluster to run on (batch/cluster/).
+RAY_OPTIONS = (
+    Option(
+        "--ray",
+        "Run on a Ray cluster: 'local' starts one here, 'auto' or host:port joins one "
+        "(pip install 'gigabatch[ray]'). One coordinator shares the stream limit, the "
+        "Retry-After pause and the token; the output is written here as usual.",
+        metavar="local|auto|ADDRESS",
+    ),
+    Option(
+        "--ray-workers",
+        "With --ray: worker actors (default: one per CPU of the cluster).",
+        type=int,
+        minimum=1,
+    ),
+)
 EMULATOR_PROFILE = Option(
     "--emulator-profile",
     "Emulator profile for --emulator: pers, b2b, corp, storm, flaky, fast.",
@@ -297,6 +313,7 @@ RUN_OPTIONS = (
     EMULATOR_OPTION,
     *ANSWER_CACHE,
     CHANGED_SINCE,
+    *RAY_OPTIONS,
     PROGRESS,
 )
 

@@ -16,6 +16,7 @@ The engine acts on the branch an error sits in, never on a status code:
     ├── OutputError                    the output directory cannot be read or written (exit 1)
     ├── OutputLocked                   another run holds the output directory (exit 5)
     ├── Interrupted                    a signal before anything was sent (exit 130 / 143)
+    ├── ClusterLost                    --ray: the workers or the coordinator are gone (exit 1)
     └── ApiError                       the API answered with an error, or could not be reached
         ├── RetryableError             try the same request again later
         │   ├── RateLimited            429; carries retry_after seconds when the server said
@@ -136,6 +137,11 @@ class Interrupted(GigabatchError):
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         super().__init__(f"interrupted ({name}) while validating; nothing was sent")
         self.signum = signum
+
+
+class ClusterLost(GigabatchError):
+    """The Ray cluster lost its workers or its coordinator: the run stops, commits what was
+    answered, and exits 1; re-running the same command resumes."""
 
 
 class ApiError(GigabatchError):

@@ -150,6 +150,11 @@ def planned_run(
     """Set up the run of `jobs` into `out_dir` from `run`'s option values (consumed): the
     plan lives as long as the block (an emulator started for it stops at its end)."""
     mode, batch_settings = pop_batches_options(values)
+    ray, ray_workers = values.pop("ray"), values.pop("ray_workers")
+    if ray is not None and mode == "batches":
+        raise ConfigError("--ray runs the online API; drop it with --mode batches")
+    if ray_workers is not None and ray is None:
+        raise ConfigError("--ray-workers needs --ray")
     prices = PriceTable.load(values.pop("prices"))
     emulator = (values.pop("emulator"), values.pop("emulator_profile"))
     with api_settings(values, *emulator, tuple(values.pop("emulator_knobs"))) as settings:
@@ -183,6 +188,8 @@ def planned_run(
             cache=values.pop("cache"),
             cache_dir=values.pop("cache_dir"),
             changed_since=values.pop("changed_since"),
+            ray=ray,
+            ray_workers=ray_workers,
             progress=progress,
         )
         yield RunPlan(config, mode, batch_settings)

@@ -17,19 +17,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from batch.budget import Budget
 from batch.checkpoint import FAILED_SCHEMA, Checkpoint
-from batch.errors import ApiError, BudgetExhausted, GigabatchError, OutputError
+from batch.errors import (
+    ApiError,
+    BudgetExhausted,
+    ClusterLost,
+    GigabatchError,
+    OutputError,
+    RunRefused,
+)
 from batch.eventlog import EventLog
 from batch.failures import failure_classes
 from batch.invalid_log import OnProblem, invalid_log
@@ -103,6 +110,10 @@ class RunConfig:
     # Write only the rows whose id is new or whose answer changed since this earlier output,
     # and the ids that disappeared (OUT/removed/).
     changed_since: Path | None = None
+    # A Ray cluster to run on (`local`, `auto` or an address; batch/cluster/), and how many
+    # worker actors (None: one per CPU of the cluster).
+    ray: str | None = None
+    ray_workers: int | None = None
 
 
 def open_client(
@@ -133,7 +144,10 @@ async def run_jobs(config: RunConfig) -> RunSummary:
     anything is sent, and OutputError when answers could not be committed."""
     if config.max_concurrency < 1:
         raise ValueError("max_concurrency must be at least 1")
-    if config.max_cost is not None or config.max_tokens is not None:
+    budgeted = config.max_cost is not None or config.max_tokens is not None
+    if config.ray is not None:
+        _refuse_on_cluster(config, budgeted)
+    if budgeted:
         # A reservation only bounds what a request can cost when the request itself is
         # bounded (chat: max_tokens on every request); the cap is then in the fingerprint.
         config = dataclasses.replace(config, kind=config.kind.bounded())
@@ -289,6 +303,31 @@ class _Chunk:
     finished: bool = False
 
 
+def _refuse_on_cluster(config: RunConfig, budgeted: bool) -> None:
+    if budgeted:
+        raise RunRefused(
+            "--max-cost/--max-tokens are not supported with --ray yet (budget reservations "
+            "are not shared across the cluster): run budgeted jobs without --ray"
+        )
+    if config.client_factory is not None:
+        raise RunRefused("a client_factory cannot be sent to Ray workers: give client_settings")
+
+
+class Dispatch(Protocol):
+    """Where a worker's batch goes: `BatchSender` here, or a cluster's `ClusterSender`."""
+
+    async def send(self, client: GigaChatClient, batch: Batch) -> Outcomes | None: ...
+
+
+class LimitReport(Protocol):
+    """The concurrency a run settled at, and whether a 429 showed the server's limit."""
+
+    def settled(self) -> float: ...
+
+    @property
+    def found_limit(self) -> bool: ...
+
+
 class _Run:
     """One run while it executes: it wires the parts together and writes the summary.
 
@@ -339,6 +378,10 @@ class _Run:
             recorder=self.recorder,
             on_answers=reuse.answers.keep,
         )
+        # Where batches go (this process's sender, or a cluster's workers) and who knows
+        # the limit the run settled at.
+        self.dispatch: Dispatch = self.sender
+        self.limits: LimitReport = self.limiter
 
     def close_reuse(self, *, finished: bool) -> None:
         """Commit the answers handed to the cache or journal, and remember the limit."""
@@ -368,6 +411,30 @@ class _Run:
         remaining = self.limiter.cooldown.remaining
         return f"PAUSED {remaining:.1f}s after 429s" if remaining >= 0.5 else ""
 
+    @contextlib.asynccontextmanager
+    async def _dispatcher(self, client: GigaChatClient) -> AsyncIterator[None]:
+        """On a cluster: batches go to its workers while the block runs."""
+        config = self.config
+        if config.ray is None:
+            yield
+            return
+        from batch.cluster.driver import ClusterPlan, open_cluster
+        from batch.settings import ClientSettings
+
+        plan = ClusterPlan(
+            address=config.ray,
+            kind=self.kind,
+            settings=config.client_settings or ClientSettings.from_env(),
+            retry=config.retry,
+            max_concurrency=config.max_concurrency,
+            initial_concurrency=config.initial_concurrency,
+            workers=config.ray_workers,
+            out_dir=config.out_dir,
+        )
+        async with open_cluster(plan, client, self.stats, self.stop) as cluster:
+            self.dispatch = self.limits = self.stop.limiter = cluster
+            yield
+
     async def execute(self) -> RunSummary:
         config = self.config
         progress = self.progress
@@ -391,7 +458,7 @@ class _Run:
             async with self._client() as client:
                 if config.client_factory is None:
                     await check_service(client, self.kind.answer_settings().get("model"))
-                async with anyio.create_task_group() as outer:
+                async with self._dispatcher(client), anyio.create_task_group() as outer:
                     outer.start_soon(writer.run, receive_out)
                     async with anyio.create_task_group() as side:
                         if config.handle_signals:
@@ -423,7 +490,8 @@ class _Run:
 
     async def _summarise(self) -> RunSummary:
         stop = self.stop
-        if stop.error is not None and not isinstance(stop.error, ApiError | BudgetExhausted):
+        ended = ApiError | BudgetExhausted | ClusterLost  # errors a summary reports
+        if stop.error is not None and not isinstance(stop.error, ended):
             raise stop.error
         totals = self.checkpoint.totals
         status, message = run_outcome(stop.status, stop.message, self.stats, totals)
@@ -433,8 +501,8 @@ class _Run:
             message=message,
             stats=self.stats,
             totals=totals,
-            settled=self.limiter.settled(),
-            limit_found=self.limiter.found_limit,
+            settled=self.limits.settled(),
+            limit_found=self.limits.found_limit,
             out_dir=self.config.out_dir,
             failures=failures,
         )
@@ -547,7 +615,7 @@ class _Run:
         """One batch of a worker: False once the run is stopping (the batch stays pending)."""
         if self.stop.stopping:
             return False
-        outcomes = await self.sender.send(client, batch)
+        outcomes = await self.dispatch.send(client, batch)
         if outcomes is not None:
             self._drop_unchanged(outcomes)
             # Answered (and billed): hand it to the writer even if the grace period ends

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -24,7 +25,8 @@ from batch.errors import (
     RateLimited,
     RequestTimedOut,
 )
-from batch.limiter import AdaptiveLimiter, Slot
+from batch.limiter import Slot
+from batch.outage import Outage
 from batch.outcomes import answered_batch, failed_batch
 from batch.retry import RetryPolicy, call_with_retry, retry_after_capped
 from batch.stopping import RunStop
@@ -85,6 +87,19 @@ class BudgetGate:
         self._changed = anyio.Event()
 
 
+class SlotSource(Protocol):
+    """Where a sender's slots come from: the run's `AdaptiveLimiter`, or on a cluster the
+    slots a worker leased from the coordinator (`batch.cluster.leases.LeasedLimiter`)."""
+
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def outage(self) -> Outage: ...
+
+    def slot(self, owner: object = None) -> AbstractAsyncContextManager[Slot]: ...
+
+
 class BatchSender:
     """Sends batches for every worker of a run, and keeps the run's request counts."""
 
@@ -92,7 +107,7 @@ class BatchSender:
         self,
         *,
         kind: JobKind,
-        limiter: AdaptiveLimiter,
+        limiter: SlotSource,
         retry: RetryPolicy,
         stats: RunStats,
         stop: RunStop,

@@ -7,11 +7,21 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Protocol
 
 import anyio
 
 from batch.errors import GigabatchError, Interrupted
-from batch.limiter import AdaptiveLimiter
+
+
+class InFlight(Protocol):
+    """What the grace period watches: the run's `AdaptiveLimiter`, or on a cluster the
+    driver's count of batches out with the workers."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    async def wait_changed(self) -> None: ...
 
 # The status ("interrupted: ...") already says what happened; the message says what now.
 _RESUME = "answered jobs are committed; run the same command again to resume"
@@ -47,7 +57,7 @@ class EarlySignals:
 class RunStop:
     """The run's stop state, and the two side tasks that act on it (`grace`, `watch_signals`)."""
 
-    def __init__(self, limiter: AdaptiveLimiter, grace_period: float) -> None:
+    def __init__(self, limiter: InFlight, grace_period: float) -> None:
         self.limiter = limiter
         self.grace_period = grace_period
         self.status = "completed"

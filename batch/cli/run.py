@@ -97,6 +97,7 @@ def run(jobs: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
           --max-concurrency 32 --max-cost 50
       gigabatch run texts.parquet --kind embed --out out/$(date +%F) \\
           --changed-since out/yesterday
+      gigabatch run texts.parquet --kind embed --out out/emb --ray auto --max-concurrency 64
     """
     progress: ProgressMode = "off" if quiet else "auto"
     given = jobs

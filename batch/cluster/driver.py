@@ -1,0 +1,313 @@
+"""The driver's side of a run on Ray: connect, start the coordinator and the workers, hand
+them batches, and keep the cluster's token fresh. Everything else (validation, the
+checkpoint, packing, the writer, the summary) is the ordinary run in `batch.runner`, so
+exactly-once and resume come from the driver's checkpoint as they do locally.
+
+    open_cluster(...)  -> ClusterSender: `send(client, batch)` through a worker actor
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+
+from batch.cluster.coordinator import Coordinator, CoordinatorReport
+from batch.cluster.worker import NAMESPACE, BatchWorker, WorkerReply, shareable_settings
+from batch.errors import ApiError, ClusterLost, ConfigError, GigabatchError
+from batch.stopping import RunStop
+from batch.summary import RunStats
+from batch.writer import Outcomes
+from jobs.base import Batch, JobKind
+
+if TYPE_CHECKING:
+    from batch.auth import Authenticator
+    from batch.client import GigaChatClient
+    from batch.retry import RetryPolicy
+    from batch.settings import ClientSettings
+
+logger = logging.getLogger(__name__)
+
+# How often the driver checks its token (it refreshes ahead of expiry by itself).
+TOKEN_CHECK = 5.0
+# A batch whose worker died goes to another; with no worker answering for this long the
+# cluster is taken for lost and the run stops (what was answered is committed).
+LOST_AFTER = 60.0
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "--ray needs Ray: pip install 'gigabatch[ray]' (on the driver and every node)"
+        ) from None
+    return ray
+
+
+def connect(address: str) -> bool:
+    """Join the cluster `address` names (`local` starts one here); True when this call
+    started Ray and so must shut it down."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    _check_reachable(address)
+    try:
+        ray.init(
+            address=address,
+            namespace=NAMESPACE,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+        )
+    except ConnectionError as exc:
+        raise ConfigError(
+            f"cannot join the Ray cluster at {address!r} ({exc}): start one with "
+            "'ray start --head', or use --ray local"
+        ) from None
+    return True
+
+
+def _check_reachable(address: str) -> None:
+    """An explicit HOST:PORT that nothing answers is refused in seconds (Ray itself retries
+    for minutes before it gives up)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or address.startswith(("ray://", "local", "auto")):
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}): start one with "
+            "'ray start --head', or use --ray local"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """What the cluster runs: `workers` actors (None: one per CPU of the cluster)."""
+
+    address: str
+    kind: JobKind
+    settings: ClientSettings
+    retry: RetryPolicy
+    max_concurrency: int
+    initial_concurrency: int = 2
+    workers: int | None = None
+    out_dir: Path | None = None  # where cluster.json (the coordinator's figures) goes
+
+
+class ClusterSender:
+    """Sends each batch through a worker actor, the least busy one; a batch whose worker
+    died goes to another. Keeps the driver's `RunStats` as a local run's sender does."""
+
+    def __init__(self, ray: Any, workers: list[Any], stats: RunStats, stop: RunStop) -> None:
+        self._ray = ray
+        self._workers = workers
+        self._busy = [0] * len(workers)
+        self._stats = stats
+        self._stop = stop
+        self._in_flight = 0
+        self._changed = anyio.Event()
+        self._last_answer = time.monotonic()
+        self._counted: dict[str, tuple[int, int, int]] = {}
+        self.lost_batches = 0
+        self.report: CoordinatorReport | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def wait_changed(self) -> None:
+        changed = self._changed
+        await changed.wait()
+
+    def settled(self) -> float:
+        return self.report.settled if self.report is not None else 0.0
+
+    @property
+    def found_limit(self) -> bool:
+        return self.report.found_limit if self.report is not None else False
+
+    async def send(self, client: GigaChatClient, batch: Batch) -> Outcomes | None:
+        """Send `batch` through a worker; its outcomes, or None when the run stops first."""
+        exceptions = self._ray.exceptions
+        while not self._stop.stopping:
+            index = self._busy.index(min(self._busy))
+            self._busy[index] += 1
+            self._in_flight += 1
+            try:
+                reply: WorkerReply = await self._workers[index].send.remote(batch)
+            except exceptions.RayActorError as exc:
+                self._worker_lost(exc)
+                await anyio.sleep(0.2)
+                continue
+            except (
+                exceptions.RayError
+            ) as exc:  # the worker's own code failed (the coordinator is gone)
+                self._stop.stop(
+                    "fatal", f"a Ray worker failed: {_last_line(exc)}", ClusterLost(str(exc))
+                )
+                return None
+            finally:
+                self._busy[index] -= 1
+                self._in_flight -= 1
+                self._changed.set()
+                self._changed = anyio.Event()
+            self._last_answer = time.monotonic()
+            return self._received(reply)
+        return None
+
+    def _worker_lost(self, exc: BaseException) -> None:
+        self.lost_batches += 1
+        logger.warning("a Ray worker was lost (%s); its batch goes to another", type(exc).__name__)
+        if time.monotonic() - self._last_answer > LOST_AFTER:
+            self._stop.stop(
+                "fatal",
+                f"no Ray worker answered for {LOST_AFTER:.0f} s: the cluster is lost "
+                "(answered jobs are committed; re-run the same command to resume)",
+                ClusterLost("Ray workers lost"),
+            )
+
+    def _received(self, reply: WorkerReply) -> Outcomes | None:
+        stats = self._stats
+        counts = (reply.requests, reply.retries, reply.rate_limited)
+        seen = self._counted.get(reply.owner, (0, 0, 0))
+        if counts > seen:  # replies can arrive out of order: keep each worker's highest
+            self._counted[reply.owner] = counts
+            stats.requests += counts[0] - seen[0]
+            stats.retries += counts[1] - seen[1]
+            stats.rate_limited += counts[2] - seen[2]
+        stats.concurrency = reply.limit
+        error = reply.fatal_error()
+        if error is not None:
+            self._stop.stop("fatal", str(error), error)
+        out = reply.outcomes
+        if out is not None:
+            for model, usage in out.usage.items():
+                stats.add_usage(model, usage)
+            stats.succeeded += len(out.results)
+            stats.failed += len(out.failures)
+        return out
+
+
+@asynccontextmanager
+async def open_cluster(
+    plan: ClusterPlan, client: GigaChatClient, stats: RunStats, stop: RunStop
+) -> AsyncIterator[ClusterSender]:
+    """The cluster for one run: joined (or started), its coordinator and workers up, the
+    token published; on leaving, the coordinator's report is kept and the actors end."""
+    if plan.settings.key_file_password is not None:
+        raise ConfigError(
+            "--ray cannot pass GIGACHAT_KEY_FILE_PASSWORD to workers: use an unencrypted key "
+            "file on every node, or GIGACHAT_CREDENTIALS"
+        )
+    ray = import_ray()
+    # In this thread: Ray's driver sets its signal handlers only from the main thread.
+    started = connect(plan.address)
+    actors: list[Any] = []
+    try:
+        coordinator, workers = await anyio.to_thread.run_sync(_start_actors, ray, plan)
+        actors = [coordinator, *workers]
+        sender = ClusterSender(ray, workers, stats, stop)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_keep_token_fresh, client.auth, coordinator, stop)
+            yield sender
+            tg.cancel_scope.cancel()
+        sender.report = await coordinator.summary.remote()
+        if plan.out_dir is not None:
+            await anyio.to_thread.run_sync(
+                _write_report, plan.out_dir, sender.report, len(workers), sender.lost_batches
+            )
+        with anyio.move_on_after(5):
+            await _close_workers(ray, workers)
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        if started:
+            await anyio.to_thread.run_sync(ray.shutdown)
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _write_report(
+    out_dir: Path, report: CoordinatorReport, workers: int, lost_batches: int
+) -> None:
+    """OUT/cluster.json: what the coordinator did and cost this run."""
+    figures = {
+        **dataclasses.asdict(report),
+        "cpu_us_per_request": round(report.cpu_us_per_request, 1),
+        "loop_cpu_us_per_request": round(report.loop_cpu_us_per_request, 1),
+        "slots_per_lease": round(report.slots / report.leases, 2) if report.leases else 0.0,
+        "workers": workers,
+        "lost_batches": lost_batches,
+    }
+    path = out_dir / "cluster.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+    tmp.replace(path)
+
+
+def _start_actors(ray: Any, plan: ClusterPlan) -> tuple[Any, list[Any]]:
+    run = uuid.uuid4().hex[:12]
+    count = plan.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    name = f"coordinator-{run}"
+    coordinator = (
+        ray.remote(Coordinator)
+        .options(name=name, namespace=NAMESPACE, num_cpus=0, max_concurrency=10_000)
+        .remote(plan.max_concurrency, plan.initial_concurrency)
+    )
+    settings = shareable_settings(plan.settings)
+    worker_class = ray.remote(BatchWorker)
+    workers = [
+        worker_class.options(
+            name=f"worker-{run}-{i}",
+            namespace=NAMESPACE,
+            num_cpus=0,
+            max_restarts=-1,
+            max_task_retries=0,
+            max_concurrency=plan.max_concurrency * 2 + 8,
+        ).remote(f"worker-{i}", name, plan.kind, settings, plan.retry, plan.max_concurrency)
+        for i in range(count)
+    ]
+    return coordinator, workers
+
+
+async def _close_workers(ray: Any, workers: list[Any]) -> None:
+    for worker in workers:
+        try:
+            await worker.close.remote()
+        except ray.exceptions.RayError:
+            continue
+
+
+async def _keep_token_fresh(auth: Authenticator, coordinator: Any, stop: RunStop) -> None:
+    """Publish the driver's token to the coordinator, refresh it ahead of its expiry (the
+    Authenticator does) and when a worker's request got 401: one refresh for the cluster."""
+    published = -1
+    while True:
+        try:
+            header, generation = await auth.authorization()
+            if generation != published:
+                await coordinator.publish_token.remote(header)
+                published = generation
+            if await coordinator.token_wanted.remote(TOKEN_CHECK):
+                await auth.unauthorized(generation, ApiError("token rejected", status=401))
+                published = -1  # whatever the refresh did, answer the workers that wait
+        except GigabatchError as exc:
+            await coordinator.publish_token.remote(None, str(exc))
+            stop.stop("fatal", str(exc), exc)
+            return
