@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
-from batch.emulator.app import EmulatorApp, credentials_for
+from batch.emulator.app import EmulatorApp
 from batch.emulator.config import EmulatorConfig
+from batch.emulator.oauth import credentials_for
 
 if TYPE_CHECKING:
     import uvicorn
