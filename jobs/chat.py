@@ -11,7 +11,6 @@ prefix as `precached_prompt_tokens`, which are not billed.
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -22,7 +21,7 @@ import pyarrow as pa
 
 from batch import wire
 from batch.api_types import ChatCompletion, Usage
-from batch.cache.answers import CachedAnswer, chat_from_payload, chat_payload
+from batch.cache.answers import CachedAnswer
 from batch.cache.keys import chat_material
 from batch.errors import ConfigError
 from jobs.base import (
@@ -38,9 +37,10 @@ from jobs.base import (
     SourceLocation,
 )
 from jobs.chat_fields import function_call_setting, function_list, message_list
+from jobs.chat_rows import RESULT_SCHEMA, cache_entry, cached_row, chat_result
 from jobs.registry import register
 from jobs.tokens import text_token_ceiling
-from jobs.validation import RecordFields, json_text, number_problem, token_limit_problem
+from jobs.validation import RecordFields, number_problem, token_limit_problem
 
 DEFAULT_MODEL = wire.DEFAULT_CHAT_MODEL  # what the API answers with when a request names none
 # The cap a budgeted run sends as max_tokens for jobs that set none (without --max-completion-
@@ -262,12 +262,12 @@ class ChatKind(JobKind):
 
     def outcomes(self, batch: Batch, body: Mapping[str, Any]) -> Sequence[JobOutcome]:
         (job,) = batch.jobs
-        return [_result(job, wire.chat_from_json(body))]
+        return [chat_result(job, wire.chat_from_json(body))]
 
     async def send(self, client: ChatClient, batch: Batch) -> Sequence[JobOutcome]:
         (job,) = batch.jobs
         body = self.request_body(batch)
-        return [_result(job, await client.chat(body, session_id=session_id(body)))]
+        return [chat_result(job, await client.chat(body, session_id=session_id(body)))]
 
     def billed_input(self, job: Job, *, message_overhead: int | None = None) -> BilledInput:
         """Each message's content, then the functions as one JSON text (the list as the
@@ -313,70 +313,13 @@ class ChatKind(JobKind):
         return chat_material(job.request)
 
     def cache_entry(self, outcome: JobResult) -> CachedAnswer:
-        row = outcome.row
-        fields = {name: row[name] for name in _ANSWER_COLUMNS}
-        usage = outcome.usage
-        billed = usage.total_tokens - usage.precached_prompt_tokens
-        return CachedAnswer(chat_payload(fields), outcome.model, time.time(), billed)
+        return cache_entry(outcome)
 
     def cached_row(self, job: Job, answer: CachedAnswer) -> JobResult:
-        fields = chat_from_payload(answer.payload)
-        row: dict[str, Any] = {name: fields.get(name) for name in _ANSWER_COLUMNS}
-        row["model"] = answer.model
-        row["metadata"] = json_text(job.metadata)
-        usage = Usage(
-            prompt_tokens=int(row["prompt_tokens"] or 0),
-            completion_tokens=int(row["completion_tokens"] or 0),
-            precached_prompt_tokens=int(row["precached_prompt_tokens"] or 0),
-        )
-        return JobResult(job=job, row=row, usage=usage, model=answer.model)
+        return cached_row(job, answer)
 
     def result_schema(self) -> pa.Schema:
-        return pa.schema(
-            [
-                pa.field("id", pa.string(), nullable=False),
-                pa.field("content", pa.string()),
-                pa.field("finish_reason", pa.string()),
-                pa.field("model", pa.string()),
-                pa.field("prompt_tokens", pa.int64()),
-                pa.field("completion_tokens", pa.int64()),
-                pa.field("precached_prompt_tokens", pa.int64()),
-                pa.field("total_tokens", pa.int64()),
-                pa.field("latency_ms", pa.float64()),
-                pa.field("attempts", pa.int32()),
-                pa.field("metadata", pa.string()),
-                pa.field("function_call", pa.string()),
-            ]
-        )
-
-
-# The result columns an answer gives (the rest are the engine's, or the job's metadata).
-_ANSWER_COLUMNS = (
-    "content",
-    "finish_reason",
-    "prompt_tokens",
-    "completion_tokens",
-    "precached_prompt_tokens",
-    "total_tokens",
-    "function_call",
-)
-
-
-def _result(job: Job, answer: ChatCompletion) -> JobResult:
-    row = {
-        "content": answer.content,
-        "finish_reason": answer.finish_reason,
-        "model": answer.model,
-        "prompt_tokens": answer.usage.prompt_tokens,
-        "completion_tokens": answer.usage.completion_tokens,
-        "precached_prompt_tokens": answer.usage.precached_prompt_tokens,
-        "total_tokens": answer.usage.total_tokens,
-        "metadata": json_text(job.metadata),
-        "function_call": json_text(answer.function_call),
-    }
-    return JobResult(
-        job=job, row=row, usage=answer.usage, model=answer.model, usage_known=answer.usage_known
-    )
+        return RESULT_SCHEMA
 
 
 class SinglePacker:

@@ -11,9 +11,6 @@ still get their vectors.
 
 from __future__ import annotations
 
-import sys
-import time
-from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
@@ -24,8 +21,7 @@ from batch import wire
 from batch.api_types import Embeddings, TokenCount, Usage
 from batch.cache.answers import CachedAnswer
 from batch.cache.keys import canonical_json, embedding_material
-from batch.errors import ConfigError, FatalError, PayloadTooLarge, ServerError
-from batch.lru import Lru, text_key
+from batch.errors import ConfigError, PayloadTooLarge
 from jobs.base import (
     AdmittedInput,
     Batch,
@@ -40,11 +36,23 @@ from jobs.base import (
     Problem,
     SourceLocation,
 )
+from jobs.embedding_answers import (
+    CACHE_BYTES,
+    Answer,
+    Rejected,
+    Vector,
+    VectorCache,
+    cache_entry,
+    cached_row,
+    embedding_row,
+    result_schema,
+    vectors_from_answer,
+)
 from jobs.embedding_limits import fit_input_limit
 from jobs.embedding_packing import EmbeddingPacker, EmbeddingPayload
 from jobs.registry import register
 from jobs.tokens import token_ceiling
-from jobs.validation import RecordFields, json_text, token_limit_problem
+from jobs.validation import RecordFields, token_limit_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +76,7 @@ DEFAULT_MAX_INPUT_TOKENS = 512
 EMBEDDING_OVERHEAD_CEILING = 8
 # Tokens a text is billed beyond its /tokens/count, measured (tests/test_token_counts.py).
 EMBEDDING_OVERHEAD = 5
-# The LRU of recent vectors holds at most this many bytes of float32 (4,096 vectors of 1024
-# floats, 1,638 of 2560), so memory stays flat however long the run.
-CACHE_BYTES = 16 * 1024 * 1024
 _FIELDS = ("id", "text", "model", "metadata")
-_BIG_ENDIAN = sys.byteorder == "big"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,36 +114,6 @@ class EmbeddingsClient(Protocol):
 
     async def tokens_count(self, inputs: Sequence[str], model: str) -> list[TokenCount]: ...
 
-
-@dataclass(frozen=True, slots=True)
-class _Vector:
-    values: array[float]
-    tokens: int
-    model: str
-    usage_known: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class _Rejected:
-    message: str
-    status: int | None = None
-    request_id: str | None = None
-
-
-_Answer = _Vector | _Rejected
-
-
-class VectorCache(Lru[_Vector]):
-    """A least-recently-used map of (model, text) keys to answered vectors, bounded in bytes."""
-
-    key = staticmethod(text_key)
-
-    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
-        super().__init__(max_bytes, size=_size)
-
-
-def _size(vector: _Vector) -> int:
-    return vector.values.itemsize * len(vector.values)
 
 
 @register
@@ -257,7 +231,7 @@ class EmbeddingsKind(JobKind):
         """Answers from an earlier try of this batch (billed then, counted now), from the
         cache (billed to another job), and from requests for the rest."""
         payload: EmbeddingPayload = batch.payload
-        answers: dict[int, _Answer] = dict(payload.received)
+        answers: dict[int, Answer] = dict(payload.received)
         todo: dict[int, str] = {}
         for slot, text in enumerate(payload.texts):
             if slot in answers:
@@ -286,7 +260,7 @@ class EmbeddingsKind(JobKind):
     def outcomes(self, batch: Batch, body: Mapping[str, Any]) -> Sequence[JobOutcome]:
         payload: EmbeddingPayload = batch.payload
         items = list(enumerate(payload.texts))
-        answers = self._vectors(wire.embeddings_from_json(body), items)
+        answers = vectors_from_answer(wire.embeddings_from_json(body), items, self.dim)
         return self._outcomes(batch, answers, billable=set(answers))
 
     def billed_input(self, job: Job, *, message_overhead: int | None = None) -> BilledInput:
@@ -328,31 +302,15 @@ class EmbeddingsKind(JobKind):
         return embedding_material(model, text)
 
     def cache_entry(self, outcome: JobResult) -> CachedAnswer:
-        row = outcome.row
-        vector: array[float] = row["embedding"]
-        if _BIG_ENDIAN:  # the payload is little-endian float32
-            vector = array("f", vector)
-            vector.byteswap()
-        return CachedAnswer(vector.tobytes(), outcome.model, time.time(), row["prompt_tokens"])
+        return cache_entry(outcome)
 
     def cached_row(self, job: Job, answer: CachedAnswer) -> JobResult:
-        values = array("f")
-        values.frombytes(answer.payload)
-        if _BIG_ENDIAN:
-            values.byteswap()
-        row = {
-            "embedding": values,
-            "prompt_tokens": answer.tokens,
-            "model": answer.model,
-            "metadata": json_text(job.metadata),
-        }
-        usage = Usage(prompt_tokens=answer.tokens)
-        return JobResult(job=job, row=row, usage=usage, model=answer.model)
+        return cached_row(job, answer)
 
     def _outcomes(
         self,
         batch: Batch,
-        answers: Mapping[int, _Answer],
+        answers: Mapping[int, Answer],
         billable: set[int],
         *,
         partial: bool = False,
@@ -365,7 +323,7 @@ class EmbeddingsKind(JobKind):
             if partial and slot not in answers:
                 continue
             answer = answers[slot]
-            if isinstance(answer, _Rejected):
+            if isinstance(answer, Rejected):
                 outcomes.append(
                     JobFailure(
                         job, "PayloadTooLarge", answer.message, answer.status, answer.request_id
@@ -375,12 +333,7 @@ class EmbeddingsKind(JobKind):
             billed = slot in billable
             usage = Usage(prompt_tokens=answer.tokens) if billed else Usage()
             billable.discard(slot)
-            row = {
-                "embedding": answer.values,
-                "prompt_tokens": answer.tokens,
-                "model": answer.model,
-                "metadata": json_text(job.metadata),
-            }
+            row = embedding_row(job, answer.values, answer.tokens, answer.model)
             outcomes.append(
                 JobResult(job, row, usage, answer.model, answer.usage_known or not billed)
             )
@@ -388,16 +341,16 @@ class EmbeddingsKind(JobKind):
 
     async def _fit(
         self, client: EmbeddingsClient, model: str, texts: dict[int, str]
-    ) -> tuple[dict[int, str], dict[int, _Answer]]:
+    ) -> tuple[dict[int, str], dict[int, Answer]]:
         """The texts to send (truncated where allowed) and the rejected ones."""
         sendable, reasons = await fit_input_limit(
             client, model, texts, self.max_input_tokens(model), self.options.on_long_text
         )
-        return sendable, {i: _Rejected(reason) for i, reason in reasons.items()}
+        return sendable, {i: Rejected(reason) for i, reason in reasons.items()}
 
     async def _embed(
         self, client: EmbeddingsClient, payload: EmbeddingPayload, items: list[tuple[int, str]]
-    ) -> dict[int, _Answer]:
+    ) -> dict[int, Answer]:
         """Answers for `items` (slot, text); a 413 is bisected to the text that causes it.
         Each answer is kept in `payload.received` (and vectors in the cache) as soon as it
         arrives, so when a later half fails, a retry of the batch sends only the rest."""
@@ -406,8 +359,8 @@ class EmbeddingsKind(JobKind):
             answer = await client.embeddings([text for _, text in items], model)
         except PayloadTooLarge as exc:
             if len(items) == 1:
-                rejected: dict[int, _Answer] = {
-                    items[0][0]: _Rejected(
+                rejected: dict[int, Answer] = {
+                    items[0][0]: Rejected(
                         f"the API refused the text as too large: {exc.message}",
                         exc.status,
                         exc.request_id,
@@ -418,46 +371,12 @@ class EmbeddingsKind(JobKind):
             middle = len(items) // 2
             first = await self._embed(client, payload, items[:middle])
             return first | await self._embed(client, payload, items[middle:])
-        vectors = self._vectors(answer, items)
+        vectors = vectors_from_answer(answer, items, self.dim)
         payload.received.update(vectors)
         for slot, vector in vectors.items():
-            if isinstance(vector, _Vector):
+            if isinstance(vector, Vector):
                 self.cache.put(VectorCache.key(model, payload.texts[slot]), vector)
         return vectors
 
-    def _vectors(self, answer: Embeddings, items: list[tuple[int, str]]) -> dict[int, _Answer]:
-        found: dict[int, _Answer] = {}
-        for item in answer.items:
-            if not 0 <= item.index < len(items) or items[item.index][0] in found:
-                raise ServerError(
-                    f"embeddings answer has an unexpected index {item.index}",
-                    request_id=answer.request_id,
-                )
-            if len(item.embedding) != self.dim:
-                raise FatalError(
-                    f"{answer.model} answered {len(item.embedding)}-dimensional vectors, but "
-                    f"this run writes {self.dim}; give the model's embedding_dim",
-                    request_id=answer.request_id,
-                )
-            found[items[item.index][0]] = _Vector(
-                array("f", item.embedding), item.prompt_tokens, answer.model, item.usage_known
-            )
-        if len(found) != len(items):
-            raise ServerError(
-                f"embeddings answer has {len(found)} vectors for {len(items)} texts",
-                request_id=answer.request_id,
-            )
-        return found
-
     def result_schema(self) -> pa.Schema:
-        return pa.schema(
-            [
-                pa.field("id", pa.string(), nullable=False),
-                pa.field("embedding", pa.list_(pa.float32(), self.dim)),
-                pa.field("prompt_tokens", pa.int64()),
-                pa.field("model", pa.string()),
-                pa.field("latency_ms", pa.float64()),
-                pa.field("attempts", pa.int32()),
-                pa.field("metadata", pa.string()),
-            ]
-        )
+        return result_schema(self.dim)

@@ -17,8 +17,9 @@ from batch.emulator.tokens import count_tokens
 from batch.errors import FatalError, PayloadTooLarge, RateLimited, ServerError
 from batch.settings import ClientSettings
 from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult, SourceLocation
+from jobs.embedding_answers import Vector, VectorCache
 from jobs.embedding_packing import MAX_PENDING_MODELS, EmbeddingPayload
-from jobs.embeddings import EmbeddingOptions, EmbeddingsKind, VectorCache, _Vector
+from jobs.embeddings import EmbeddingOptions, EmbeddingsKind
 
 
 class FakeEmbeddingsClient:
@@ -176,10 +177,10 @@ def test_vector_cache_evicts_the_least_recently_used() -> None:
     assert cache.get(a) is not None
 
 
-def _vector(n: int) -> _Vector:
+def _vector(n: int) -> Vector:
     from array import array
 
-    return _Vector(array("f", [float(n)] * 1024), tokens=n, model="Embeddings")
+    return Vector(array("f", [float(n)] * 1024), tokens=n, model="Embeddings")
 
 
 def test_text_over_the_limit_fails_its_row_with_the_reason() -> None:
