@@ -24,6 +24,7 @@ from batch.errors import (
     FatalError,
     RateLimited,
     RequestTimedOut,
+    SendHeld,
 )
 from batch.limiter import Slot
 from batch.outage import Outage
@@ -247,6 +248,10 @@ class _Attempt:
                     answers = await sender.kind.send(self.client, self.batch)
                 self.latency = time.monotonic() - slot.sent_at
         except BaseException as exc:
+            if isinstance(exc, SendHeld):  # the transport held it back: it never left
+                self.count -= 1
+                sender.stats.requests -= 1
+                sent = None
             # Recorded after the slot has told the limiter, so the log sees the new level.
             if recorder is not None and sent is not None:
                 recorder.failed(sent, len(self.batch.jobs), exc)
