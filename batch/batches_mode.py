@@ -45,9 +45,10 @@ from batch.errors import (
 )
 from batch.failures import failure_classes
 from batch.outcomes import with_cached_column
+from batch.preparing import keep_spec
 from batch.pricing import PriceTable
 from batch.progress import Progress
-from batch.runner import RunConfig, keep_spec, open_client
+from batch.run_config import RunConfig, open_client
 from batch.summary import RunStats, RunSummary, build_summary, run_outcome
 from batch.writer import PartWriter
 from jobs.base import Batch

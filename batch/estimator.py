@@ -43,13 +43,15 @@ from batch.estimate_math import (
 )
 from batch.layout import FAILED, RESULTS
 from batch.limiter import AdaptiveLimiter
+from batch.preparing import keep_spec
 from batch.pricing import PriceTable
 from batch.progress import log_time
 from batch.projection import Reservoir
 from batch.retry import RetryPolicy
 from batch.reuse import AnswerReuse, CachedJobs
+from batch.run_config import RunConfig
 from batch.run_lock import RunLock
-from batch.runner import RunConfig, keep_spec, run_jobs
+from batch.runner import run_jobs
 from batch.settings import ClientSettings
 from jobs.base import Job, JobKind
 from jobs.readers import read_jobs, validate_jobs

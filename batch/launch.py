@@ -32,7 +32,8 @@ from batch.estimator import EstimateRequest, estimate_jobs
 from batch.pricing import PriceTable
 from batch.progress import ProgressMode
 from batch.retry import RetryPolicy
-from batch.runner import RunConfig, run_jobs
+from batch.run_config import RunConfig
+from batch.runner import run_jobs
 from batch.settings import ClientSettings
 from batch.storage import check_output_dir
 from batch.summary import RunSummary

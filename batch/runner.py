@@ -7,7 +7,8 @@
 
 The parts, each readable alone: `pipeline` (producer -> stream -> workers), `sending` (a
 worker's send loop: budget, limiter slot, retries), `outcomes` (result and failed rows),
-`stopping` (signals and the grace period), `invalid_log` (OUT/invalid.jsonl).
+`stopping` (signals and the grace period), `invalid_log` (OUT/invalid.jsonl); what a run is
+asked to do is `run_config`, and what happens before anything is sent is `preparing`.
 
 The engine knows jobs only through `JobKind`. A run ends by running out of jobs, by a fatal
 API error, by the budget, or by a signal; every way commits what was answered.
@@ -17,123 +18,49 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from batch.budget import Budget
-from batch.checkpoint import FAILED_SCHEMA, Checkpoint
+from batch.checkpoint import FAILED_SCHEMA
 from batch.errors import (
     ApiError,
     BudgetExhausted,
     ClusterLost,
     GigabatchError,
     OutputError,
-    RunRefused,
 )
-from batch.eventlog import EventLog
 from batch.failures import failure_classes
 from batch.invalid_log import OnProblem, invalid_log
 from batch.limiter import AdaptiveLimiter, Cooldown
-from batch.outage import DEFAULT_MAX_OUTAGE, Outage
+from batch.outage import Outage
 from batch.outcomes import reused_batch, with_cached_column
 from batch.pipeline import run_pipeline
 from batch.preflight import check_service
-from batch.pricing import PriceTable
-from batch.progress import Progress, ProgressMode, RunStart
+from batch.preparing import Prepared, prepare_watching_signals, refuse_on_cluster
+from batch.progress import Progress
 from batch.recording import AttemptRecorder
-from batch.retry import RetryPolicy
-from batch.reuse import RunReuse
+from batch.run_config import RunConfig, open_client
 from batch.run_lock import RunLock
 from batch.sending import BatchSender, BudgetGate
 from batch.stalls import HEADROOM
-from batch.stopping import EarlySignals, RunStop
+from batch.stopping import RunStop
 from batch.storage import check_writable, output_errors
-from batch.summary import RunStats, RunSummary, build_summary, run_outcome
+from batch.summary import RunSummary, build_summary, run_outcome
 from batch.writer import Outcomes, PartWriter
-from jobs.base import Batch, Job, JobKind, JobResult, Packer, Problem, SourceLocation
-from jobs.passthrough import KeepSpec
-from jobs.readers import ValidationReport, read_jobs, validate_jobs
+from jobs.base import Batch, Job, JobResult, Packer, Problem, SourceLocation
+from jobs.readers import read_jobs
 
 if TYPE_CHECKING:
     from batch.client import GigaChatClient
-    from batch.settings import ClientSettings
 
 # Jobs the producer thread reads per hop to the thread (amortises the hop's cost).
 _READ_CHUNK = 512
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything one run needs. `client_factory` (tests, embedding callers) replaces the
-    client built from `client_settings`. With `max_cost` or `max_tokens` the run uses
-    `kind.bounded()`, so every request's worst case is known before it is sent. A client
-    built from `client_settings` is checked before the first job (batch/preflight.py); one
-    from `client_factory` is the caller's to check. An outage longer than `max_outage`
-    seconds stops the run."""
-
-    jobs_path: Path
-    out_dir: Path
-    kind: JobKind
-    client_settings: ClientSettings | None = None
-    client_factory: Callable[[], AbstractAsyncContextManager[GigaChatClient]] | None = None
-    max_concurrency: int = 16
-    initial_concurrency: int = 2
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    max_outage: float = DEFAULT_MAX_OUTAGE
-    flush_interval: float = 2.0
-    flush_rows: int = 2000
-    grace_period: float = 5.0
-    skip_invalid: bool = False
-    restart: bool = False
-    retry_failed: bool = False
-    prices: PriceTable | None = None
-    max_cost: float | None = None
-    max_tokens: int | None = None
-    job_filter: Callable[[Job], bool] | None = None
-    keep_columns: tuple[str, ...] = ()
-    progress: ProgressMode = "auto"
-    progress_interval: float | None = None
-    handle_signals: bool = True
-    disk_wait: float = 600.0
-    locked_by_caller: bool = False  # the caller holds out_dir's RunLock (estimate --sample)
-    # The answer cache: None uses it when the kind's answers are cached by default
-    # (embeddings); `cache_dir` None is GIGABATCH_CACHE_DIR, else the user cache directory.
-    cache: bool | None = None
-    cache_dir: Path | None = None
-    # Write only the rows whose id is new or whose answer changed since this earlier output,
-    # and the ids that disappeared (OUT/removed/).
-    changed_since: Path | None = None
-    # A Ray cluster to run on (`local`, `auto` or an address; batch/cluster/), and how many
-    # worker actors (None: one per CPU of the cluster).
-    ray: str | None = None
-    ray_workers: int | None = None
-
-
-def open_client(
-    config: RunConfig,
-    max_connections: int,
-    *,
-    send_check: Callable[[], None] | None = None,
-) -> AbstractAsyncContextManager[GigaChatClient]:
-    """The client of a run: `config.client_factory`'s, else one from `config.client_settings`
-    (else the environment) with a pool of `max_connections`."""
-    if config.client_factory is not None:
-        return config.client_factory()
-    from batch.client import GigaChatClient
-
-    settings = config.client_settings
-    if settings is None:
-        from batch.settings import ClientSettings
-
-        settings = ClientSettings.from_env()
-    return GigaChatClient(settings, max_connections=max_connections, send_check=send_check)
 
 
 async def run_jobs(config: RunConfig) -> RunSummary:
@@ -146,7 +73,7 @@ async def run_jobs(config: RunConfig) -> RunSummary:
         raise ValueError("max_concurrency must be at least 1")
     budgeted = config.max_cost is not None or config.max_tokens is not None
     if config.ray is not None:
-        _refuse_on_cluster(config, budgeted)
+        refuse_on_cluster(config, budgeted)
     if budgeted:
         # A reservation only bounds what a request can cost when the request itself is
         # bounded (chat: max_tokens on every request); the cap is then in the fingerprint.
@@ -156,7 +83,7 @@ async def run_jobs(config: RunConfig) -> RunSummary:
         lock = await anyio.to_thread.run_sync(RunLock.acquire, config.out_dir)
     try:
         await anyio.to_thread.run_sync(check_writable, config.out_dir)
-        run = await _prepare_watching_signals(config)
+        run = _Run(await prepare_watching_signals(config))
         finished = False
         try:
             summary = await run.execute()
@@ -170,130 +97,6 @@ async def run_jobs(config: RunConfig) -> RunSummary:
             lock.release()
 
 
-async def _prepare_watching_signals(config: RunConfig) -> _Run:
-    """`_prepare`, with Ctrl-C and SIGTERM turned into Interrupted meanwhile."""
-    early = EarlySignals()
-    prepared: _Run | GigabatchError
-    async with anyio.create_task_group() as signals:
-        if config.handle_signals:
-            signals.start_soon(early.watch)
-        try:
-            prepared = await _prepare(config, early)
-        except GigabatchError as exc:  # raised outside the group, not in an ExceptionGroup
-            prepared = exc
-        signals.cancel_scope.cancel()
-    if isinstance(prepared, GigabatchError):
-        raise prepared
-    return prepared
-
-
-async def _prepare(config: RunConfig, early: EarlySignals) -> _Run:
-    """Validate the input and open the checkpoint (in threads; a signal stops both)."""
-    kind = config.kind
-    budgeted = config.max_cost is not None or config.max_tokens is not None
-    prices = config.prices if config.prices is not None else PriceTable.load()
-    keep = keep_spec(kind, config.keep_columns)
-    validate = partial(
-        validate_jobs, config.jobs_path, kind, keep=keep, interrupt_check=early.check
-    )
-    report = await anyio.to_thread.run_sync(validate)
-    if not config.skip_invalid:
-        report.raise_for_problems()
-    settings = dict(kind.answer_settings())
-    if config.changed_since is not None:
-        settings["changed_since"] = str(config.changed_since.resolve())
-    checkpoint = await anyio.to_thread.run_sync(
-        partial(
-            Checkpoint.open,
-            config.out_dir,
-            kind=kind.name,
-            input_path=str(config.jobs_path),
-            input_fingerprint=report.fingerprint,
-            settings={**settings, **keep.settings()},
-            total_jobs=report.jobs,
-            restart=config.restart,
-            retry_failed=config.retry_failed,
-            setting_hints=kind.setting_hints(),
-        )
-    )
-    stats = RunStats(
-        kind=kind.name,
-        prices=prices,
-        total_jobs=report.jobs,
-        done_before=len(checkpoint.done),
-        failed_before=checkpoint.totals.failed,
-        max_concurrency=config.max_concurrency,
-    )
-    budget = None
-    if budgeted:
-        budget = Budget.over_output(
-            max_cost=config.max_cost,
-            max_tokens=config.max_tokens,
-            prices=prices,
-            totals=checkpoint.totals,
-        )
-    early.check()
-    events = await anyio.to_thread.run_sync(
-        partial(
-            EventLog.open,
-            config.out_dir,
-            max_concurrency=config.max_concurrency,
-            max_cost=config.max_cost,
-            max_tokens=config.max_tokens,
-            done_before=len(checkpoint.done),
-            total_jobs=report.jobs,
-            restart=config.restart,
-        )
-    )
-    reuse = await anyio.to_thread.run_sync(
-        partial(
-            RunReuse.open,
-            kind,
-            config.out_dir,
-            cache=config.cache,
-            cache_dir=config.cache_dir,
-            changed_since=config.changed_since,
-            client_settings=config.client_settings,
-            restart=config.restart,
-        )
-    )
-    start = _run_start(config, report, len(checkpoint.done), prices)
-    return _Run(config, checkpoint, stats, budget, report, events, start, reuse)
-
-
-def keep_spec(kind: JobKind, columns: tuple[str, ...]) -> KeepSpec:
-    """What `--keep-columns` keeps for `kind` (and the user's id column, under its name)."""
-    sources = kind.source_fields()
-    return KeepSpec.parse(
-        columns,
-        job_fields=sources.values(),
-        reserved={*kind.result_schema().names, *FAILED_SCHEMA.names},
-        id_column=sources.get("id"),
-    )
-
-
-def _run_start(
-    config: RunConfig, report: ValidationReport, done_before: int, prices: PriceTable
-) -> RunStart:
-    """What the start line says of this run."""
-    limits = []
-    if config.max_cost is not None:
-        limits.append(f"{config.max_cost:.2f} {prices.currency}")
-    if config.max_tokens is not None:
-        limits.append(f"{config.max_tokens} tokens")
-    return RunStart(
-        jobs_path=config.jobs_path,
-        out_dir=config.out_dir,
-        kind=config.kind.name,
-        model=config.kind.answer_settings().get("model"),
-        total_jobs=report.jobs,
-        done_before=done_before,
-        max_concurrency=config.max_concurrency,
-        budget=" and ".join(limits) or None,
-        invalid=report.invalid_records,
-    )
-
-
 @dataclass
 class _Chunk:
     """What the producer made of one chunk of jobs."""
@@ -301,16 +104,6 @@ class _Chunk:
     batches: list[Batch] = field(default_factory=list)
     reused: list[Outcomes] = field(default_factory=list)
     finished: bool = False
-
-
-def _refuse_on_cluster(config: RunConfig, budgeted: bool) -> None:
-    if budgeted:
-        raise RunRefused(
-            "--max-cost/--max-tokens are not supported with --ray yet (budget reservations "
-            "are not shared across the cluster): run budgeted jobs without --ray"
-        )
-    if config.client_factory is not None:
-        raise RunRefused("a client_factory cannot be sent to Ray workers: give client_settings")
 
 
 class Dispatch(Protocol):
@@ -335,26 +128,17 @@ class _Run:
         workers -> outcomes -> PartWriter;  beside them: RunStop's grace and signals, Progress
     """
 
-    def __init__(
-        self,
-        config: RunConfig,
-        checkpoint: Checkpoint,
-        stats: RunStats,
-        budget: Budget | None,
-        report: ValidationReport,
-        events: EventLog,
-        start: RunStart,
-        reuse: RunReuse,
-    ) -> None:
-        self.config = config
-        self.start = start
+    def __init__(self, prepared: Prepared) -> None:
+        config = self.config = prepared.config
+        self.start = prepared.start
         self.kind = config.kind
-        self.checkpoint = checkpoint
-        self.stats = stats
+        self.checkpoint = prepared.checkpoint
+        stats = self.stats = prepared.stats
+        report, budget = prepared.report, prepared.budget
         self.duplicates = report.duplicates
         self.kept = report.kept
         self._last_invalid: SourceLocation | None = None
-        self.reuse = reuse
+        reuse = self.reuse = prepared.reuse
         self.recalled = reuse.limit.recall() if reuse.limit is not None else None
         self.progress = Progress(
             stats, config.progress, interval=config.progress_interval, pause=self._pause
@@ -367,7 +151,7 @@ class _Run:
             outage=Outage(max_outage=config.max_outage, announce=self.progress.announce),
         )
         self.stop = RunStop(self.limiter, config.grace_period)
-        self.recorder = AttemptRecorder(events, self.limiter, stats.prices)
+        self.recorder = AttemptRecorder(prepared.events, self.limiter, stats.prices)
         self.sender = BatchSender(
             kind=self.kind,
             limiter=self.limiter,

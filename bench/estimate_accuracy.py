@@ -33,7 +33,8 @@ from batch.api_types import Usage
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.estimator import EstimateRequest, estimate_jobs
 from batch.pricing import PriceTable
-from batch.runner import RunConfig, run_jobs
+from batch.run_config import RunConfig
+from batch.runner import run_jobs
 from batch.settings import ClientSettings
 from bench.jobgen import write_chat_jobs
 from jobs.registry import kind_for

@@ -25,7 +25,8 @@ from typing import Any
 import anyio
 
 from batch.emulator import RunningEmulator, profile, serve_emulator
-from batch.runner import RunConfig, run_jobs
+from batch.run_config import RunConfig
+from batch.runner import run_jobs
 from batch.settings import ClientSettings
 from bench.jobgen import write_chat_jobs, write_embedding_jobs
 from jobs.chat import ChatKind

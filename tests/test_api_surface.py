@@ -24,7 +24,7 @@ from batch.command_options import ESTIMATE_OPTIONS
 from batch.errors import CacheUnavailable, ConfigError, single_error
 from batch.launch import RunPlan, execute_run
 from batch.options import Option, resolve
-from batch.runner import RunConfig
+from batch.run_config import RunConfig
 from batch.settings import ClientSettings
 from jobs.base import Batch, JobOutcome
 from jobs.chat import ChatKind, ChatOptions

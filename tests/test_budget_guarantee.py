@@ -20,7 +20,8 @@ from batch.emulator.tokens import MESSAGE_OVERHEAD, count_tokens
 from batch.errors import RequestTimedOut, RunRefused
 from batch.pricing import PriceTable
 from batch.retry import RetryPolicy
-from batch.runner import RunConfig, run_jobs
+from batch.run_config import RunConfig
+from batch.runner import run_jobs
 from batch.settings import ClientSettings
 from batch.summary import RunSummary
 from jobs.base import Batch, JobKind, SourceLocation

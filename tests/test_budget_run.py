@@ -19,7 +19,8 @@ from batch.api_types import Usage
 from batch.cli import EXIT_BUDGET
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.pricing import PriceTable
-from batch.runner import RunConfig, run_jobs
+from batch.run_config import RunConfig
+from batch.runner import run_jobs
 from batch.settings import ClientSettings
 from batch.summary import RunSummary
 from jobs.registry import kind_for

@@ -19,7 +19,8 @@ from click.testing import CliRunner, Result
 
 from batch.cli import main
 from batch.emulator import RunningEmulator, profile, serve_emulator
-from batch.runner import RunConfig, run_jobs
+from batch.run_config import RunConfig
+from batch.runner import run_jobs
 from batch.settings import ClientSettings
 from jobs.chat import ChatOptions
 from jobs.registry import kind_for

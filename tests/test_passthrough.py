@@ -22,7 +22,7 @@ import pytest
 
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.errors import JobFileError
-from batch.runner import keep_spec
+from batch.preparing import keep_spec
 from jobs.chat import ChatKind, ChatOptions
 from jobs.readers import read_jobs, validate_jobs
 

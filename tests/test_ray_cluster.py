@@ -23,7 +23,8 @@ import ray
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.errors import RunRefused
 from batch.retry import RetryPolicy
-from batch.runner import RunConfig, run_jobs
+from batch.run_config import RunConfig
+from batch.runner import run_jobs
 from batch.settings import ClientSettings
 from batch.summary import RunSummary
 from jobs.base import JobKind

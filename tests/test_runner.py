@@ -16,7 +16,8 @@ from engine_fakes import FakeClient, FakeKind, write_jobs
 from batch.api_types import Usage
 from batch.errors import AuthenticationFailed, JobFileError, RunRefused
 from batch.retry import RetryPolicy
-from batch.runner import RunConfig, run_jobs
+from batch.run_config import RunConfig
+from batch.runner import run_jobs
 from batch.summary import RunSummary
 from jobs.base import JobKind
 

@@ -23,7 +23,8 @@ from batch.client import GigaChatClient
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.estimator import EstimateRequest, estimate_jobs
 from batch.pricing import PriceTable
-from batch.runner import RunConfig, run_jobs
+from batch.run_config import RunConfig
+from batch.runner import run_jobs
 from batch.settings import ClientSettings
 from jobs.base import (
     Batch,

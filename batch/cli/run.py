@@ -36,9 +36,9 @@ from batch.cli.common import (
 from batch.command_options import RUN_OPTIONS
 from batch.failures import failure_classes
 from batch.launch import execute_run, planned_run
+from batch.preparing import keep_spec
 from batch.pricing import PriceTable
 from batch.progress import ProgressMode
-from batch.runner import keep_spec
 from jobs.readers import validate_jobs
 from jobs.sources import temporary_spool
 
