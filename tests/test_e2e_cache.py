@@ -319,8 +319,10 @@ def test_uncached_chat_resumes_from_its_journal_after_kill_9(tmp_path: Path) -> 
     this_run = summary(out)["jobs"]["this_run"]
     assert this_run["from_journal"] > 0
     # No part was committed before the kill (30 s flush): the journal alone kept the answers.
-    # Paid twice: the 8 in flight and those of the last ~100 ms (8 streams / 60 ms: 14).
-    assert sent <= 400 + 8 + 14
+    # Paid twice: the 8 in flight and those of the last commit window, ~100 ms (8 streams /
+    # 60 ms: 14); two windows allowed, as a loaded machine stretches one. Without the journal
+    # all the answers before the kill would be paid again.
+    assert sent <= 400 + 8 + 2 * 14
     assert Counter(r["id"] for r in rows(out, "id")) == Counter(f"q{i}" for i in range(400))
     assert not (out / "journal.sqlite3").exists()
 
