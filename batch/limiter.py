@@ -200,6 +200,11 @@ class AdaptiveLimiter:
         grew, and the server may take more than it has reached)."""
         return not self._slow_start
 
+    @property
+    def pause_remaining(self) -> float:
+        """Seconds left of the run-wide pause a 429 imposed (0 when none)."""
+        return self.cooldown.remaining
+
     def slot(self, owner: object = None) -> Slot:
         """A permit for one request: `async with limiter.slot() as slot:` (see `Slot`)."""
         return Slot(self, owner)

@@ -69,7 +69,7 @@ class Outage:
         self.began = 0.0
         self._began_wall = 0.0
         self._in_a_row = 0
-        self._owners: set[int] = set()
+        self._owners: set[object] = set()
         self._probing = False
         self._failed_probes = 0
         self._next_probe = 0.0
@@ -103,7 +103,7 @@ class Outage:
                 self._next_probe = self._clock() + delay
             return
         self._in_a_row += 1
-        self._owners.add(id(owner))
+        self._owners.add(owner)  # hashable: by identity, or a cluster's (worker, request)
         if self._in_a_row >= max(self.threshold, level // 2) and len(self._owners) >= 2:
             self._begin(exc)
 

@@ -39,13 +39,8 @@ class Prepared:
     reuse: RunReuse
 
 
-def refuse_on_cluster(config: RunConfig, budgeted: bool) -> None:
-    """Refuse what a run on a Ray cluster cannot do yet."""
-    if budgeted:
-        raise RunRefused(
-            "--max-cost/--max-tokens are not supported with --ray yet (budget reservations "
-            "are not shared across the cluster): run budgeted jobs without --ray"
-        )
+def refuse_on_cluster(config: RunConfig) -> None:
+    """Refuse what a run on a Ray cluster cannot do."""
     if config.client_factory is not None:
         raise RunRefused("a client_factory cannot be sent to Ray workers: give client_settings")
 

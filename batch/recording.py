@@ -10,8 +10,6 @@ from typing import Protocol
 
 from batch.api_types import Usage
 from batch.errors import ApiError
-from batch.eventlog import EventLog
-from batch.limiter import AdaptiveLimiter
 from batch.pricing import PriceTable
 from jobs.base import JobOutcome, JobResult
 
@@ -26,10 +24,45 @@ class Sent(Protocol):
     def in_flight(self) -> int: ...
 
 
+class AttemptLog(Protocol):
+    """Where attempts go: the run's `EventLog`, or on a cluster worker a buffer the driver
+    writes into its own log (`batch.cluster.attempts`). Times are monotonic."""
+
+    def attempt(
+        self,
+        start: float,
+        end: float,
+        *,
+        status: int,
+        error: str,
+        jobs: int,
+        limit: int,
+        in_flight: int,
+        usage: Usage | None = None,
+        cost: float = 0.0,
+    ) -> None: ...
+
+    def pause(self, start: float, end: float) -> None: ...
+
+    def limit_changed(self, at: float, limit: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Pacing(Protocol):
+    """What the recorder reads of the limiter: its level and the run-wide pause left."""
+
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def pause_remaining(self) -> float: ...
+
+
 class AttemptRecorder:
     """Records the attempts of one leg into `log`, reading the limiter's state after each."""
 
-    def __init__(self, log: EventLog, limiter: AdaptiveLimiter, prices: PriceTable) -> None:
+    def __init__(self, log: AttemptLog, limiter: Pacing, prices: PriceTable) -> None:
         self.log = log
         self.limiter = limiter
         self.prices = prices
@@ -78,7 +111,7 @@ class AttemptRecorder:
             usage=usage,
             cost=cost,
         )
-        remaining = self.limiter.cooldown.remaining
+        remaining = self.limiter.pause_remaining
         if remaining > 0:
             end = now + remaining
             if end > self._pause_end + 1e-3:

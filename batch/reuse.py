@@ -34,6 +34,31 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# How answers are keyed (`AnswerReuse.keyed_by`).
+CONTENT, JOB_ID = "content", "id"
+
+
+def answer_entries(
+    kind: JobKind, outcomes: Sequence[JobOutcome], keyed_by: str
+) -> list[tuple[bytes, CachedAnswer]]:
+    """The answers among `outcomes` as cache entries (key `CONTENT`) or journal entries
+    (key `JOB_ID`); pure, so a cluster worker makes them and the driver keeps them."""
+    entries: list[tuple[bytes, CachedAnswer]] = []
+    for outcome in outcomes:
+        if not isinstance(outcome, JobResult):
+            continue
+        answer = kind.cache_entry(outcome)
+        if answer is None:
+            continue
+        if keyed_by == CONTENT:
+            material = kind.cache_material(outcome.job)
+            if material is not None:
+                entries.append((cache_key(kind.name, material), answer))
+        else:
+            entries.append((outcome.job.id.encode(), answer))
+    return entries
+
+
 @dataclass(slots=True)
 class Reused:
     """What `lookup` found: `cached` hits (their usage is what the answer was billed when
@@ -119,22 +144,23 @@ class AnswerReuse:
                 keyed.append((cache_key(self.kind.name, material), job))
         return keyed
 
+    @property
+    def keyed_by(self) -> str | None:
+        """How answers are kept: by their content ("content", the cache), by job id ("id",
+        the journal), or not at all (None)."""
+        if self.store is not None:
+            return CONTENT
+        return JOB_ID if self.journal is not None else None
+
     def keep(self, outcomes: Sequence[JobOutcome]) -> None:
         """Hand the answers of a sent batch to the cache or the journal (group-committed:
         each is durable within ~100 ms, and findable by `lookup` at once)."""
-        entries: list[tuple[bytes, CachedAnswer]] = []
-        for outcome in outcomes:
-            if not isinstance(outcome, JobResult):
-                continue
-            answer = self.kind.cache_entry(outcome)
-            if answer is None:
-                continue
-            if self.store is not None:
-                material = self.kind.cache_material(outcome.job)
-                if material is not None:
-                    entries.append((cache_key(self.kind.name, material), answer))
-            else:
-                entries.append((outcome.job.id.encode(), answer))
+        keyed_by = self.keyed_by
+        if keyed_by is not None:
+            self.put(answer_entries(self.kind, outcomes, keyed_by))
+
+    def put(self, entries: Sequence[tuple[bytes, CachedAnswer]]) -> None:
+        """Keep answers made into entries already (`answer_entries`, on a cluster worker)."""
         if not entries or self.failed:
             return
         try:

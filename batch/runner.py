@@ -73,7 +73,7 @@ async def run_jobs(config: RunConfig) -> RunSummary:
         raise ValueError("max_concurrency must be at least 1")
     budgeted = config.max_cost is not None or config.max_tokens is not None
     if config.ray is not None:
-        refuse_on_cluster(config, budgeted)
+        refuse_on_cluster(config)
     if budgeted:
         # A reservation only bounds what a request can cost when the request itself is
         # bounded (chat: max_tokens on every request); the cap is then in the fingerprint.
@@ -152,13 +152,14 @@ class _Run:
         )
         self.stop = RunStop(self.limiter, config.grace_period)
         self.recorder = AttemptRecorder(prepared.events, self.limiter, stats.prices)
+        self.budget = BudgetGate(budget, self.stop) if budget is not None else None
         self.sender = BatchSender(
             kind=self.kind,
             limiter=self.limiter,
             retry=config.retry,
             stats=stats,
             stop=self.stop,
-            budget=BudgetGate(budget, self.stop) if budget is not None else None,
+            budget=self.budget,
             recorder=self.recorder,
             on_answers=reuse.answers.keep,
         )
@@ -184,7 +185,7 @@ class _Run:
     def _workers(self) -> int:
         """HEADROOM workers per slot, so hung requests cannot hold them all; a budgeted run
         keeps one per slot, since each waiting worker would hold a budget reservation."""
-        per_slot = 1 if self.sender.budget is not None else HEADROOM
+        per_slot = 1 if self.budget is not None else HEADROOM
         return self.config.max_concurrency * per_slot
 
     def _pause(self) -> str:
@@ -202,6 +203,7 @@ class _Run:
         if config.ray is None:
             yield
             return
+        from batch.cluster.dispatch import DriverDuties
         from batch.cluster.driver import ClusterPlan, open_cluster
         from batch.settings import ClientSettings
 
@@ -214,8 +216,15 @@ class _Run:
             initial_concurrency=config.initial_concurrency,
             workers=config.ray_workers,
             out_dir=config.out_dir,
+            max_outage=config.max_outage,
+            answers_keyed_by=self.reuse.answers.keyed_by,
         )
-        async with open_cluster(plan, client, self.stats, self.stop) as cluster:
+        duties = DriverDuties(
+            budget=self.budget,
+            keep_answers=self.reuse.answers.put,
+            events=self.recorder.log,
+        )
+        async with open_cluster(plan, client, self.stats, self.stop, duties) as cluster:
             self.dispatch = self.limits = self.stop.limiter = cluster
             yield
 

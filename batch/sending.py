@@ -40,8 +40,22 @@ if TYPE_CHECKING:
     from batch.recording import AttemptRecorder
 
 
-class _Stopped(Exception):
-    """The run is stopping: this batch is not sent (it stays pending for a resume)."""
+class NotSent(Exception):
+    """The run is stopping (or, on a cluster worker, the batch needs a new reservation
+    from the driver): this batch is not sent and stays pending."""
+
+
+class Reservations(Protocol):
+    """How a sender meets the budget: the run's `BudgetGate`, or on a cluster worker the
+    one reservation the driver holds for the batch (`batch.cluster.budget`)."""
+
+    async def reserve(self, ceiling: Usage, model: str) -> Reservation: ...
+
+    def settle(self, reservation: Reservation, actual: Usage, model: str) -> None: ...
+
+    def charge_unseen(self, reservation: Reservation) -> None: ...
+
+    def release(self, reservation: Reservation | None) -> None: ...
 
 
 class BudgetGate:
@@ -55,7 +69,7 @@ class BudgetGate:
 
     async def reserve(self, ceiling: Usage, model: str) -> Reservation:
         """Hold `ceiling`, waiting while requests in flight might still settle below their
-        reservations. Raises _Stopped when the run stops (or this makes it stop)."""
+        reservations. Raises NotSent when the run stops (or this makes it stop)."""
         budget = self.budget
         while True:
             try:
@@ -63,11 +77,11 @@ class BudgetGate:
             except BudgetExhausted as exc:
                 if budget.crossing(ceiling, model, with_reserved=False) is not None:
                     self._stop.stop("budget", f"budget reached; {budget.describe()}", exc)
-                    raise _Stopped from None
+                    raise NotSent from None
             changed = self._changed
             await changed.wait()
             if self._stop.stopping:
-                raise _Stopped
+                raise NotSent
 
     def settle(self, reservation: Reservation, actual: Usage, model: str) -> None:
         self.budget.settle(reservation, actual, model)
@@ -112,7 +126,7 @@ class BatchSender:
         retry: RetryPolicy,
         stats: RunStats,
         stop: RunStop,
-        budget: BudgetGate | None,
+        budget: Reservations | None,
         recorder: AttemptRecorder | None = None,
         on_answers: Callable[[Sequence[JobOutcome]], None] | None = None,
     ) -> None:
@@ -135,7 +149,7 @@ class BatchSender:
             answers = await call_with_retry(
                 attempt, self.retry, excused=self.limiter.outage.excuses
             )
-        except _Stopped:
+        except NotSent:
             return self._unanswered(attempt, None)
         except FatalError as exc:
             self.stop.stop("fatal", str(exc), exc)
@@ -239,7 +253,7 @@ class _Attempt:
         try:
             async with sender.limiter.slot(owner=self) as slot:
                 if sender.stop.stopping:
-                    raise _Stopped
+                    raise NotSent
                 sent = slot
                 self.count += 1
                 sender.stats.requests += 1

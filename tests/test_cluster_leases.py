@@ -1,6 +1,7 @@
 """The coordinator and a worker's leased slots, in one process (no Ray): leases batch
 slots, reports free them, a 429 pauses every worker, a dead worker's slots come back, and
-a rejected token is refreshed once for the cluster."""
+a rejected token is refreshed once for the cluster; failures reported from several workers
+begin an outage the coordinator probes with one slot at a time."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import time
 import anyio
 import pytest
 
+from batch.api_types import Usage
 from batch.cluster.coordinator import OK, REFUSED, Coordinator, Report
-from batch.cluster.leases import ClusterAuthenticator, LeasedLimiter
-from batch.errors import ApiError, AuthenticationFailed, RateLimited
+from batch.cluster.leases import ClusterAuthenticator, HeldReservation, LeasedLimiter
+from batch.errors import ApiError, AuthenticationFailed, ConnectionFailed, RateLimited
+from batch.sending import NotSent
 from batch.settings import ClientSettings
 
 
@@ -146,5 +149,78 @@ def test_a_rejected_token_is_refreshed_once_for_every_worker() -> None:
         await coordinator.publish_token(None, "the key was revoked")
         with pytest.raises(AuthenticationFailed, match="revoked"):
             await workers[0].unauthorized(2, ApiError("rejected", status=401))
+
+    run(main)
+
+
+async def _fail_away(limiter: LeasedLimiter, request: object) -> None:
+    with pytest.raises(ConnectionFailed):
+        async with limiter.slot(owner=request):
+            raise ConnectionFailed("connection refused")
+
+
+def test_failures_across_workers_begin_an_outage_that_leases_one_probe_at_a_time() -> None:
+    async def main() -> None:
+        coordinator = Coordinator(4, initial=4)
+        workers = [LeasedLimiter(coordinator, f"w{i}") for i in range(2)]
+        for i in range(4):  # four requests, two on each worker
+            await _fail_away(workers[i % 2], object())
+        # The worker whose failure began it knows before its sender sees the error.
+        assert workers[1].outage.excuses(ConnectionFailed("refused"))
+        probe = await coordinator.lease("w0", 3, [])
+        assert len(probe.slots) == 1 and probe.outage_since > 0
+        with anyio.move_on_after(0.1) as waited:
+            await coordinator.lease("w1", 1, [])
+        assert waited.cancelled_caught  # a second probe waits for the first
+        await coordinator.report("w0", [Report(probe.slots[0], OK)])
+        with anyio.fail_after(1):
+            after = await coordinator.lease("w1", 2, [])
+        assert after.outage_since == 0.0 and len(after.slots) == 2
+        assert (await coordinator.summary()).outages == 1
+
+    run(main)
+
+
+def test_one_requests_failures_on_one_worker_are_not_an_outage() -> None:
+    async def main() -> None:
+        coordinator = Coordinator(4, initial=4)
+        limiter = LeasedLimiter(coordinator, "w0")
+        request = object()
+        for _ in range(5):
+            await _fail_away(limiter, request)
+        assert not limiter.outage.active
+        assert (await coordinator.lease("w0", 2, [])).outage_since == 0.0
+
+    run(main)
+
+
+def test_an_answered_error_ends_the_outage_for_every_worker() -> None:
+    async def main() -> None:
+        coordinator = Coordinator(4, initial=4)
+        workers = [LeasedLimiter(coordinator, f"w{i}") for i in range(2)]
+        for i in range(4):
+            await _fail_away(workers[i % 2], object())
+        assert coordinator.outage_since > 0
+        with pytest.raises(ApiError):
+            async with workers[0].slot():
+                raise ApiError("bad request", status=400)
+        await workers[0].flush()
+        assert coordinator.outage_since == 0.0
+        await workers[1].flush()
+        assert (await coordinator.lease("w1", 1, [])).outage_since == 0.0
+
+    run(main)
+
+
+def test_a_try_billed_unseen_uses_up_the_drivers_reservation() -> None:
+    async def main() -> None:
+        held = HeldReservation()
+        ceiling = Usage(prompt_tokens=10, completion_tokens=5)
+        reservation = await held.reserve(ceiling, "GigaChat")
+        assert reservation.tokens == 15
+        held.charge_unseen(reservation)
+        with pytest.raises(NotSent):  # the driver must reserve again before a retry
+            await held.reserve(ceiling, "GigaChat")
+        assert held.used_up
 
     run(main)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ import pytest
 import ray
 
 from batch.emulator import RunningEmulator, profile, serve_emulator
-from batch.errors import RunRefused
+from batch.eventlog import ATTEMPT, read_events
 from batch.retry import RetryPolicy
 from batch.run_config import RunConfig
 from batch.runner import run_jobs
@@ -71,24 +72,23 @@ def ids(out: Path, sub: str) -> list[str]:
 def cluster_run(
     emu: RunningEmulator, jobs: Path, out: Path, kind: JobKind | None = None, **kw: Any
 ) -> RunSummary:
-    config = RunConfig(
-        jobs_path=jobs,
-        out_dir=out,
-        kind=kind or ChatKind(),
-        client_settings=ClientSettings.from_env(emu.client_env()),
-        retry=RetryPolicy(max_attempts=3, initial=0.01, max_wait=0.05),
-        flush_interval=0.2,
-        progress="off",
-        handle_signals=False,
-        ray="auto",
-        ray_workers=2,
+    options: dict[str, Any] = {
+        "client_settings": ClientSettings.from_env(emu.client_env()),
+        "retry": RetryPolicy(max_attempts=3, initial=0.01, max_wait=0.05),
+        "flush_interval": 0.2,
+        "progress": "off",
+        "handle_signals": False,
+        "ray": "auto",
+        "ray_workers": 2,
         **kw,
-    )
+    }
+    config = RunConfig(jobs_path=jobs, out_dir=out, kind=kind or ChatKind(), **options)
     return anyio.run(run_jobs, config)
 
 
 def test_chat_sample_runs_on_the_cluster_into_one_dataset(cluster: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
+    began = time.time()
     with serve_emulator(profile("b2b", stream_limit=8, **FAST)) as emu:
         summary = cluster_run(emu, SAMPLES / "chat.jsonl", out)
         served = emu.stats(arrivals=False)
@@ -102,6 +102,11 @@ def test_chat_sample_runs_on_the_cluster_into_one_dataset(cluster: str, tmp_path
     assert written["requests"] == sum(
         sum(c.values()) for p, c in served["requests"].items() if p.startswith("/api/v1/chat")
     )
+    # The workers' attempts reach the driver's event log, as a local run's do.
+    attempts = [e for e in read_events(out) if e.kind == ATTEMPT]
+    assert len(attempts) == written["requests"]
+    assert sum(e.jobs for e in attempts if e.status == 200) == len(expected)
+    assert all(began < e.t < e.t + e.duration < time.time() for e in attempts)
 
 
 def test_embeddings_run_on_the_cluster_into_fixed_size_vectors(
@@ -235,13 +240,81 @@ def test_resume_after_kill_9_of_the_driver_gives_every_id_exactly_once(
     assert Counter(ids(out, "results")) == Counter(dict.fromkeys(expected, 1))
 
 
-def test_budgets_with_ray_are_refused_before_anything_is_sent(cluster: str, tmp_path: Path) -> None:
+def test_a_budget_stops_the_cluster_run_as_locally_within_it_and_a_rerun_resumes(
+    cluster: str, tmp_path: Path
+) -> None:
     jobs = tmp_path / "jobs.jsonl"
-    chat_jobs(jobs, 5)
+    with jobs.open("w") as f:
+        for i in range(120):
+            f.write(json.dumps({"id": f"q{i}", "prompt": f"question {i}", "max_tokens": 8}) + "\n")
+    limit = 600
+    with serve_emulator(profile("b2b", stream_limit=8, **FAST)) as emu:
+        local = cluster_run(emu, jobs, tmp_path / "local", max_tokens=limit, ray=None)
+        emu.reset_stats()
+        first = cluster_run(emu, jobs, tmp_path / "out", max_tokens=limit)
+        billed = emu.stats(arrivals=False)["tokens"]
+        second = cluster_run(emu, jobs, tmp_path / "out", max_tokens=100 * limit)
+    assert local.status == first.status == "budget"
+    numbers = re.compile(r"\d+(\.\d+)?")
+    assert numbers.sub("N", first.message) == numbers.sub("N", local.message)
+    assert f"tokens of {limit}" in first.message
+    assert billed["prompt"] + billed["completion"] <= limit
+    assert 0 < stopped_at < 120
+    assert second.status == "completed", second.message
+    assert Counter(ids(tmp_path / "out", "results")) == Counter(f"q{i}" for i in range(120))
+
+
+def test_a_second_cluster_run_into_a_new_out_is_answered_by_the_cache(
+    cluster: str, tmp_path: Path
+) -> None:
+    texts = SAMPLES / "embeddings.jsonl"
+    cache = tmp_path / "cache"
     with serve_emulator(profile("b2b", **FAST)) as emu:
-        with pytest.raises(RunRefused, match="--ray"):
-            cluster_run(emu, jobs, tmp_path / "out", max_cost=1.0)
-        assert emu.stats(arrivals=False)["requests"] == {}
+        first = cluster_run(emu, texts, tmp_path / "a", kind=EmbeddingsKind(), cache_dir=cache)
+        emu.reset_stats()
+        second = cluster_run(emu, texts, tmp_path / "b", kind=EmbeddingsKind(), cache_dir=cache)
+        sent = emu.stats(arrivals=False)["requests"]
+    assert first.status == second.status == "completed"
+    assert "/api/v1/embeddings" not in sent
+    reused = second.data["jobs"]["this_run"]
+    assert reused["from_cache"] == first.data["jobs"]["this_run"]["succeeded"] > 0
+    assert sorted(ids(tmp_path / "b", "results")) == sorted(ids(tmp_path / "a", "results"))
+
+
+def test_an_outage_mid_run_pauses_the_cluster_and_no_row_fails(
+    cluster: str, tmp_path: Path
+) -> None:
+    jobs, out = tmp_path / "jobs.jsonl", tmp_path / "out"
+    expected = chat_jobs(jobs, 400)
+    cfg = profile("b2b", stream_limit=8, **{**FAST, "latency_base_ms": 10.0})
+    result: list[RunSummary] = []
+    with serve_emulator(cfg) as emu:
+        # Two tries a request, 10 ms apart: only the cluster-wide pause saves the rows.
+        retry = RetryPolicy(max_attempts=2, initial=0.01, max_wait=0.01)
+        runner = threading.Thread(
+            target=lambda: result.append(cluster_run(emu, jobs, out, retry=retry))
+        )
+        runner.start()
+        _wait_for_answers(emu, 60)
+        emu.reconfigure(start_outage_s=1.0)
+        runner.join(timeout=120)
+        faults = emu.stats(arrivals=False)["faults"]
+    assert result, "the run did not end"
+    assert result[0].status == "completed", result[0].message
+    assert faults["outage"] > 0
+    assert ids(out, "failed") == []
+    assert Counter(ids(out, "results")) == Counter(dict.fromkeys(expected, 1))
+    assert json.loads((out / "cluster.json").read_text())["outages"] >= 1
+
+
+def _wait_for_answers(emu: RunningEmulator, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        chat = emu.stats(arrivals=False)["requests"].get("/api/v1/chat/completions", {})
+        if int(chat.get("200", 0)) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the run never got going")
 
 
 def test_an_address_nothing_answers_is_refused_in_one_line(tmp_path: Path) -> None:

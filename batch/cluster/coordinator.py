@@ -13,21 +13,25 @@ from dataclasses import dataclass
 
 import anyio
 
-from batch.errors import RateLimited
+from batch.errors import ApiError, ConnectionFailed, RateLimited
 from batch.limiter import AdaptiveLimiter, Slot
+from batch.outage import DEFAULT_MAX_OUTAGE, Outage
 
-# How a leased slot's request ended: answered, refused with 429, or neither (an error that
-# says nothing about capacity, or a slot given back unused).
-OK, REFUSED, UNANSWERED = "ok", "429", "none"
+# How a leased slot's request ended: answered, refused with 429, unanswered because the API
+# looks away (a connection failure, a timeout, a 5xx), answered with another error, or none
+# of these (cancelled, or a slot given back unused).
+OK, REFUSED, AWAY, ERROR, UNANSWERED = "ok", "429", "away", "error", "none"
 
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """How the request sent under leased slot `slot` ended (`retry_after` for a 429)."""
+    """How the request sent under leased slot `slot` ended (`retry_after` for a 429);
+    `request` tells one request's tries (on one worker) from another's."""
 
     slot: int
     outcome: str
     retry_after: float | None = None
+    request: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,7 @@ class Lease:
     slots: tuple[int, ...]
     limit: int
     pause_until: float
+    outage_since: float = 0.0  # when the outage in force began (wall clock; 0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,8 @@ class CoordinatorReport:
     leases: int
     reports: int
     slots: int
+    outages: int
+    outage_seconds: float
     cpu_seconds: float  # the actor's whole process, Ray's own threads included
     loop_cpu_seconds: float  # its event loop: the coordinator's code and Ray's glue to it
 
@@ -78,11 +85,18 @@ class _Unanswered(Exception):
 
 
 class Coordinator:
-    """Slots, the pause and the token for every worker of one run."""
+    """Slots, the pause, outages and the token for every worker of one run.
 
-    def __init__(self, maximum: int, initial: int = 2) -> None:
+    Outages are decided here, as a local run's limiter does (`batch.outage`): workers
+    report connection failures, timeouts and 5xx at once, the coordinator's `Outage` sees
+    them from every worker, and while it lasts it leases one probe slot at a time."""
+
+    def __init__(
+        self, maximum: int, initial: int = 2, max_outage: float = DEFAULT_MAX_OUTAGE
+    ) -> None:
         self._maximum = maximum
         self._initial = initial
+        self._max_outage = max_outage
         self._limiter: AdaptiveLimiter | None = None
         self._open: dict[int, tuple[str, Slot]] = {}
         self._next_slot = 0
@@ -101,7 +115,11 @@ class Coordinator:
     @property
     def limiter(self) -> AdaptiveLimiter:
         if self._limiter is None:
-            self._limiter = AdaptiveLimiter(self._maximum, initial=self._initial)
+            self._limiter = AdaptiveLimiter(
+                self._maximum,
+                initial=self._initial,
+                outage=Outage(max_outage=self._max_outage),
+            )
             self._loop_cpu_started = time.thread_time()
         return self._limiter
 
@@ -119,12 +137,19 @@ class Coordinator:
                 break
             slots.append(taken)
         self._slots += len(slots)
-        return Lease(tuple(slots), limiter.limit, self._pause_until)
+        return Lease(tuple(slots), limiter.limit, self._pause_until, self.outage_since)
 
-    async def report(self, owner: str, reports: list[Report]) -> None:
-        """How leased slots ended (the worker sends them in batches)."""
+    async def report(self, owner: str, reports: list[Report]) -> float:
+        """How leased slots ended (the worker sends them in batches); returns when the
+        outage in force began (0: none)."""
         self._reports += 1
         await self._settle(reports)
+        return self.outage_since
+
+    @property
+    def outage_since(self) -> float:
+        outage = self.limiter.outage
+        return time.time() - outage.elapsed if outage.active else 0.0
 
     async def forget(self, owner_prefix: str, keep: str = "") -> int:
         """Free the slots of a worker that died (every owner starting with `owner_prefix`
@@ -161,12 +186,19 @@ class Coordinator:
             entry = self._open.pop(report.slot, None)
             if entry is None:
                 continue  # already forgotten (its worker was taken for dead)
-            slot = entry[1]
+            owner, slot = entry
+            slot.owner = (owner, report.request)
             if report.outcome == OK:
                 await slot.__aexit__(None, None, None)
             elif report.outcome == REFUSED:
                 refused = RateLimited(retry_after=report.retry_after)
                 await slot.__aexit__(RateLimited, refused, None)
+            elif report.outcome == AWAY:
+                away = ConnectionFailed("a worker's request found the API away")
+                await slot.__aexit__(ConnectionFailed, away, None)
+            elif report.outcome == ERROR:  # the server is there: any outage ends
+                answered = ApiError("a worker's request was answered with an error")
+                await slot.__aexit__(ApiError, answered, None)
             else:
                 await slot.__aexit__(_Unanswered, _Unanswered(), None)
         remaining = limiter.cooldown.remaining
@@ -230,6 +262,8 @@ class Coordinator:
             leases=self._leases,
             reports=self._reports,
             slots=self._slots,
+            outages=limiter.outage.outages,
+            outage_seconds=limiter.outage.paused_s,
             cpu_seconds=time.process_time() - self._cpu_started,
             loop_cpu_seconds=time.thread_time() - self._loop_cpu_started,
         )

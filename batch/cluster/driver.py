@@ -3,7 +3,8 @@ them batches, and keep the cluster's token fresh. Everything else (validation, t
 checkpoint, packing, the writer, the summary) is the ordinary run in `batch.runner`, so
 exactly-once and resume come from the driver's checkpoint as they do locally.
 
-    open_cluster(...)  -> ClusterSender: `send(client, batch)` through a worker actor
+    open_cluster(...)  -> ClusterSender (`batch.cluster.dispatch`): `send(client, batch)`
+                          through a worker actor
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,12 +23,13 @@ import anyio
 import orjson
 
 from batch.cluster.coordinator import Coordinator, CoordinatorReport
-from batch.cluster.worker import NAMESPACE, BatchWorker, WorkerReply, shareable_settings
-from batch.errors import ApiError, ClusterLost, ConfigError, GigabatchError
+from batch.cluster.dispatch import ClusterSender, DriverDuties
+from batch.cluster.worker import NAMESPACE, BatchWorker, shareable_settings
+from batch.errors import ApiError, ConfigError, GigabatchError
+from batch.outage import DEFAULT_MAX_OUTAGE
 from batch.stopping import RunStop
 from batch.summary import RunStats
-from batch.writer import Outcomes
-from jobs.base import Batch, JobKind
+from jobs.base import JobKind
 
 if TYPE_CHECKING:
     from batch.auth import Authenticator
@@ -40,9 +41,6 @@ logger = logging.getLogger(__name__)
 
 # How often the driver checks its token (it refreshes ahead of expiry by itself).
 TOKEN_CHECK = 5.0
-# A batch whose worker died goes to another; with no worker answering for this long the
-# cluster is taken for lost and the run stops (what was answered is committed).
-LOST_AFTER = 60.0
 
 
 def import_ray() -> Any:
@@ -105,105 +103,17 @@ class ClusterPlan:
     initial_concurrency: int = 2
     workers: int | None = None
     out_dir: Path | None = None  # where cluster.json (the coordinator's figures) goes
-
-
-class ClusterSender:
-    """Sends each batch through a worker actor, the least busy one; a batch whose worker
-    died goes to another. Keeps the driver's `RunStats` as a local run's sender does."""
-
-    def __init__(self, ray: Any, workers: list[Any], stats: RunStats, stop: RunStop) -> None:
-        self._ray = ray
-        self._workers = workers
-        self._busy = [0] * len(workers)
-        self._stats = stats
-        self._stop = stop
-        self._in_flight = 0
-        self._changed = anyio.Event()
-        self._last_answer = time.monotonic()
-        self._counted: dict[str, tuple[int, int, int]] = {}
-        self.lost_batches = 0
-        self.report: CoordinatorReport | None = None
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    async def wait_changed(self) -> None:
-        changed = self._changed
-        await changed.wait()
-
-    def settled(self) -> float:
-        return self.report.settled if self.report is not None else 0.0
-
-    @property
-    def found_limit(self) -> bool:
-        return self.report.found_limit if self.report is not None else False
-
-    async def send(self, client: GigaChatClient, batch: Batch) -> Outcomes | None:
-        """Send `batch` through a worker; its outcomes, or None when the run stops first."""
-        exceptions = self._ray.exceptions
-        while not self._stop.stopping:
-            index = self._busy.index(min(self._busy))
-            self._busy[index] += 1
-            self._in_flight += 1
-            try:
-                reply: WorkerReply = await self._workers[index].send.remote(batch)
-            except exceptions.RayActorError as exc:
-                self._worker_lost(exc)
-                await anyio.sleep(0.2)
-                continue
-            except (
-                exceptions.RayError
-            ) as exc:  # the worker's own code failed (the coordinator is gone)
-                self._stop.stop(
-                    "fatal", f"a Ray worker failed: {_last_line(exc)}", ClusterLost(str(exc))
-                )
-                return None
-            finally:
-                self._busy[index] -= 1
-                self._in_flight -= 1
-                self._changed.set()
-                self._changed = anyio.Event()
-            self._last_answer = time.monotonic()
-            return self._received(reply)
-        return None
-
-    def _worker_lost(self, exc: BaseException) -> None:
-        self.lost_batches += 1
-        logger.warning("a Ray worker was lost (%s); its batch goes to another", type(exc).__name__)
-        if time.monotonic() - self._last_answer > LOST_AFTER:
-            self._stop.stop(
-                "fatal",
-                f"no Ray worker answered for {LOST_AFTER:.0f} s: the cluster is lost "
-                "(answered jobs are committed; re-run the same command to resume)",
-                ClusterLost("Ray workers lost"),
-            )
-
-    def _received(self, reply: WorkerReply) -> Outcomes | None:
-        stats = self._stats
-        counts = (reply.requests, reply.retries, reply.rate_limited)
-        seen = self._counted.get(reply.owner, (0, 0, 0))
-        if counts > seen:  # replies can arrive out of order: keep each worker's highest
-            self._counted[reply.owner] = counts
-            stats.requests += counts[0] - seen[0]
-            stats.retries += counts[1] - seen[1]
-            stats.rate_limited += counts[2] - seen[2]
-        stats.concurrency = reply.limit
-        error = reply.fatal_error()
-        if error is not None:
-            self._stop.stop("fatal", str(error), error)
-        out = reply.outcomes
-        if out is not None:
-            for model, usage in out.usage.items():
-                stats.add_usage(model, usage)
-            stats.succeeded += len(out.results)
-            stats.failed += len(out.failures)
-        return out
+    max_outage: float = DEFAULT_MAX_OUTAGE
+    answers_keyed_by: str | None = None  # what workers make answers into (`batch.reuse`)
 
 
 @asynccontextmanager
 async def open_cluster(
-    plan: ClusterPlan, client: GigaChatClient, stats: RunStats, stop: RunStop
+    plan: ClusterPlan,
+    client: GigaChatClient,
+    stats: RunStats,
+    stop: RunStop,
+    duties: DriverDuties | None = None,
 ) -> AsyncIterator[ClusterSender]:
     """The cluster for one run: joined (or started), its coordinator and workers up, the
     token published; on leaving, the coordinator's report is kept and the actors end."""
@@ -219,7 +129,7 @@ async def open_cluster(
     try:
         coordinator, workers = await anyio.to_thread.run_sync(_start_actors, ray, plan)
         actors = [coordinator, *workers]
-        sender = ClusterSender(ray, workers, stats, stop)
+        sender = ClusterSender(ray, workers, plan.kind, stats, stop, duties)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_keep_token_fresh, client.auth, coordinator, stop)
             yield sender
@@ -236,11 +146,6 @@ async def open_cluster(
             ray.kill(actor, no_restart=True)
         if started:
             await anyio.to_thread.run_sync(ray.shutdown)
-
-
-def _last_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[-1] if lines else type(exc).__name__
 
 
 def _write_report(
@@ -268,7 +173,7 @@ def _start_actors(ray: Any, plan: ClusterPlan) -> tuple[Any, list[Any]]:
     coordinator = (
         ray.remote(Coordinator)
         .options(name=name, namespace=NAMESPACE, num_cpus=0, max_concurrency=10_000)
-        .remote(plan.max_concurrency, plan.initial_concurrency)
+        .remote(plan.max_concurrency, plan.initial_concurrency, plan.max_outage)
     )
     settings = shareable_settings(plan.settings)
     worker_class = ray.remote(BatchWorker)
@@ -280,7 +185,16 @@ def _start_actors(ray: Any, plan: ClusterPlan) -> tuple[Any, list[Any]]:
             max_restarts=-1,
             max_task_retries=0,
             max_concurrency=plan.max_concurrency * 2 + 8,
-        ).remote(f"worker-{i}", name, plan.kind, settings, plan.retry, plan.max_concurrency)
+        ).remote(
+            f"worker-{i}",
+            name,
+            plan.kind,
+            settings,
+            plan.retry,
+            plan.max_concurrency,
+            plan.answers_keyed_by,
+            plan.max_outage,
+        )
         for i in range(count)
     ]
     return coordinator, workers

@@ -3,6 +3,8 @@ the cluster's token, behind the interfaces the engine already uses (`limiter.slo
 the client's `Authenticator`), so a worker runs the ordinary `BatchSender`.
 
     LeasedLimiter        `async with limiter.slot()`: a leased slot, reported in batches
+    ReportedOutage       the coordinator's outage as this worker last heard of it
+    HeldReservation      the one budget reservation the driver holds for a batch
     ClusterAuthenticator the token the coordinator hands out; a 401 asks it for a new one
 """
 
@@ -16,11 +18,23 @@ from typing import Protocol
 import anyio
 import httpx
 
+from batch.api_types import Usage
 from batch.auth import Authenticator
-from batch.cluster.coordinator import OK, REFUSED, UNANSWERED, Grant, Lease, Report
-from batch.errors import ApiError, AuthenticationFailed, ConfigError, RateLimited
+from batch.budget import Reservation
+from batch.cluster.coordinator import (
+    AWAY,
+    ERROR,
+    OK,
+    REFUSED,
+    UNANSWERED,
+    Grant,
+    Lease,
+    Report,
+)
+from batch.errors import ApiError, AuthenticationFailed, ConfigError, RateLimited, SendHeld
 from batch.limiter import Slot
-from batch.outage import Outage
+from batch.outage import DEFAULT_MAX_OUTAGE, OUTAGE_ERRORS, Outage
+from batch.sending import NotSent
 from batch.settings import ClientSettings
 from batch.wire import ApiRequest
 
@@ -37,7 +51,7 @@ class LeaseSource(Protocol):
 
     def lease(self, owner: str, want: int, reports: list[Report]) -> Awaitable[Lease]: ...
 
-    def report(self, owner: str, reports: list[Report]) -> Awaitable[None]: ...
+    def report(self, owner: str, reports: list[Report]) -> Awaitable[float]: ...
 
     def next_pause(self, known: float) -> Awaitable[float]: ...
 
@@ -49,10 +63,11 @@ class LeaseSource(Protocol):
 class LeasedSlot(Slot):
     """A `Slot` whose permit is one of the slots this worker leased from the coordinator."""
 
-    __slots__ = ("_id", "_leases")
+    __slots__ = ("_id", "_leases", "_request")
 
-    def __init__(self, leases: LeasedLimiter) -> None:
+    def __init__(self, leases: LeasedLimiter, owner: object) -> None:
         self._leases = leases
+        self._request = id(owner) if owner is not None else id(self)
         self._id = 0
         self._refused = False
         self._retry_after = None
@@ -71,19 +86,30 @@ class LeasedSlot(Slot):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        leases, slot, request = self._leases, self._id, self._request
         if isinstance(exc, RateLimited):
-            self._leases._returned(Report(self._id, REFUSED, exc.retry_after))
+            leases._returned(Report(slot, REFUSED, exc.retry_after, request))
         elif self._refused:
-            self._leases._returned(Report(self._id, REFUSED, self._retry_after))
+            leases._returned(Report(slot, REFUSED, self._retry_after, request))
+        elif exc is None:
+            leases._returned(Report(slot, OK, None, request))
+        elif isinstance(exc, OUTAGE_ERRORS):
+            # Reported at once, and the verdict heard before the sender sees the error:
+            # an outage the coordinator begins now excuses this very failure.
+            await leases._report_at_once(Report(slot, AWAY, None, request))
+        elif isinstance(exc, ApiError) and not isinstance(exc, SendHeld):
+            leases._returned(Report(slot, ERROR, None, request))
         else:
-            self._leases._returned(Report(self._id, OK if exc is None else UNANSWERED))
+            leases._returned(Report(slot, UNANSWERED, None, request))
 
 
 class LeasedLimiter:
     """Slots for one worker's requests, leased from the coordinator as many at a time as
     requests are waiting. `run()` (a background task) sends reports and follows the pause."""
 
-    def __init__(self, source: LeaseSource, owner: str) -> None:
+    def __init__(
+        self, source: LeaseSource, owner: str, max_outage: float = DEFAULT_MAX_OUTAGE
+    ) -> None:
         self._source = source
         self.owner = owner
         self.limit = 1
@@ -95,12 +121,11 @@ class LeasedLimiter:
         self._pending = anyio.Event()
         self._pause_until = 0.0
         self.leases = 0
-        # The sender asks whether an outage excuses a failure; outages are not detected
-        # across a cluster yet, so a worker's failures count as the run's retries do.
-        self.outage = Outage()
+        # The sender asks whether an outage excuses a failure: the coordinator's verdict.
+        self.outage = ReportedOutage(max_outage)
 
     def slot(self, owner: object = None) -> LeasedSlot:
-        return LeasedSlot(self)
+        return LeasedSlot(self, owner)
 
     @property
     def pause_remaining(self) -> float:
@@ -145,6 +170,18 @@ class LeasedLimiter:
         self._pool.extend(lease.slots)
         self.limit = lease.limit
         self._pause_until = max(self._pause_until, lease.pause_until)
+        self._follow_outage(lease.outage_since)
+
+    def _follow_outage(self, since: float) -> None:
+        if self.outage.follow(since) and self._pool:
+            # An outage began: slots held here would send past its single probe.
+            self._reports.extend(Report(slot, UNANSWERED) for slot in self._pool)
+            self._pool.clear()
+            self._pending.set()
+
+    async def _report_at_once(self, report: Report) -> None:
+        self._reports.append(report)
+        await self.flush()
 
     def _returned(self, report: Report) -> None:
         self._reports.append(report)
@@ -168,7 +205,8 @@ class LeasedLimiter:
         reports, self._reports = self._reports, []
         if reports:
             with anyio.CancelScope(shield=True):
-                await self._source.report(self.owner, reports)
+                since = await self._source.report(self.owner, reports)
+            self._follow_outage(since)
 
     async def give_back(self) -> None:
         """Return the unused leased slots (the worker is closing)."""
@@ -180,6 +218,50 @@ class LeasedLimiter:
         while True:
             until = await self._source.next_pause(self._pause_until)
             self._pause_until = max(self._pause_until, until)
+
+
+class ReportedOutage(Outage):
+    """The coordinator's outage as this worker last heard of it (with every lease and
+    report): the sender asks it whether a failure is excused, and when `max_outage` has
+    passed. Beginning, probing and ending are the coordinator's."""
+
+    def __init__(self, max_outage: float) -> None:
+        super().__init__(max_outage=max_outage)
+
+    def follow(self, since: float) -> bool:
+        """The coordinator's outage began at `since` (wall clock; 0: none is in force);
+        True when this worker learns of it now."""
+        began = not self.active and since > 0
+        self.active = since > 0
+        if self.active:
+            self.began = time.monotonic() - max(0.0, time.time() - since)
+            self._began_wall = since
+        return began
+
+
+class HeldReservation:
+    """The budget as a worker meets it for one batch: the driver reserved its ceiling
+    before sending it here, and settles it with the usage the reply reports. A try that
+    may have been billed unseen (a timeout, a lost connection) uses the reservation up, so
+    the batch goes back to the driver (`NotSent`), which reserves anew before it is sent
+    again: the cluster never spends past what the driver reserved."""
+
+    def __init__(self) -> None:
+        self.used_up = False
+
+    async def reserve(self, ceiling: Usage, model: str) -> Reservation:
+        if self.used_up:
+            raise NotSent
+        return Reservation(0, model, ceiling.total_tokens, 0.0)
+
+    def settle(self, reservation: Reservation, actual: Usage, model: str) -> None:
+        """The driver settles (it alone holds the budget)."""
+
+    def charge_unseen(self, reservation: Reservation) -> None:
+        self.used_up = True
+
+    def release(self, reservation: Reservation | None) -> None:
+        """The driver releases its reservation when the reply brings no answer."""
 
 
 async def _never_fetched(request: ApiRequest) -> httpx.Response:
