@@ -32,7 +32,7 @@ OUTAGE_ERRORS = (ConnectionFailed, RequestTimedOut, ServerError, TokenUnavailabl
 DEFAULT_MAX_OUTAGE = 900.0
 
 
-def _clock_time(wall: float) -> str:
+def clock_time(wall: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(wall))
 
 
@@ -76,6 +76,11 @@ class Outage:
         self._changed = anyio.Event()
         self.outages = 0
         self.paused_s = 0.0
+
+    @property
+    def began_wall(self) -> float:
+        """When the current outage began (wall clock; 0 outside one)."""
+        return self._began_wall if self.active else 0.0
 
     @property
     def elapsed(self) -> float:
@@ -153,7 +158,7 @@ class Outage:
         self._next_probe = self.began + self.probe_base
         if self.announce is not None:
             self.announce(
-                f"API unreachable since {_clock_time(self._began_wall)} ({exc}); "
+                f"API unreachable since {clock_time(self._began_wall)} ({exc}); "
                 "paused, probing with one request"
             )
 
@@ -163,8 +168,8 @@ class Outage:
         self.paused_s += lasted
         if self.announce is not None:
             self.announce(
-                f"API back at {_clock_time(self._wall())} after {lasted:.1f} s "
-                f"(away since {_clock_time(self._began_wall)}); resuming"
+                f"API back at {clock_time(self._wall())} after {lasted:.1f} s "
+                f"(away since {clock_time(self._began_wall)}); resuming"
             )
         self._wake()
 
@@ -176,6 +181,6 @@ class Outage:
         """The error that stops a run whose outage lasted past `max_outage`."""
         return ServiceUnreachable(
             f"the API has been unreachable for {self.elapsed:.0f} s (since "
-            f"{_clock_time(self._began_wall)}; --max-outage {self.max_outage:g} s): "
+            f"{clock_time(self._began_wall)}; --max-outage {self.max_outage:g} s): "
             "answered jobs are committed; run the same command again to resume"
         )

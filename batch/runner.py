@@ -223,6 +223,7 @@ class _Run:
             budget=self.budget,
             keep_answers=self.reuse.answers.put,
             events=self.recorder.log,
+            announce=self.progress.announce,
         )
         async with open_cluster(plan, client, self.stats, self.stop, duties) as cluster:
             self.dispatch = self.limits = self.stop.limiter = cluster

@@ -167,8 +167,10 @@ def test_failures_across_workers_begin_an_outage_that_leases_one_probe_at_a_time
             await _fail_away(workers[i % 2], object())
         # The worker whose failure began it knows before its sender sees the error.
         assert workers[1].outage.excuses(ConnectionFailed("refused"))
+        since = await coordinator.next_outage(0.0)  # the driver hears of it
+        assert 0 < since <= time.time()
         probe = await coordinator.lease("w0", 3, [])
-        assert len(probe.slots) == 1 and probe.outage_since > 0
+        assert len(probe.slots) == 1 and probe.outage_since == since
         with anyio.move_on_after(0.1) as waited:
             await coordinator.lease("w1", 1, [])
         assert waited.cancelled_caught  # a second probe waits for the first
@@ -176,6 +178,8 @@ def test_failures_across_workers_begin_an_outage_that_leases_one_probe_at_a_time
         with anyio.fail_after(1):
             after = await coordinator.lease("w1", 2, [])
         assert after.outage_since == 0.0 and len(after.slots) == 2
+        with anyio.fail_after(1):
+            assert await coordinator.next_outage(since) == 0.0
         assert (await coordinator.summary()).outages == 1
 
     run(main)

@@ -107,6 +107,7 @@ class Coordinator:
         self._loop_cpu_started = 0.0
         self._pause_until = 0.0
         self._pause_moved: anyio.Event | None = None
+        self._outage_moved: anyio.Event | None = None
         self._grant = Grant(None, 0)
         self._token_moved: anyio.Event | None = None
         self._wanted: anyio.Event | None = None
@@ -148,8 +149,20 @@ class Coordinator:
 
     @property
     def outage_since(self) -> float:
-        outage = self.limiter.outage
-        return time.time() - outage.elapsed if outage.active else 0.0
+        """When the outage in force began (wall clock; 0: none)."""
+        return self.limiter.outage.began_wall
+
+    async def next_outage(self, known: float) -> float:
+        """The driver's long poll: wait until an outage begins or ends (`outage_since`
+        differs from `known`); return the new `outage_since`."""
+        while self.outage_since == known:
+            await self._outage_event().wait()
+        return self.outage_since
+
+    def _outage_event(self) -> anyio.Event:
+        if self._outage_moved is None:
+            self._outage_moved = anyio.Event()
+        return self._outage_moved
 
     async def forget(self, owner_prefix: str, keep: str = "") -> int:
         """Free the slots of a worker that died (every owner starting with `owner_prefix`
@@ -182,6 +195,7 @@ class Coordinator:
     async def _settle(self, reports: list[Report]) -> None:
         limiter = self.limiter
         before = limiter.cooldown.remaining
+        outage_before = self.outage_since
         for report in reports:
             entry = self._open.pop(report.slot, None)
             if entry is None:
@@ -201,6 +215,9 @@ class Coordinator:
                 await slot.__aexit__(ApiError, answered, None)
             else:
                 await slot.__aexit__(_Unanswered, _Unanswered(), None)
+        if self.outage_since != outage_before:
+            self._outage_event().set()
+            self._outage_moved = None
         remaining = limiter.cooldown.remaining
         if remaining > before:
             self._pause_until = max(self._pause_until, time.time() + remaining)

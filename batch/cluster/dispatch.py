@@ -49,6 +49,7 @@ class DriverDuties:
     budget: BudgetGate | None = None
     keep_answers: Callable[[Sequence[tuple[bytes, CachedAnswer]]], None] | None = None
     events: AttemptLog | None = None
+    announce: Callable[[str], None] | None = None  # outages, on the progress output
 
 
 class _WorkerLost(Exception):

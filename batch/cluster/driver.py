@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from batch.cluster.coordinator import Coordinator, CoordinatorReport
 from batch.cluster.dispatch import ClusterSender, DriverDuties
 from batch.cluster.worker import NAMESPACE, BatchWorker, shareable_settings
 from batch.errors import ApiError, ConfigError, GigabatchError
-from batch.outage import DEFAULT_MAX_OUTAGE
+from batch.outage import DEFAULT_MAX_OUTAGE, clock_time
 from batch.stopping import RunStop
 from batch.summary import RunStats
 from jobs.base import JobKind
@@ -132,6 +133,8 @@ async def open_cluster(
         sender = ClusterSender(ray, workers, plan.kind, stats, stop, duties)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_keep_token_fresh, client.auth, coordinator, stop)
+            if duties is not None and duties.announce is not None:
+                tg.start_soon(_announce_outages, coordinator, duties.announce)
             yield sender
             tg.cancel_scope.cancel()
         sender.report = await coordinator.summary.remote()
@@ -206,6 +209,25 @@ async def _close_workers(ray: Any, workers: list[Any]) -> None:
             await worker.close.remote()
         except ray.exceptions.RayError:
             continue
+
+
+async def _announce_outages(coordinator: Any, announce: Callable[[str], None]) -> None:
+    """Say when the coordinator's outage begins and ends, as a local run's progress does."""
+    known = 0.0
+    while True:
+        since = await coordinator.next_outage.remote(known)
+        if since:
+            announce(
+                f"API unreachable since {clock_time(since)} (requests from the cluster's "
+                "workers fail); paused, probing with one request"
+            )
+        else:
+            now = time.time()
+            announce(
+                f"API back at {clock_time(now)} after {now - known:.1f} s "
+                f"(away since {clock_time(known)}); resuming"
+            )
+        known = since
 
 
 async def _keep_token_fresh(auth: Authenticator, coordinator: Any, stop: RunStop) -> None:
