@@ -179,12 +179,16 @@ def test_killed_worker_actor_still_gives_every_id_exactly_once(
         before = len(ids(out, "results"))
         ray.kill(ray.get_actor(victim, namespace="gigabatch"), no_restart=False)
         runner.join(timeout=120)
+        paid = _answered(emu)
     assert result, "the run did not end"
     assert result[0].status == "completed", result[0].message
     assert before < len(expected)
     assert Counter(ids(out, "results")) == Counter(dict.fromkeys(expected, 1))
     # The kill caught batches in flight, and they went to the other worker.
     assert json.loads((out / "cluster.json").read_text())["lost_batches"] >= 1
+    # Paid twice at most: the answers the dead worker had received and not yet returned,
+    # no more than the cluster's requests in flight (the limit, at most --max-concurrency).
+    assert paid <= len(expected) + RunConfig.max_concurrency
 
 
 def _wait_for_worker(ready: Any, timeout: float = 60.0) -> str:
