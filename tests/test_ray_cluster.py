@@ -109,17 +109,25 @@ def test_chat_sample_runs_on_the_cluster_into_one_dataset(cluster: str, tmp_path
     assert all(began < e.t < e.t + e.duration < time.time() for e in attempts)
 
 
-def test_embeddings_run_on_the_cluster_into_fixed_size_vectors(
+def test_embeddings_run_on_the_cluster_and_a_second_run_is_answered_by_the_cache(
     cluster: str, tmp_path: Path
 ) -> None:
-    out = tmp_path / "out"
+    texts, cache = SAMPLES / "embeddings.jsonl", tmp_path / "cache"
     with serve_emulator(profile("b2b", **FAST)) as emu:
-        summary = cluster_run(emu, SAMPLES / "embeddings.jsonl", out, kind=EmbeddingsKind())
-    assert summary.status == "completed", summary.message
-    table = ds.dataset(out / "results").to_table()
-    expected = [json.loads(line)["id"] for line in (SAMPLES / "embeddings.jsonl").open()]
+        first = cluster_run(emu, texts, tmp_path / "a", kind=EmbeddingsKind(), cache_dir=cache)
+        emu.reset_stats()
+        # Into a new output directory: only the cache (kept by the driver) can answer.
+        second = cluster_run(emu, texts, tmp_path / "b", kind=EmbeddingsKind(), cache_dir=cache)
+        sent = emu.stats(arrivals=False)["requests"]
+    assert first.status == second.status == "completed", first.message
+    table = ds.dataset(tmp_path / "a" / "results").to_table()
+    expected = [json.loads(line)["id"] for line in texts.open()]
     assert sorted(table.column("id").to_pylist()) == sorted(str(i) for i in expected)
     assert {len(v) for v in table.column("embedding").to_pylist()} == {1024}
+    assert "/api/v1/embeddings" not in sent
+    reused = second.data["jobs"]["this_run"]
+    assert reused["from_cache"] == first.data["jobs"]["this_run"]["succeeded"] > 0
+    assert sorted(ids(tmp_path / "b", "results")) == sorted(ids(tmp_path / "a", "results"))
 
 
 def test_cluster_settles_at_the_servers_stream_limit_with_few_429s(
@@ -280,23 +288,6 @@ def test_a_budget_stops_the_cluster_run_as_locally_within_it_and_a_rerun_resumes
     assert 0 < stopped_at < 120
     assert second.status == "completed", second.message
     assert Counter(ids(tmp_path / "out", "results")) == Counter(f"q{i}" for i in range(120))
-
-
-def test_a_second_cluster_run_into_a_new_out_is_answered_by_the_cache(
-    cluster: str, tmp_path: Path
-) -> None:
-    texts = SAMPLES / "embeddings.jsonl"
-    cache = tmp_path / "cache"
-    with serve_emulator(profile("b2b", **FAST)) as emu:
-        first = cluster_run(emu, texts, tmp_path / "a", kind=EmbeddingsKind(), cache_dir=cache)
-        emu.reset_stats()
-        second = cluster_run(emu, texts, tmp_path / "b", kind=EmbeddingsKind(), cache_dir=cache)
-        sent = emu.stats(arrivals=False)["requests"]
-    assert first.status == second.status == "completed"
-    assert "/api/v1/embeddings" not in sent
-    reused = second.data["jobs"]["this_run"]
-    assert reused["from_cache"] == first.data["jobs"]["this_run"]["succeeded"] > 0
-    assert sorted(ids(tmp_path / "b", "results")) == sorted(ids(tmp_path / "a", "results"))
 
 
 def test_an_outage_mid_run_pauses_the_cluster_and_no_row_fails(
