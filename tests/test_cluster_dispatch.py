@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+from engine_fakes import FakeKind
 
 from batch.api_types import Usage
 from batch.budget import Budget
@@ -20,7 +21,6 @@ from batch.stopping import RunStop
 from batch.summary import RunStats
 from batch.writer import Outcomes
 from jobs.base import Batch, Job, SourceLocation
-from tests.engine_fakes import FakeKind
 
 MODEL = "GigaChat"
 KIND = FakeKind(batch_size=2, model=MODEL)
