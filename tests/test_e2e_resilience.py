@@ -111,11 +111,6 @@ def big_job_file(path: Path, n: int) -> None:
             f.write(f'{{"id": "q{i}", "prompt": "question {i}"}}\n')
 
 
-@pytest.mark.xfail(
-    reason="since the merge of the start-up work, the exit takes 2-4 s with valid credentials "
-    "(0.3 s with a dead URL): exit code and message hold, the timing is a known regression",
-    strict=False,
-)
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_during_validation_exits_at_once_with_a_message_and_sends_nothing(
     emulator: RunningEmulator, tmp_path: Path, signum: int, code: int
