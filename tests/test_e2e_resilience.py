@@ -131,6 +131,24 @@ def test_a_signal_during_validation_exits_at_once_with_a_message_and_sends_nothi
     assert not emulator.stats()["requests"].get("/api/v1/chat/completions")
 
 
+def test_sigterm_as_soon_as_the_output_is_locked_exits_with_the_message(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    big_job_file(jobs, 100_000)
+    out = tmp_path / "out"
+    lock = out / "gigabatch.lock"
+    proc = start(emulator, "run", str(jobs), "--out", str(out))
+    deadline = time.monotonic() + 20
+    while not (lock.exists() and lock.stat().st_size):  # polled tightly: the signal comes
+        assert time.monotonic() < deadline  # within a millisecond of the lock
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)  # the handler is in place before the lock is taken
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "while validating; nothing was sent" in err
+
+
 def test_kill_9_during_validation_then_the_rerun_completes(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
