@@ -317,11 +317,7 @@ class GigaChatClient:
     ) -> httpx.Response:
         """The only I/O: one HTTP exchange, transport failures mapped onto the error tree."""
         request_id = str(uuid.uuid4())
-        headers = {"X-Request-ID": request_id, **request.headers}
-        if authorization is not None:
-            headers["Authorization"] = authorization
-        if session_id is not None:
-            headers["X-Session-ID"] = session_id
+        headers = _request_headers(request, request_id, authorization, session_id)
         try:
             # The whole exchange has one deadline: a per-read timeout never fires on an
             # answer that trickles in a byte at a time, nor bounds a slow connect + send.
@@ -338,36 +334,66 @@ class GigaChatClient:
                 "(GIGACHAT_TIMEOUT / --timeout)",
                 request_id=request_id,
             ) from None
-        except httpx.TimeoutException as exc:
-            raise RequestTimedOut(
-                f"no answer from {request.url} in time ({type(exc).__name__})",
-                request_id=request_id,
-            ) from None
         except (httpx.TransportError, OSError) as exc:
             # OSError: TLS alerts (ssl.SSLError) can surface from the socket layer unmapped.
-            if _is_certificate_failure(exc):
-                raise ConfigError(
-                    f"TLS certificate of {http.base_url.join(request.url).host} not trusted: set "
-                    "GIGACHAT_CA_BUNDLE_FILE to the Russian Trusted Root CA bundle "
-                    "(or GIGACHAT_VERIFY_SSL_CERTS=false for development only)"
-                ) from None
-            raise ConnectionFailed(
-                f"{request.method} {request.url} failed: {type(exc).__name__}: {exc}",
-                request_id=request_id,
-            ) from None
-        logger.debug(
-            "%s %s -> %s (request id %s)",
-            request.method,
-            request.url,
-            response.status_code,
-            response.headers.get("x-request-id", request_id),
+            raise _transport_failure(exc, http, request, request_id) from None
+        return _received(response, request, request_id)
+
+
+def _request_headers(
+    request: wire.ApiRequest, request_id: str, authorization: str | None, session_id: str | None
+) -> dict[str, str]:
+    """The headers of one exchange: ours, the request's own, the token and the session."""
+    headers = {"X-Request-ID": request_id, **request.headers}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    if session_id is not None:
+        headers["X-Session-ID"] = session_id
+    return headers
+
+
+def _transport_failure(
+    exc: httpx.TransportError | OSError,
+    http: httpx.AsyncClient,
+    request: wire.ApiRequest,
+    request_id: str,
+) -> RequestTimedOut | ConfigError | ConnectionFailed:
+    """What a failed exchange raises: a timeout, an untrusted certificate (a setting to
+    fix, not an outage) or a connection failure."""
+    if isinstance(exc, httpx.TimeoutException):
+        return RequestTimedOut(
+            f"no answer from {request.url} in time ({type(exc).__name__})",
+            request_id=request_id,
         )
-        if "x-request-id" not in response.headers:
-            # Errors name the request id; when the server echoed none, ours is the one to quote.
-            response.headers["X-Request-ID"] = request_id
-        # Through httpx.AsyncClient (the token requests) a response and its BoundAsyncStream
-        # point at each other, so each body would wait for the cyclic GC, dozens at a time.
-        # The body is read already: a plain stream over the same bytes leaves no cycle and
-        # no transport object behind, and the response is freed once the caller has parsed it.
-        response.stream = httpx.ByteStream(response.content)
-        return response
+    if _is_certificate_failure(exc):
+        return ConfigError(
+            f"TLS certificate of {http.base_url.join(request.url).host} not trusted: set "
+            "GIGACHAT_CA_BUNDLE_FILE to the Russian Trusted Root CA bundle "
+            "(or GIGACHAT_VERIFY_SSL_CERTS=false for development only)"
+        )
+    return ConnectionFailed(
+        f"{request.method} {request.url} failed: {type(exc).__name__}: {exc}",
+        request_id=request_id,
+    )
+
+
+def _received(
+    response: httpx.Response, request: wire.ApiRequest, request_id: str
+) -> httpx.Response:
+    """The answer, logged, carrying a request id, and holding its body without a cycle."""
+    logger.debug(
+        "%s %s -> %s (request id %s)",
+        request.method,
+        request.url,
+        response.status_code,
+        response.headers.get("x-request-id", request_id),
+    )
+    if "x-request-id" not in response.headers:
+        # Errors name the request id; when the server echoed none, ours is the one to quote.
+        response.headers["X-Request-ID"] = request_id
+    # Through httpx.AsyncClient (the token requests) a response and its BoundAsyncStream
+    # point at each other, so each body would wait for the cyclic GC, dozens at a time.
+    # The body is read already: a plain stream over the same bytes leaves no cycle and
+    # no transport object behind, and the response is freed once the caller has parsed it.
+    response.stream = httpx.ByteStream(response.content)
+    return response

@@ -8,7 +8,7 @@ they mean (whole tokens, costs to 1e-6 of a currency unit) so a float's binary n
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol
 
 from batch.estimate_math import (
     CHARS_PER_TOKEN,
@@ -154,15 +154,37 @@ def _span_json(span: Span, digits: int | None) -> dict[str, float | int | None]:
     }
 
 
+class _Counted(Protocol):
+    """What a model's estimate and the whole estimate both count."""
+
+    @property
+    def rows(self) -> int: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def cacheable_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> Span: ...
+    @property
+    def cost(self) -> Span: ...
+
+
+def _counts_json(c: _Counted) -> dict[str, Any]:
+    """The counts of a model's entry and of the total, in the same keys."""
+    return {
+        "rows": c.rows,
+        "input_tokens": c.input_tokens,
+        "cacheable_input_tokens": c.cacheable_tokens,
+        "output_tokens": _span_json(c.output_tokens, None),
+        "cost": _span_json(c.cost, COST_DIGITS),
+    }
+
+
 def _model_json(m: ModelEstimate) -> dict[str, Any]:
     return {
         "model": m.model,
         "kind": m.kind,
-        "rows": m.rows,
-        "input_tokens": m.input_tokens,
-        "cacheable_input_tokens": m.cacheable_tokens,
-        "output_tokens": _span_json(m.output_tokens, None),
-        "cost": _span_json(m.cost, COST_DIGITS),
+        **_counts_json(m),
         "price_per_million": _rounded(m.price_per_million, COST_DIGITS),
     }
 
@@ -215,13 +237,7 @@ def estimate_to_json(estimate: Estimate) -> dict[str, Any]:
         "output_method": e.output_method,
         "rows": e.rows,
         "models": [_model_json(m) for m in e.models],
-        "total": {
-            "rows": e.rows,
-            "input_tokens": e.input_tokens,
-            "cacheable_input_tokens": e.cacheable_tokens,
-            "output_tokens": _span_json(e.output_tokens, None),
-            "cost": _span_json(e.cost, COST_DIGITS),
-        },
+        "total": _counts_json(e),
         "currency": p.currency,
         "prices": {"taken": p.taken, "source": p.source},
         "notes": e.notes,

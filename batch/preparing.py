@@ -1,6 +1,7 @@
-"""A run's preparation, before anything is sent: the input validated, the checkpoint,
-event log and reuse (cache, journal, changes) opened, and the start line's facts gathered.
-A signal meanwhile stops it with Interrupted; `batch.runner` then executes the `Prepared`.
+"""A run's preparation, before anything is sent: the output directory locked, the input
+validated, the checkpoint, event log and reuse (cache, journal, changes) opened, and the
+start line's facts gathered. A signal meanwhile stops it with Interrupted; `batch.runner`
+then executes the `Prepared` and releases its lock.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from batch.pricing import PriceTable
 from batch.progress import RunStart
 from batch.reuse import RunReuse
 from batch.run_config import RunConfig
+from batch.run_lock import RunLock
 from batch.stopping import EarlySignals
+from batch.storage import check_writable
 from batch.summary import RunStats
 from jobs.base import JobKind
 from jobs.passthrough import KeepSpec
@@ -37,6 +40,7 @@ class Prepared:
     events: EventLog
     start: RunStart
     reuse: RunReuse
+    lock: RunLock | None  # None when the caller holds the output's lock
 
 
 def refuse_on_cluster(config: RunConfig) -> None:
@@ -46,14 +50,16 @@ def refuse_on_cluster(config: RunConfig) -> None:
 
 
 async def prepare_watching_signals(config: RunConfig) -> Prepared:
-    """`prepare`, with Ctrl-C and SIGTERM turned into Interrupted meanwhile."""
+    """`prepare` under the output's lock (unless the caller holds it), with Ctrl-C and
+    SIGTERM turned into Interrupted meanwhile: from before the lock is taken, so a signal
+    never finds the process locked but without a handler (the default action, no message)."""
     early = EarlySignals()
     prepared: Prepared | GigabatchError
     async with anyio.create_task_group() as signals:
         if config.handle_signals:
-            signals.start_soon(early.watch)
+            await signals.start(early.watch)
         try:
-            prepared = await prepare(config, early)
+            prepared = await _prepare_locked(config, early)
         except GigabatchError as exc:  # raised outside the group, not in an ExceptionGroup
             prepared = exc
         signals.cancel_scope.cancel()
@@ -62,7 +68,22 @@ async def prepare_watching_signals(config: RunConfig) -> Prepared:
     return prepared
 
 
-async def prepare(config: RunConfig, early: EarlySignals) -> Prepared:
+async def _prepare_locked(config: RunConfig, early: EarlySignals) -> Prepared:
+    """Lock the output directory, check that it is writable, then `prepare`; the lock is
+    released again when the preparation fails."""
+    lock = None
+    if not config.locked_by_caller:
+        lock = await anyio.to_thread.run_sync(RunLock.acquire, config.out_dir)
+    try:
+        await anyio.to_thread.run_sync(check_writable, config.out_dir)
+        return await prepare(config, early, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+async def prepare(config: RunConfig, early: EarlySignals, lock: RunLock | None) -> Prepared:
     """Validate the input and open the checkpoint (in threads; a signal stops both)."""
     kind = config.kind
     budgeted = config.max_cost is not None or config.max_tokens is not None
@@ -95,7 +116,7 @@ async def prepare(config: RunConfig, early: EarlySignals) -> Prepared:
     events = await anyio.to_thread.run_sync(_open_events, config, report, checkpoint)
     reuse = await anyio.to_thread.run_sync(_open_reuse, config)
     start = _run_start(config, report, len(checkpoint.done), prices)
-    return Prepared(config, checkpoint, stats, budget, report, events, start, reuse)
+    return Prepared(config, checkpoint, stats, budget, report, events, start, reuse, lock)
 
 
 def _open_checkpoint(config: RunConfig, report: ValidationReport, keep: KeepSpec) -> Checkpoint:

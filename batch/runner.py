@@ -46,11 +46,10 @@ from batch.preparing import Prepared, prepare_watching_signals, refuse_on_cluste
 from batch.progress import Progress
 from batch.recording import AttemptRecorder
 from batch.run_config import RunConfig, open_client
-from batch.run_lock import RunLock
 from batch.sending import BatchSender, BudgetGate
 from batch.stalls import HEADROOM
 from batch.stopping import RunStop
-from batch.storage import check_writable, output_errors
+from batch.storage import output_errors
 from batch.summary import RunSummary, build_summary, run_outcome
 from batch.writer import Outcomes, PartWriter
 from jobs.base import Batch, Job, JobResult, Packer, Problem, SourceLocation
@@ -78,12 +77,9 @@ async def run_jobs(config: RunConfig) -> RunSummary:
         # A reservation only bounds what a request can cost when the request itself is
         # bounded (chat: max_tokens on every request); the cap is then in the fingerprint.
         config = dataclasses.replace(config, kind=config.kind.bounded())
-    lock = None
-    if not config.locked_by_caller:
-        lock = await anyio.to_thread.run_sync(RunLock.acquire, config.out_dir)
+    prepared = await prepare_watching_signals(config)  # it holds the output's lock
     try:
-        await anyio.to_thread.run_sync(check_writable, config.out_dir)
-        run = _Run(await prepare_watching_signals(config))
+        run = _Run(prepared)
         finished = False
         try:
             summary = await run.execute()
@@ -93,8 +89,8 @@ async def run_jobs(config: RunConfig) -> RunSummary:
             run.recorder.close()
             await anyio.to_thread.run_sync(partial(run.close_reuse, finished=finished))
     finally:
-        if lock is not None:
-            lock.release()
+        if prepared.lock is not None:
+            prepared.lock.release()
 
 
 @dataclass

@@ -10,6 +10,7 @@ import threading
 from typing import Protocol
 
 import anyio
+from anyio.abc import TaskStatus
 
 from batch.errors import GigabatchError, Interrupted
 
@@ -46,10 +47,13 @@ class EarlySignals:
         if self.signum is not None:
             raise Interrupted(self.signum)
 
-    async def watch(self) -> None:
+    async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Remember the signals that come; started once the handlers are installed."""
         if not can_handle_signals():
+            task_status.started()
             return
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
             async for signum in signals:
                 self.signum = signum
 

@@ -304,7 +304,6 @@ def build_summary(
 ) -> RunSummary:
     """The summary of a run from its counters, the output directory's totals and its
     failed rows by class."""
-    tokens = stats.tokens
     elapsed = stats.elapsed
     answered = stats.succeeded + stats.failed
     data: dict[str, Any] = {
@@ -312,43 +311,10 @@ def build_summary(
         "message": message,
         "kind": stats.kind,
         "out": str(out_dir),
-        "jobs": {
-            "total": stats.total_jobs,
-            "succeeded": totals.succeeded,
-            "failed": totals.failed,
-            "remaining": max(
-                0, stats.total_jobs - totals.succeeded - totals.failed - stats.unchanged
-            ),
-            "invalid_skipped": stats.invalid,
-            "this_run": {
-                "succeeded": stats.succeeded,
-                "failed": stats.failed,
-                "skipped": stats.skipped,
-                "done_before": stats.done_before,
-                "from_cache": stats.from_cache,
-                "from_journal": stats.from_journal,
-                "sent": stats.sent,
-                "unchanged": stats.unchanged,
-            },
-        },
+        "jobs": _jobs_json(stats, totals),
         "failures": {f.error_class: f.to_json() for f in failures},
-        "tokens": {
-            stats.kind: {
-                "prompt": tokens.prompt_tokens,
-                "completion": tokens.completion_tokens,
-                "precached": tokens.precached_prompt_tokens,
-                "total": tokens.total_tokens,
-            }
-        },
-        "tokens_by_model": {
-            model: {
-                "prompt": u.prompt_tokens,
-                "completion": u.completion_tokens,
-                "precached": u.precached_prompt_tokens,
-                "total": u.total_tokens,
-            }
-            for model, u in stats.usage.items()
-        },
+        "tokens": {stats.kind: _usage_json(stats.tokens)},
+        "tokens_by_model": {model: _usage_json(u) for model, u in stats.usage.items()},
         "cost": {
             "this_run": round(stats.cost, 6),
             "total": round(totals.cost(stats.prices), 6),
@@ -369,3 +335,34 @@ def build_summary(
         },
     }
     return RunSummary(status, message, data)
+
+
+def _jobs_json(stats: RunStats, totals: Totals) -> dict[str, Any]:
+    """The summary's `jobs`: the output directory's counts, and what this run did."""
+    return {
+        "total": stats.total_jobs,
+        "succeeded": totals.succeeded,
+        "failed": totals.failed,
+        "remaining": max(0, stats.total_jobs - totals.succeeded - totals.failed - stats.unchanged),
+        "invalid_skipped": stats.invalid,
+        "this_run": {
+            "succeeded": stats.succeeded,
+            "failed": stats.failed,
+            "skipped": stats.skipped,
+            "done_before": stats.done_before,
+            "from_cache": stats.from_cache,
+            "from_journal": stats.from_journal,
+            "sent": stats.sent,
+            "unchanged": stats.unchanged,
+        },
+    }
+
+
+def _usage_json(usage: Usage) -> dict[str, int]:
+    """Token counts as the summary writes them (per kind and per model)."""
+    return {
+        "prompt": usage.prompt_tokens,
+        "completion": usage.completion_tokens,
+        "precached": usage.precached_prompt_tokens,
+        "total": usage.total_tokens,
+    }

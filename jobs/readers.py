@@ -42,8 +42,9 @@ _CHUNK = 1 << 20
 # Names the fingerprint's recipe: those of other recipes (older versions hashed the file's
 # name too) are told apart on resume instead of looking like a changed input.
 FINGERPRINT_SCHEME = "content-blake2b"
-# Records between two calls of validate_jobs' interrupt_check (about 25 ms of validation).
-_CHECK_EVERY = 4096
+# Records between two calls of validate_jobs' interrupt_check: a few ms of validation, so
+# a signal stops it at once even when a loaded machine gives the process little CPU.
+_CHECK_EVERY = 256
 
 Record = dict[str, Any]
 
@@ -184,11 +185,12 @@ def _parquet_records(
                 yield SourceLocation(name, number, "row"), record
 
 
-def content_fingerprint(path: Path) -> str:
+def content_fingerprint(path: Path, interrupt_check: Callable[[], None] | None = None) -> str:
     """A hash of what the job input holds, streamed: every file's bytes in order, each
     framed by its size; for a directory also each file's name (ids of rows without one are
     `<file name>:<row>`), but never the path of the file or the directory, so a copied or
-    moved input resumes its output and a changed byte does not."""
+    moved input resumes its output and a changed byte does not. `interrupt_check` is called
+    before each MiB: what it raises stops the hashing."""
     digest = hashlib.blake2b(digest_size=16)
     directory = path.is_dir()
     for file in input_files(path):
@@ -198,6 +200,8 @@ def content_fingerprint(path: Path) -> str:
                     digest.update(b"name\0" + file.name.encode() + b"\0")
                 digest.update(str(file.stat().st_size).encode() + b"\0")
                 while chunk := handle.read(1 << 20):
+                    if interrupt_check is not None:
+                        interrupt_check()
                     digest.update(chunk)
         except OSError as exc:
             raise JobFileError(f"{file}: cannot read: {exc.strerror}") from None
@@ -337,13 +341,13 @@ def validate_jobs(
         interrupt_check()
     colliding = repeated_hashes(hashes)
     del hashes
-    duplicates = _duplicate_ids(path, kind, colliding) if colliding else []
+    duplicates = _duplicate_ids(path, kind, colliding, interrupt_check) if colliding else []
     problems.extend(duplicates[: max(0, max_problems - len(problems))])
     return ValidationReport(
         path=path,
         records=records,
         jobs=jobs - len(duplicates),
-        fingerprint=content_fingerprint(path),
+        fingerprint=content_fingerprint(path, interrupt_check),
         problems=problems,
         problem_count=problem_count + len(duplicates),
         duplicates=duplicates,
@@ -352,13 +356,20 @@ def validate_jobs(
     )
 
 
-def _duplicate_ids(path: Path, kind: JobKind, colliding: set[int]) -> list[Problem]:
+def _duplicate_ids(
+    path: Path,
+    kind: JobKind,
+    colliding: set[int],
+    interrupt_check: Callable[[], None] | None = None,
+) -> list[Problem]:
     """Second pass: only jobs whose id hash collided are looked at; equal ids are problems
     at their later occurrence (hash collisions of different ids are not)."""
     first_seen: dict[str, SourceLocation] = {}
     duplicates: list[Problem] = []
     id_field = kind.source_fields().get("id", "id")
-    for location, outcome in iter_outcomes(path, kind):
+    for records, (location, outcome) in enumerate(iter_outcomes(path, kind), 1):
+        if interrupt_check is not None and records % _CHECK_EVERY == 0:
+            interrupt_check()
         if not isinstance(outcome, Job) or id_hash(outcome.id) not in colliding:
             continue
         first = first_seen.setdefault(outcome.id, location)

@@ -111,11 +111,6 @@ def big_job_file(path: Path, n: int) -> None:
             f.write(f'{{"id": "q{i}", "prompt": "question {i}"}}\n')
 
 
-@pytest.mark.xfail(
-    reason="since the merge of the start-up work, the exit takes 2-4 s with valid credentials "
-    "(0.3 s with a dead URL): exit code and message hold, the timing is a known regression",
-    strict=False,
-)
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_during_validation_exits_at_once_with_a_message_and_sends_nothing(
     emulator: RunningEmulator, tmp_path: Path, signum: int, code: int
@@ -134,6 +129,24 @@ def test_a_signal_during_validation_exits_at_once_with_a_message_and_sends_nothi
     assert "while validating; nothing was sent" in err and "Traceback" not in err
     assert took < 1.5
     assert not emulator.stats()["requests"].get("/api/v1/chat/completions")
+
+
+def test_sigterm_as_soon_as_the_output_is_locked_exits_with_the_message(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    big_job_file(jobs, 100_000)
+    out = tmp_path / "out"
+    lock = out / "gigabatch.lock"
+    proc = start(emulator, "run", str(jobs), "--out", str(out))
+    deadline = time.monotonic() + 20
+    while not (lock.exists() and lock.stat().st_size):  # polled tightly: the signal comes
+        assert time.monotonic() < deadline  # within a millisecond of the lock
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)  # the handler is in place before the lock is taken
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "while validating; nothing was sent" in err
 
 
 def test_kill_9_during_validation_then_the_rerun_completes(

@@ -235,6 +235,48 @@ def test_fingerprint_follows_content(tmp_path: Path) -> None:
     assert content_fingerprint(path) != first
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop() -> None:
+    raise _Stop
+
+
+def test_an_interrupt_stops_validation_within_a_few_hundred_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _jsonl(tmp_path / "a.jsonl", *({"id": str(i), "text": "t"} for i in range(10_000)))
+    read = 0
+    outcomes = readers.iter_outcomes
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal read
+        for outcome in outcomes(*args, **kwargs):
+            read += 1
+            yield outcome
+
+    monkeypatch.setattr(readers, "iter_outcomes", counted)
+    with pytest.raises(_Stop):
+        validate_jobs(path, EMBED, interrupt_check=_stop)
+    assert 0 < read <= 512
+
+
+def test_the_fingerprint_checks_for_an_interrupt_before_each_mib(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"x" * (3 << 20))
+    calls = 0
+
+    def count() -> None:
+        nonlocal calls
+        calls += 1
+
+    first = content_fingerprint(path, interrupt_check=count)
+    assert calls == 3 and first == content_fingerprint(path)
+    with pytest.raises(_Stop):
+        content_fingerprint(path, interrupt_check=_stop)
+
+
 def test_read_jobs_stops_at_the_first_invalid_record(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "a.jsonl", {"text": "ok"}, {"text": ""}, {"text": "later"})
     seen: list[Problem] = []
