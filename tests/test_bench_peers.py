@@ -166,11 +166,12 @@ def test_run_child_counts_the_cpu_of_processes_the_child_left_behind(tmp_path: P
     assert run.exit_code == 0 and run.cpu_seconds >= 0.5
 
 
-def test_run_child_kill_takes_the_childs_whole_process_group(tmp_path: Path) -> None:
+def test_run_child_kill_takes_descendants_in_sessions_of_their_own(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild"
     spawn = (
         "import pathlib, subprocess, sys, time; "
-        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], "
+        "start_new_session=True); "
         f"pathlib.Path({str(pid_file)!r}).write_text(str(p.pid)); time.sleep(30)"
     )
     run = run_child([sys.executable, "-c", spawn], {}, tmp_path / "log", timeout_s=20,

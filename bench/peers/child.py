@@ -3,8 +3,8 @@ time, its CPU (user + sys from `wait4`), and `kill -9` when a condition becomes 
 
 A contender may start processes of its own (Ray's local cluster: raylet, workers) that its
 main process never reaps. On Linux this process becomes their subreaper, so they come back
-to it as they end, and their CPU is counted too; `kill -9` hits the child's whole process
-group, as a crash of the machine running the job would."""
+to it as they end, and their CPU is counted too; `kill -9` hits the child and all its
+descendants, as a crash of the machine running the job would."""
 
 from __future__ import annotations
 
@@ -58,12 +58,12 @@ def run_child(
             break
         elapsed = time.perf_counter() - started
         if elapsed > timeout_s:
-            _kill_group(child.pid)
+            _kill_tree(child.pid)
             os.wait4(child.pid, 0)
             _reap_leftovers(before | {child.pid}, grace_s=0.0)
             raise RuntimeError(f"{argv[1]} ran over {timeout_s:.0f} s; see {log}")
         if kill_when is not None and not killed and kill_when():
-            _kill_group(child.pid)
+            _kill_tree(child.pid)
             killed = True
         time.sleep(POLL_S)
     wall = time.perf_counter() - started
@@ -85,9 +85,18 @@ def _become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_tree(pid: int) -> None:
+    """SIGKILL `pid`, its process group and every descendant (Ray's workers start their own
+    sessions), as a crash of the machine would end them all at once."""
+    try:
+        pids = [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        pids = []
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
+    for each in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, signal.SIGKILL)
 
 
 def _reap_leftovers(known: set[int], *, grace_s: float) -> float:
