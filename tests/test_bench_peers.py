@@ -3,18 +3,20 @@ output rows and emulator stats are read, and how the goals are judged and printe
 
 from __future__ import annotations
 
+import ast
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from bench.peers.__main__ import knobs
 from bench.peers.child import run_child
-from bench.peers.contenders import CONTENDERS, Contender, code_lines
+from bench.peers.contenders import CONTENDERS, KINDS, SCRIPTS, Contender, code_lines
 from bench.peers.measure import (
     duplicated_rows,
     inside_windows,
@@ -129,16 +131,53 @@ def test_goals_say_missed_when_a_peer_ties_or_gigabatch_falls_short() -> None:
 
 
 def test_table_has_a_cell_per_column_and_says_why_a_peer_was_not_run() -> None:
-    table = markdown_table(CONTENDERS, _results(10.5, 2, 8)).splitlines()
+    absent = Contender("absent", {"chat": "sdk_naive_chat.py"}, needs=("no_such_module_x",))
+    table = markdown_table([*CONTENDERS, absent], _results(10.5, 2, 8)).splitlines()
+    assert len(table) == 2 + len(CONTENDERS) + 1
     assert all(line.count("|") == len(COLUMNS) + 1 for line in table)
-    ray = next(c for c in CONTENDERS if c.hook)
-    assert row(ray, {})[1] == "not run: needs the Ray issue"
+    assert row(absent, {})[1] == "not run: no_such_module_x missing (pip install -e '.[bench]')"
+
+
+def test_ray_data_is_a_contender_with_a_script_per_kind_that_parses() -> None:
+    ray = next(c for c in CONTENDERS if c.name == "Ray Data")
+    assert set(ray.scripts) == set(KINDS) and set(ray.needs) == {"ray", "aiohttp"}
+    for kind, script in ray.scripts.items():
+        source = (SCRIPTS / script).read_text(encoding="utf-8")
+        tree = ast.parse(source)
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    for alias in node.names}
+        assert {"HttpRequestProcessorConfig", "build_processor"} <= imported, script
+        assert "ray.init(num_cpus=2" in source, script
+        command = ray.command(kind, Path("jobs.jsonl"), Path("out"), 10)
+        assert command[1:] == [str(SCRIPTS / script), "jobs.jsonl", "out", "10"]
+        assert (ray.user_lines(kind) or 0) > 10
 
 
 def test_run_child_kills_with_sigkill_when_told(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(30)"]
     run = run_child(argv, {}, tmp_path / "log", timeout_s=20, kill_when=lambda: True)
     assert run.killed and run.exit_code == -9
+
+
+def test_run_child_counts_the_cpu_of_processes_the_child_left_behind(tmp_path: Path) -> None:
+    burn = "import time\nwhile time.process_time() < 0.5: pass"
+    spawn = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {burn!r}])"
+    run = run_child([sys.executable, "-c", spawn], {}, tmp_path / "log", timeout_s=20)
+    assert run.exit_code == 0 and run.cpu_seconds >= 0.5
+
+
+def test_run_child_kill_takes_descendants_in_sessions_of_their_own(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild"
+    spawn = (
+        "import pathlib, subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], "
+        "start_new_session=True); "
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(p.pid)); time.sleep(30)"
+    )
+    run = run_child([sys.executable, "-c", spawn], {}, tmp_path / "log", timeout_s=20,
+                    kill_when=lambda: bool(pid_file.exists() and pid_file.read_text()))
+    assert run.killed and run.wall_seconds < 20
+    assert not psutil.pid_exists(int(pid_file.read_text()))
 
 
 def test_plan_gives_chat_its_latency_and_lets_the_fault_mix_override_any_knob() -> None:

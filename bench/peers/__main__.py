@@ -37,7 +37,8 @@ QUICK_NOTE = (
     "quick mode: start-up and finding the stream limit (about 1 s) weigh heavily on these "
     "small files; quote full runs only."
 )
-PACKAGES = ("gigabatch", "gigachat", "langchain-gigachat", "langchain-core", "httpx")
+PACKAGES = ("gigabatch", "gigachat", "langchain-gigachat", "langchain-core", "ray", "aiohttp",
+            "httpx")
 
 
 def knobs(text: str) -> dict[str, Any]:

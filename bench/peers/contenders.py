@@ -19,13 +19,12 @@ GIGABATCH = "gigabatch"
 
 @dataclass(frozen=True)
 class Contender:
-    """One column of the table: a name, how it is started per job kind, and whether it is
+    """One row of the table: a name, how it is started per job kind, and whether it is
     told the server's stream limit (every peer is; gigabatch finds it)."""
 
     name: str
     scripts: Mapping[str, str] = field(default_factory=dict)
-    needs: str | None = None  # a module the scripts import (an optional install)
-    hook: str | None = None  # why a planned peer is not run yet
+    needs: tuple[str, ...] = ()  # modules the scripts import (optional installs)
 
     @property
     def is_gigabatch(self) -> bool:
@@ -33,10 +32,9 @@ class Contender:
 
     def not_run(self) -> str | None:
         """Why this contender cannot run here, or None when it can."""
-        if self.hook:
-            return self.hook
-        if self.needs and importlib.util.find_spec(self.needs) is None:
-            return f"not run: {self.needs} missing (pip install -e '.[bench]')"
+        missing = [name for name in self.needs if importlib.util.find_spec(name) is None]
+        if missing:
+            return f"not run: {', '.join(missing)} missing (pip install -e '.[bench]')"
         return None
 
     def command(self, kind: str, jobs: Path, out: Path, limit: int) -> list[str]:
@@ -83,9 +81,11 @@ CONTENDERS = (
     Contender(
         "langchain-gigachat",
         {"chat": "langchain_chat.py", "embed": "langchain_embed.py"},
-        needs="langchain_gigachat",
+        needs=("langchain_gigachat",),
     ),
-    # Ray Data's HttpRequestProcessor lands with its own issue; its scripts go in `scripts/`
-    # and this hook is dropped then.
-    Contender("Ray Data", hook="not run: needs the Ray issue"),
+    Contender(
+        "Ray Data",
+        {"chat": "raydata_chat.py", "embed": "raydata_embed.py"},
+        needs=("ray", "aiohttp"),  # ray.data.llm's HTTP stage imports aiohttp
+    ),
 )

@@ -151,9 +151,13 @@ class PeerBench:
     ) -> ChildRun:
         """Run `who` on `jobs` into `out`; its stderr goes to `out`-`step`.log."""
         out.parent.mkdir(parents=True, exist_ok=True)
+        # gigabatch's answer cache and remembered stream limit live in its cache directory:
+        # one per run, shared only by a killed run and its re-run, so no pass is served by
+        # another's answers (embeddings are cached by default) or starts knowing the limit.
+        env = {**_env(emu), "GIGABATCH_CACHE_DIR": str(out.with_name(f"{out.name}-cache"))}
         return run_child(
             who.command(kind, jobs, out, self.plan.limit),
-            _env(emu),
+            env,
             out.with_name(f"{out.name}-{step}.log"),
             timeout_s=self.plan.timeout_s,
             **kill,
