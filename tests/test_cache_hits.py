@@ -158,3 +158,29 @@ def test_the_writer_commits_rows_and_tables_in_one_part(tmp_path: Path) -> None:
     part = pa.parquet.read_table(tmp_path / "out" / "results" / "part-00001.parquet")
     assert sorted(part.column("id").to_pylist()) == ["j0", "j1", "j2"]
     assert part.schema.remove_metadata().equals(schema)
+
+
+def test_parts_dictionary_encode_every_column_but_the_vectors(tmp_path: Path) -> None:
+    kind = EmbeddingsKind()
+    schema = with_cached_column(kind.result_schema())
+    answers = [sent(kind, job(f"j{i}", f"t{i}"), i) for i in range(4)]
+    checkpoint = Checkpoint.open(
+        tmp_path / "out",
+        kind="embed",
+        input_path="x",
+        input_fingerprint="f",
+        settings=kind.answer_settings(),
+        total_jobs=4,
+    )
+    table = rows_to_table(answered_batch(answers, attempts=1, latency=0.2).results, schema)
+    checkpoint.commit(table, None, {})
+    meta = pa.parquet.ParquetFile(tmp_path / "out" / "results" / "part-00001.parquet").metadata
+    encodings = {
+        meta.schema.column(i).path: meta.row_group(0).column(i).encodings
+        for i in range(meta.num_columns)
+    }
+    vectors = [path for path in encodings if path.startswith("embedding")]
+    assert vectors and all("RLE_DICTIONARY" not in encodings[path] for path in vectors)
+    assert "RLE_DICTIONARY" in encodings["model"]
+    written = pa.parquet.read_table(tmp_path / "out" / "results" / "part-00001.parquet")
+    assert written.column("embedding").equals(table.column("embedding"))
