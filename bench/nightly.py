@@ -207,6 +207,9 @@ def bench_nightly(work: Path, n: int, repeat: int) -> list[str]:
         f"  billed tokens, night two / the delta alone: {ratio:.3f}x (target <= 1.05x)",
         f"  wall time, night one / night two: {speed:.1f}x for the process, {run_speed:.1f}x "
         "for the run (target >= 20x)",
+        f"  CPU time of the process, night one / night two: "
+        f"{median([a.cpu_s / b.cpu_s for a, b in zip(one, two, strict=True)]):.1f}x "
+        f"({median([x.cpu_s for x in one]):.1f} s and {median([x.cpu_s for x in two]):.1f} s)",
         f"  night two with --changed-since (writes the {len(delta):,} changed rows only): "
         f"{median([x.wall_s for x in since]):.2f} s (the run {median([x.run_s for x in since]):.2f}"
         f" s), {median([a.wall_s / b.wall_s for a, b in zip(one, since, strict=True)]):.1f}x "
