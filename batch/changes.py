@@ -89,6 +89,16 @@ class ChangeFilter:
         ]
         dropped = len(out.results) - len(kept)
         out.results = kept
+        tables = []
+        for table in out.tables:
+            ids = table.column("id").to_pylist()
+            changed = [
+                self.previous.get(job_id) != digest
+                for job_id, digest in zip(ids, row_digests(table, self.columns), strict=True)
+            ]
+            tables.append(table.filter(pa.array(changed, pa.bool_())))
+            dropped += table.num_rows - tables[-1].num_rows
+        out.tables = tables
         return dropped
 
     def write_removed(self, out_dir: Path) -> None:

@@ -11,9 +11,10 @@ from typing import Any
 import pyarrow as pa
 
 from batch.api_types import Usage
+from batch.cache.answers import CachedAnswer
 from batch.errors import ApiError
 from batch.writer import Outcomes
-from jobs.base import Batch, Job, JobFailure, JobOutcome, JobResult
+from jobs.base import Batch, Job, JobFailure, JobKind, JobOutcome, JobResult
 
 CACHED_COLUMN = "cached"
 
@@ -96,7 +97,7 @@ def reused_batch(results: Sequence[JobResult], *, cached: bool) -> Outcomes:
     an earlier leg received and journalled (billed by that leg). Nothing was attempted."""
     out = Outcomes()
     for result in results:
-        row = dict(result.row)
+        row = {**(result.job.kept or {}), **result.row}
         row["id"] = result.job.id
         row["attempts"] = 0
         row["latency_ms"] = 0.0
@@ -105,3 +106,29 @@ def reused_batch(results: Sequence[JobResult], *, cached: bool) -> Outcomes:
         if not cached:
             out.usage[result.model] = out.usage.get(result.model, Usage()) + result.usage
     return out
+
+
+def cached_batch(
+    kind: JobKind, hits: Sequence[tuple[Job, CachedAnswer]], schema: pa.Schema
+) -> Outcomes:
+    """The rows of cache hits, as `reused_batch(cached=True)` makes them, but as one table
+    of `schema` (the writer's) when the kind builds its columns at once: no Python object
+    per value nor dict per row. Jobs carrying kept input columns go row by row."""
+    jobs = [job for job, _ in hits]
+    columns = None
+    if not any(job.kept for job in jobs):
+        columns = kind.cached_columns(jobs, [answer for _, answer in hits])
+    if columns is None:
+        return reused_batch([kind.cached_row(job, answer) for job, answer in hits], cached=True)
+    n = len(jobs)
+    columns = {
+        **columns,
+        "id": pa.array([job.id for job in jobs], pa.string()),
+        "attempts": pa.repeat(pa.scalar(0, pa.int32()), n),
+        "latency_ms": pa.repeat(pa.scalar(0.0, pa.float64()), n),
+        CACHED_COLUMN: pa.repeat(pa.scalar(True), n),
+    }
+    if set(columns) != set(schema.names):
+        raise ValueError(f"cached columns {sorted(columns)} are not those of {schema.names}")
+    table = pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+    return Outcomes(tables=[table])

@@ -61,13 +61,20 @@ def answer_entries(
 
 @dataclass(slots=True)
 class Reused:
-    """What `lookup` found: `cached` hits (their usage is what the answer was billed when
-    first received: the run bills them nothing), `journalled` answers of an earlier leg of
-    this output (billed by that leg), and the jobs still to send."""
+    """What `lookup` found: `hits` in the cache, each job with its answer (the run bills
+    them nothing), `journalled` answers of an earlier leg of this output (billed by that
+    leg), and the jobs still to send."""
 
-    cached: list[JobResult] = field(default_factory=list)
+    kind: JobKind
+    hits: list[tuple[Job, CachedAnswer]] = field(default_factory=list)
     journalled: list[JobResult] = field(default_factory=list)
     to_send: list[Job] = field(default_factory=list)
+
+    @property
+    def cached(self) -> list[JobResult]:
+        """The hits as results, row by row (their usage is what the answer was billed when
+        first received)."""
+        return [self.kind.cached_row(job, answer) for job, answer in self.hits]
 
 
 class AnswerReuse:
@@ -110,7 +117,7 @@ class AnswerReuse:
     def lookup(self, jobs: Sequence[Job]) -> Reused:
         """Split `jobs` into those answered already and those to send. Blocking (LMDB or
         SQLite reads): the producer calls it from its thread, once per chunk of jobs."""
-        found = Reused()
+        found = Reused(self.kind)
         if self.store is not None:
             keyed = self._keyed(jobs, found.to_send)
             answers = self.store.get_many([key for key, _ in keyed])
@@ -119,7 +126,7 @@ class AnswerReuse:
                 if answer is None:
                     found.to_send.append(job)
                 else:
-                    found.cached.append(self.kind.cached_row(job, answer))
+                    found.hits.append((job, answer))
         elif self.journal is not None and self._journal_has_entries:
             journalled = self.journal.get_many([job.id.encode() for job in jobs])
             for job in jobs:
@@ -203,7 +210,7 @@ class CachedJobs:
         iterator = iter(jobs)
         while chunk := list(itertools.islice(iterator, self.chunk)):
             found = self.answers.lookup(chunk)
-            self.answered += len(found.cached)
+            self.answered += len(found.hits)
             yield from found.to_send
 
 

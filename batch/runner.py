@@ -39,7 +39,7 @@ from batch.failures import failure_classes
 from batch.invalid_log import OnProblem, invalid_log
 from batch.limiter import AdaptiveLimiter, Cooldown
 from batch.outage import Outage
-from batch.outcomes import reused_batch, with_cached_column
+from batch.outcomes import cached_batch, reused_batch, with_cached_column
 from batch.pipeline import run_pipeline
 from batch.preflight import check_service
 from batch.preparing import Prepared, prepare_watching_signals, refuse_on_cluster
@@ -52,7 +52,7 @@ from batch.stopping import RunStop
 from batch.storage import output_errors
 from batch.summary import RunSummary, build_summary, run_outcome
 from batch.writer import Outcomes, PartWriter
-from jobs.base import Batch, Job, JobResult, Packer, Problem, SourceLocation
+from jobs.base import Batch, Job, Packer, Problem, SourceLocation
 from jobs.readers import read_jobs
 
 if TYPE_CHECKING:
@@ -133,6 +133,8 @@ class _Run:
         report, budget = prepared.report, prepared.budget
         self.duplicates = report.duplicates
         self.kept = report.kept
+        schema = self.kind.result_schema()
+        self.result_schema = with_cached_column(self.kept.extend(schema) if self.kept else schema)
         self._last_invalid: SourceLocation | None = None
         reuse = self.reuse = prepared.reuse
         self.recalled = reuse.limit.recall() if reuse.limit is not None else None
@@ -232,9 +234,7 @@ class _Run:
         kept = self.kept
         writer = PartWriter(
             self.checkpoint,
-            with_cached_column(
-                kept.extend(self.kind.result_schema()) if kept else self.kind.result_schema()
-            ),
+            self.result_schema,
             flush_interval=config.flush_interval,
             flush_rows=config.flush_rows,
             on_error=partial(self._commit_failed, progress),
@@ -339,7 +339,7 @@ class _Run:
                     return
                 finished = chunk.finished
                 for reused in chunk.reused:
-                    if reused.results:
+                    if reused.result_count:
                         await answered.send(reused)
                 for batch in chunk.batches:
                     await send.send(batch)
@@ -371,30 +371,33 @@ class _Run:
         if answers.active and todo:
             found = answers.lookup(todo)
             todo = found.to_send
-            self._count_reused(chunk, found.cached, cached=True)
-            self._count_reused(chunk, found.journalled, cached=False)
+            if found.hits:
+                hits = cached_batch(self.kind, found.hits, self.result_schema)
+                self._count_reused(chunk, hits, cached=True)
+            if found.journalled:
+                journalled = reused_batch(found.journalled, cached=False)
+                self._count_reused(chunk, journalled, cached=False)
         for job in todo:
             chunk.batches.extend(packer.add(job))
         if chunk.finished:
             chunk.batches.extend(packer.flush())
         return chunk
 
-    def _count_reused(self, chunk: _Chunk, results: list[JobResult], *, cached: bool) -> None:
-        if not results:
-            return
-        out = reused_batch(results, cached=cached)
-        self.stats.succeeded += len(results)
+    def _count_reused(self, chunk: _Chunk, out: Outcomes, *, cached: bool) -> None:
+        """Count answers not sent (`cached`: cache hits, else journalled) and queue them."""
+        count = out.result_count
+        self.stats.succeeded += count
         if cached:
-            self.stats.from_cache += len(results)
+            self.stats.from_cache += count
         else:
-            self.stats.from_journal += len(results)
+            self.stats.from_journal += count
         self._drop_unchanged(out)
         chunk.reused.append(out)
 
     def _drop_unchanged(self, out: Outcomes) -> None:
         """--changed-since: leave out the rows answered as in the earlier output."""
         changes = self.reuse.changes
-        if changes is not None and out.results:
+        if changes is not None and out.result_count:
             unchanged = changes.drop_unchanged(out)
             self.stats.unchanged += unchanged
             self.stats.succeeded -= unchanged

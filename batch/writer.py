@@ -27,12 +27,19 @@ from batch.storage import describe, free_bytes, is_disk_full
 
 @dataclass(slots=True)
 class Outcomes:
-    """What one batch produced: result rows, failed rows, and the billed usage by model."""
+    """What one batch produced: result rows, failed rows, and the billed usage by model.
+    `tables` holds result rows already in columns of the result schema (cache hits)."""
 
     results: list[dict[str, Any]] = field(default_factory=list)
+    tables: list[pa.Table] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, Usage] = field(default_factory=dict)
     unknown_usage: int = 0  # answers whose usage the API did not say in a readable form
+
+    @property
+    def result_count(self) -> int:
+        rows: int = sum(table.num_rows for table in self.tables)
+        return len(self.results) + rows
 
 
 def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -96,6 +103,8 @@ class PartWriter:
         self.retry_interval = retry_interval
         self.disk_wait = disk_wait
         self._results: list[dict[str, Any]] = []
+        self._tables: list[pa.Table] = []
+        self._table_rows = 0
         self._failures: list[dict[str, Any]] = []
         self._usage: dict[str, Usage] = {}
         self._manifest_stale = False
@@ -108,10 +117,12 @@ class PartWriter:
 
     @property
     def buffered(self) -> int:
-        return len(self._results) + len(self._failures)
+        return len(self._results) + self._table_rows + len(self._failures)
 
     def add(self, outcomes: Outcomes) -> None:
         self._results.extend(outcomes.results)
+        self._tables.extend(outcomes.tables)
+        self._table_rows += sum(table.num_rows for table in outcomes.tables)
         self._failures.extend(outcomes.failures)
         for model, usage in outcomes.usage.items():
             self._usage[model] = self._usage.get(model, Usage()) + usage
@@ -179,10 +190,13 @@ class PartWriter:
         """In a thread: each table is one part; its rows leave the buffer only once their
         part is committed, so a failure (raised) leaves the rest buffered for a retry."""
         checkpoint = self.checkpoint
-        if self._results:
-            table = rows_to_table(self._results, self.result_schema)
+        if self._results or self._tables:
+            tables = self._tables
+            if self._results:
+                tables = [rows_to_table(self._results, self.result_schema), *tables]
+            table = pa.concat_tables(tables)
             committed.append(checkpoint.commit_part(RESULTS, table, self._usage))
-            self._results, self._usage = [], {}
+            self._results, self._tables, self._table_rows, self._usage = [], [], 0, {}
             self._manifest_stale = True
         if self._failures:
             table = rows_to_table(self._failures, self.failed_schema)

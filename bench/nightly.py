@@ -138,6 +138,27 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+@dataclass(frozen=True)
+class Floor:
+    wall_s: float  # the process, less the reading of the rows to write
+    parse_s: float
+    write_s: float
+
+
+def floor(jobs: Path, done: Path, out: Path) -> Floor:
+    """`bench.nightly_floor` in a fresh process: start, parse the input once, write `done`'s
+    rows (the reading of those rows left out)."""
+    began = time.monotonic()
+    child = subprocess.run(
+        [sys.executable, "-m", "bench.nightly_floor", str(jobs), str(done), str(out)],
+        check=True,
+        capture_output=True,
+    )
+    wall = time.monotonic() - began
+    timings = orjson.loads(child.stdout)
+    return Floor(wall - timings["read_rows_s"], timings["parse_s"], timings["write_s"])
+
+
 def bench_nightly(work: Path, n: int, repeat: int) -> list[str]:
     new, changed = n // 100, n // 200
     night1 = texts(n)
@@ -148,7 +169,7 @@ def bench_nightly(work: Path, n: int, repeat: int) -> list[str]:
         name: write(work / f"{name}.jsonl", c)
         for name, c in (("night1", night1), ("night2", night2), ("delta", delta))
     }
-    one, two, since, alone = [], [], [], []
+    one, two, since, alone, floors = [], [], [], [], []
     with serve_emulator(profile("b2b", seed=1), subprocess=True) as emu:
         for r in range(repeat):
             cache, delta_cache = work / f"cache-{r}", work / f"delta-cache-{r}"
@@ -169,6 +190,7 @@ def bench_nightly(work: Path, n: int, repeat: int) -> list[str]:
             )
             two.append(run(emu, cache, files["night2"], work / f"n2-{r}", *_EMBED))
             alone.append(run(emu, delta_cache, files["delta"], work / f"d-{r}", *_EMBED))
+            floors.append(floor(files["night2"], work / f"n2-{r}", work / f"floor-{r}"))
     ratio = median([b.billed / a.billed for a, b in zip(alone, two, strict=True)])
     speed = median([a.wall_s / b.wall_s for a, b in zip(one, two, strict=True)])
     run_speed = median([a.run_s / b.run_s for a, b in zip(one, two, strict=True)])
@@ -185,10 +207,20 @@ def bench_nightly(work: Path, n: int, repeat: int) -> list[str]:
         f"  billed tokens, night two / the delta alone: {ratio:.3f}x (target <= 1.05x)",
         f"  wall time, night one / night two: {speed:.1f}x for the process, {run_speed:.1f}x "
         "for the run (target >= 20x)",
+        f"  CPU time of the process, night one / night two: "
+        f"{median([a.cpu_s / b.cpu_s for a, b in zip(one, two, strict=True)]):.1f}x "
+        f"({median([x.cpu_s for x in one]):.1f} s and {median([x.cpu_s for x in two]):.1f} s)",
         f"  night two with --changed-since (writes the {len(delta):,} changed rows only): "
         f"{median([x.wall_s for x in since]):.2f} s (the run {median([x.run_s for x in since]):.2f}"
         f" s), {median([a.wall_s / b.wall_s for a, b in zip(one, since, strict=True)]):.1f}x "
         f"faster than night one; {median([x.billed for x in since]):,.0f} tokens billed",
+        f"  the floor, pyarrow alone (start, parse night two's input once, write its "
+        f"{n + new:,} rows as the run does): {median([x.wall_s for x in floors]):.2f} s "
+        f"(parse {median([x.parse_s for x in floors]):.2f} s, write "
+        f"{median([x.write_s for x in floors]):.2f} s): night one / the floor "
+        f"{median([a.wall_s / f.wall_s for a, f in zip(one, floors, strict=True)]):.1f}x",
+        f"  night two / the floor: "
+        f"{median([b.wall_s / f.wall_s for b, f in zip(two, floors, strict=True)]):.2f}x",
         f"  cache hits through the whole run (read, look up, write): "
         f"{median([(n - len(delta) + new) / x.run_s for x in two]):,.0f} jobs/s",
     ]

@@ -309,3 +309,12 @@ class JobKind(abc.ABC):
         """`job` answered by a kept answer (`cache_entry`'s): the row as the answer first
         gave it, with the usage billed then (the engine bills a cache hit nothing)."""
         raise NotImplementedError(f"{self.name} keeps answers but does not define cached_row")
+
+    def cached_columns(
+        self, jobs: Sequence[Job], answers: Sequence[CachedAnswer]
+    ) -> dict[str, pa.Array] | None:
+        """The answer columns of many kept answers at once (those `cached_row` fills, not
+        the engine's `id`, `attempts`, `latency_ms`), built without a Python object per
+        value; None when this kind (or one of these answers) has no such path: the engine
+        then builds the rows one by one with `cached_row`."""
+        return None

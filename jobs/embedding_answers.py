@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import time
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,26 @@ def cached_row(job: Job, answer: CachedAnswer) -> JobResult:
     row = embedding_row(job, values, answer.tokens, answer.model)
     usage = Usage(prompt_tokens=answer.tokens)
     return JobResult(job=job, row=row, usage=usage, model=answer.model)
+
+
+def cached_columns(
+    jobs: Sequence[Job], answers: Sequence[CachedAnswer], dim: int
+) -> dict[str, pa.Array] | None:
+    """The answer columns of many cached vectors at once: the vectors' stored bytes are the
+    `embedding` column's buffer as they are (little-endian float32, as a sent answer's
+    `array('f')`), so no float becomes a Python object. None when a payload is not `dim`
+    floats (or on a big-endian host): `cached_row` then handles each answer."""
+    width = 4 * dim
+    if _BIG_ENDIAN or any(len(answer.payload) != width for answer in answers):
+        return None
+    data = pa.py_buffer(b"".join([answer.payload for answer in answers]))
+    flat = pa.Array.from_buffers(pa.float32(), len(answers) * dim, [None, data])
+    return {
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, type=pa.list_(pa.float32(), dim)),
+        "prompt_tokens": pa.array([answer.tokens for answer in answers], pa.int64()),
+        "model": pa.array([answer.model for answer in answers], pa.string()),
+        "metadata": pa.array([json_text(job.metadata) for job in jobs], pa.string()),
+    }
 
 
 def result_schema(dim: int) -> pa.Schema:

@@ -43,6 +43,7 @@ from jobs.embedding_answers import (
     Vector,
     VectorCache,
     cache_entry,
+    cached_columns,
     cached_row,
     embedding_row,
     result_schema,
@@ -306,6 +307,11 @@ class EmbeddingsKind(JobKind):
 
     def cached_row(self, job: Job, answer: CachedAnswer) -> JobResult:
         return cached_row(job, answer)
+
+    def cached_columns(
+        self, jobs: Sequence[Job], answers: Sequence[CachedAnswer]
+    ) -> dict[str, pa.Array] | None:
+        return cached_columns(jobs, answers, self.dim)
 
     def _outcomes(
         self,

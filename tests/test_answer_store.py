@@ -42,6 +42,23 @@ def test_get_many_returns_the_hits_and_leaves_out_the_misses(tmp_path: Path) -> 
     assert embedding_from_payload(found[key(7)].payload) == [7.0] * 1024
 
 
+def test_an_answer_committed_while_a_lookup_runs_is_still_found(tmp_path: Path) -> None:
+    """The commit thread may finish a commit between a lookup's read transaction and its
+    look at what is pending: the answer must be in one or the other."""
+    with AnswerStore(tmp_path, commit_interval=60.0) as store:
+        store.put_many([(key(i), answer(i)) for i in range(3)])
+        writes = store._writes
+        pending = writes.pending
+
+        def committed_meanwhile() -> list[tuple[bytes, CachedAnswer]]:
+            writes.flush()  # the commit thread's commit, ending just now
+            return pending()
+
+        writes.pending = committed_meanwhile  # type: ignore[method-assign]
+        found = store.get_many([key(0), key(1), key(2)])
+    assert set(found) == {key(0), key(1), key(2)}
+
+
 def test_one_lookup_may_ask_for_forty_thousand_keys(tmp_path: Path) -> None:
     with AnswerStore(tmp_path) as store:
         store.put_many([(key(i), answer(i)) for i in range(1200)])

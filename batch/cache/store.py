@@ -181,6 +181,9 @@ class AnswerStore:
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, CachedAnswer]:
         """The cached answers of those keys that have one (misses are absent)."""
         found: dict[bytes, CachedAnswer] = {}
+        # What is not committed yet, taken before the read transaction starts: an answer
+        # whose commit ends in between is then in the transaction's snapshot.
+        pending = self._writes.pending()
         try:
             with self._env.begin(db=self._answers, buffers=True) as txn:
                 for key in keys:
@@ -189,9 +192,9 @@ class AnswerStore:
                         found[key] = _decode(value)
         except lmdb.Error as exc:
             raise self._unavailable(exc) from exc
-        if len(found) < len(keys):
+        if pending and len(found) < len(keys):
             wanted = set(keys)
-            for key, answer in self._writes.pending():
+            for key, answer in pending:
                 if key in wanted:
                     found[key] = answer
         return found
