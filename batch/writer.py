@@ -22,7 +22,7 @@ from batch.api_types import Usage
 from batch.checkpoint import FAILED_SCHEMA, Checkpoint, PartInfo
 from batch.errors import OutputError
 from batch.layout import FAILED, RESULTS
-from batch.storage import describe, free_bytes, is_disk_full
+from batch.storage import describe, is_disk_full
 
 
 @dataclass(slots=True)
@@ -193,10 +193,9 @@ class PartWriter:
             checkpoint.write_manifest()
             self._manifest_stale = False
         for info in committed:
-            size = (checkpoint.out_dir / info.path).stat().st_size
-            self._largest_part = max(self._largest_part, size)
+            self._largest_part = max(self._largest_part, info.size)
         if committed:
-            self._free = free_bytes(checkpoint.out_dir)
+            self._free = checkpoint.free_bytes()
 
     async def run(self, receive: ObjectReceiveStream[Outcomes]) -> None:
         """Take outcomes until the stream closes, committing on time or size (while commits
