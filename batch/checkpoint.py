@@ -23,7 +23,6 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from batch.api_types import Usage
 from batch.errors import RunRefused

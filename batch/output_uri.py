@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from batch.cache.location import default_cache_dir
-from batch.errors import OutputError
+from batch.errors import ConfigError, OutputError
 
 # The local state of URI outputs, one directory per output, under the user cache directory.
 STATE_SUBDIR = "outputs"
@@ -101,11 +101,16 @@ def state_dir_for(shown: str, env: Mapping[str, str]) -> Path:
 
 
 def open_output_uri(
-    uri: str, *, state_dir: Path | None = None, env: Mapping[str, str] | None = None
+    uri: str,
+    *,
+    state_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    probe: bool = True,
 ) -> OutputURI:
-    """The filesystem `uri` names, checked by writing and deleting a probe object there;
-    OutputError in one line (naming the URI without its credentials, and what to do) when
-    the scheme is unknown or the place cannot be reached or written."""
+    """The filesystem `uri` names, checked by writing and deleting a probe object there
+    (unless not `probe`: a reader); OutputError in one line (naming the URI without its
+    credentials, and what to do) when the scheme is unknown or the place cannot be reached
+    or written."""
     shown = shown_uri(uri)
     try:
         filesystem, base = pafs.FileSystem.from_uri(uri)
@@ -115,6 +120,8 @@ def open_output_uri(
         raise OutputError(f"cannot use --out {shown}: {reason}; {advice}") from None
     base = base.rstrip("/")
     state = state_dir if state_dir is not None else state_dir_for(shown, env or os.environ)
+    if not probe:
+        return OutputURI(filesystem, base, shown, state)
     return open_output_on(filesystem, base, shown=shown, state_dir=state, scrub_uri=uri)
 
 
@@ -157,3 +164,24 @@ def check_object_writable(output: OutputURI) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def resolve_output(
+    out: str | os.PathLike[str],
+    *,
+    state_dir: Path | None = None,
+    filesystem: pafs.FileSystem | None = None,
+) -> tuple[Path, OutputURI | None]:
+    """Where a run keeps its local files, and its output URI if `out` is one (or a path
+    on `filesystem`, from a Python caller). A local `out` is its own state directory."""
+    if filesystem is not None:
+        output = open_output_on(filesystem, os.fspath(out), state_dir=state_dir)
+    elif is_uri(out):
+        output = open_output_uri(str(out), state_dir=state_dir)
+    elif state_dir is not None:
+        raise ConfigError(
+            "--state-dir is for an --out URI: a local --out keeps its state in itself"
+        )
+    else:
+        return Path(out), None
+    return output.state_dir, output

@@ -36,7 +36,7 @@ from batch.layout import (
     set_failed_aside,
     write_atomic,
 )
-from batch.output_uri import OutputURI
+from batch.output_uri import OutputURI, is_uri, open_output_uri
 from batch.storage import free_bytes
 
 
@@ -83,6 +83,10 @@ class PartStore(Protocol):
 
     def dataset_files(self, sub: str) -> tuple[list[str], pafs.FileSystem | None]:
         """The part files of `sub` and the filesystem to read them with (None: local)."""
+        ...
+
+    def publish(self, state_dir: Path, relative: str) -> None:
+        """Give the output the file `relative` a run wrote in its local directory."""
         ...
 
 
@@ -138,6 +142,9 @@ class LocalParts:
 
     def dataset_files(self, sub: str) -> tuple[list[str], pafs.FileSystem | None]:
         return [str(p) for p in sorted((self.out_dir / sub).glob("*.parquet"))], None
+
+    def publish(self, state_dir: Path, relative: str) -> None:
+        """Nothing to do: the run's local directory is the output."""
 
 
 class ObjectParts:
@@ -272,3 +279,12 @@ def _named_parts(manifest: dict[str, Any] | None) -> set[str]:
 def part_store(out_dir: Path, output: OutputURI | None) -> PartStore:
     """The store of a run's output: the URI's when there is one, else the local directory."""
     return ObjectParts(output) if output is not None else LocalParts(out_dir)
+
+
+def output_for_reading(out: Path | str) -> tuple[PartStore, Path]:
+    """The store of an existing output (a directory or a URI, opened without writing) and
+    its local state directory (for `gigabatch status`)."""
+    if isinstance(out, str) and is_uri(out):
+        output = open_output_uri(out, probe=False)
+        return ObjectParts(output), output.state_dir
+    return LocalParts(Path(out)), Path(out)
