@@ -148,6 +148,7 @@ class Checkpoint:
         self.parts: dict[str, list[PartInfo]] = {RESULTS: [], FAILED: []}
         self.totals = Totals()
         self._next = 1
+        self._unnamed = 0  # rows of parts written since the last manifest
 
     @classmethod
     def open(
@@ -237,7 +238,14 @@ class Checkpoint:
         info = self._write_part(sub, table, usage)
         self.parts[sub].append(info)
         self.totals.add(sub, info)
+        self._unnamed += info.rows
         return info
+
+    @property
+    def unrecorded_rows(self) -> int:
+        """Rows in parts whose manifest could not be written yet, when the manifest is the
+        record (an output URI): not done until it is written (0 for a local output)."""
+        return self._unnamed if self.store.manifest_is_record else 0
 
     def ensure_datasets(
         self, result_schema: pa.Schema, failed_schema: pa.Schema = FAILED_SCHEMA
@@ -275,6 +283,7 @@ class Checkpoint:
             "usage": {m: _usage_list(u) for m, u in self.totals.usage.items()},
         }
         self.store.write_manifest(orjson.dumps(self.manifest, option=orjson.OPT_INDENT_2))
+        self._unnamed = 0
 
 
 def _check_resumable(

@@ -69,7 +69,7 @@ def shown_uri(uri: str) -> str:
     parts = urlsplit(uri)
     host = parts.netloc.rpartition("@")[2]
     query = [(k, v) for k, v in parse_qsl(parts.query) if not _SECRET_PARAM.search(k)]
-    return urlunsplit((parts.scheme, host, parts.path, urlencode(query), ""))
+    return urlunsplit((parts.scheme, host, parts.path, urlencode(query, safe=":/"), ""))
 
 
 def _uri_secrets(uri: str) -> list[str]:

@@ -6,6 +6,11 @@ On an object store the manifest is the commit record: a part is written under a 
 other run uses (`part-N-TOKEN.parquet`), then the manifest that names it is PUT, whole, in
 one request. A part the manifest does not name (a crash came between the two PUTs) is not
 done: the next run deletes it before it reads what is done, and sends its jobs again.
+
+Where a file is visible while it is written (file://, HDFS), a crash can tear what was being
+written: a torn part is unnamed, hence deleted; the manifest is written twice, first as
+`.manifest.next.json`, then as `manifest.json`, so one of them is always whole (the first
+that reads is the record, manifest.json first).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from batch.errors import OutputError
 from batch.layout import (
     FAILED,
     INVALID,
@@ -39,9 +45,16 @@ from batch.layout import (
 from batch.output_uri import OutputURI, is_uri, open_output_uri
 from batch.storage import free_bytes
 
+# The manifest's first copy on an output URI (see the module's docstring).
+MANIFEST_NEXT = ".manifest.next.json"
+
 
 class PartStore(Protocol):
-    """A checkpoint's storage. Parts are named by their path relative to the output."""
+    """A checkpoint's storage. Parts are named by their path relative to the output.
+    `manifest_is_record`: a part counts as done only once a manifest naming it is written
+    (else once the part itself is)."""
+
+    manifest_is_record: bool
 
     def where(self, relative: str = "") -> str:
         """`relative` (or the output itself) as messages show it."""
@@ -92,6 +105,8 @@ class PartStore(Protocol):
 
 class LocalParts:
     """A local output directory: parts renamed into place, the directory is the record."""
+
+    manifest_is_record = False
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
@@ -150,6 +165,8 @@ class LocalParts:
 class ObjectParts:
     """An output URI: no rename is used, the manifest (one PUT, written last) is the record."""
 
+    manifest_is_record = True
+
     def __init__(self, output: OutputURI) -> None:
         self.output = output
         self.fs = output.filesystem
@@ -158,14 +175,22 @@ class ObjectParts:
         return f"{self.output.shown.rstrip('/')}/{relative}" if relative else self.output.shown
 
     def read_manifest(self) -> dict[str, Any] | None:
-        try:
-            with self.fs.open_input_stream(self.output.path(MANIFEST)) as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        return parse_manifest(data, self.where(MANIFEST))
+        damaged: OutputError | None = None
+        for name in (MANIFEST, MANIFEST_NEXT):
+            try:
+                with self.fs.open_input_stream(self.output.path(name)) as f:
+                    data = f.read()
+                return parse_manifest(data, self.where(MANIFEST))
+            except FileNotFoundError:
+                continue
+            except OutputError as exc:  # torn by a crash: the other copy is whole
+                damaged = damaged or exc
+        if damaged is not None:
+            raise damaged
+        return None
 
     def write_manifest(self, data: bytes) -> None:
+        self._put(MANIFEST_NEXT, data)
         self._put(MANIFEST, data)
 
     def _put(self, relative: str, data: bytes | pa.Buffer) -> None:
@@ -183,7 +208,7 @@ class ObjectParts:
     def clear(self) -> None:
         # The manifest first: from then on every part is unnamed, so however this is
         # interrupted the next run deletes what is left rather than counting it as done.
-        for name in (MANIFEST, SUMMARY, INVALID):
+        for name in (MANIFEST_NEXT, MANIFEST, SUMMARY, INVALID):
             self._delete(name)
         for sub in (RESULTS, FAILED, SUPERSEDED):
             with contextlib.suppress(FileNotFoundError):

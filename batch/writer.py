@@ -166,9 +166,10 @@ class PartWriter:
         committed in the end or how many could not be."""
         if self.error is None:
             return None
-        if self.buffered:
+        lost = self.buffered + self.checkpoint.unrecorded_rows
+        if lost:
             return OutputError(
-                f"{self.error}; {self.buffered} answered rows could not be committed in "
+                f"{self.error}; {lost} answered rows could not be committed in "
                 f"{self.disk_wait:.0f} s and are lost"
             )
         return OutputError(
