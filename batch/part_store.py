@@ -287,6 +287,15 @@ class ObjectParts:
     def dataset_files(self, sub: str) -> tuple[list[str], pafs.FileSystem | None]:
         return [self.output.path(r) for r in self.committed(sub, self.read_manifest())], self.fs
 
+    def fetch(self, relative: str, directory: Path) -> None:
+        """Copy the output's file `relative`, if it has one, into the local `directory`."""
+        try:
+            with self.fs.open_input_stream(self.output.path(relative)) as f:
+                data = f.read()
+        except FileNotFoundError:
+            return
+        (directory / relative).write_bytes(data)
+
     def publish(self, state_dir: Path, relative: str) -> None:
         """Copy the local file `relative` of the state directory to the output (a summary,
         the invalid-lines log, the event log), whole, in one PUT."""

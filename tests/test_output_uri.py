@@ -200,6 +200,10 @@ def test_a_file_uri_resumes_after_kill_9_with_every_id_once_and_status_reads_it(
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["out"] == uri
     code, out_err = gigabatch(slow_emulator, "status", uri)
     assert code == 0, out_err
+    code, out_err = gigabatch(slow_emulator, "report", uri)
+    assert code == 0, out_err
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert f"gigabatch run: {uri}<" in page and "200 jobs succeeded" in page
 
 
 def test_a_crash_between_a_part_and_its_manifest_sends_that_part_again_exactly_once(
