@@ -19,6 +19,7 @@ from test_e2e_run import FAST, chat_jobs, gigabatch, start
 
 import batch
 from batch.checkpoint import read_status
+from batch.cli.run import retry_command
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.errors import ConfigError, OutputError
 from batch.output_uri import OutputURI, is_uri, scrub, shown_uri
@@ -143,6 +144,12 @@ def test_a_uri_is_told_from_a_path_and_shown_without_credentials() -> None:
     assert shown_uri(uri) == "s3://bucket/run?region=eu"
     message = scrub(f"cannot open {uri}: denied for {KEY}", uri)
     assert SECRET not in message and KEY not in message
+
+
+def test_the_retry_command_shows_an_out_uri_without_its_credentials() -> None:
+    uri = f"s3://{KEY}:{SECRET}@bucket/run"
+    line = retry_command(["run", "jobs.jsonl", "--out", uri], Path("jobs.jsonl"), Path("jobs.jsonl"))
+    assert line == "gigabatch run jobs.jsonl --out s3://bucket/run --retry-failed"
 
 
 def test_an_unknown_scheme_is_one_line_naming_the_uri_and_sending_nothing(

@@ -37,6 +37,7 @@ from batch.cli.common import (
 from batch.command_options import RUN_OPTIONS
 from batch.failures import failure_classes
 from batch.launch import execute_run, planned_run
+from batch.output_uri import is_uri, shown_uri
 from batch.part_store import output_for_reading
 from batch.preparing import keep_spec
 from batch.pricing import PriceTable
@@ -122,7 +123,8 @@ def run(jobs: Path, out_dir: Path | str, quiet: bool, **options: Any) -> None:
 def retry_command(args: list[str], given: Path, jobs: Path) -> str:
     """The command line that re-drives this run's failed rows: the same arguments with
     --retry-failed (never --restart, which would delete the answers), reading a spooled
-    standard input from its spool. Secrets given as options are not repeated."""
+    standard input from its spool. Secrets given as options, or in an --out URI, are not
+    repeated."""
     kept: list[str] = []
     skip_value = False
     for arg in args:
@@ -133,7 +135,9 @@ def retry_command(args: list[str], given: Path, jobs: Path) -> str:
         if name in _SECRET_OPTIONS:
             skip_value = "=" not in arg
             continue
-        if arg not in ("--restart", "--retry-failed"):
+        if is_uri(arg):
+            kept.append(shown_uri(arg))
+        elif arg not in ("--restart", "--retry-failed"):
             kept.append(str(jobs) if arg == str(given) and given != jobs else arg)
     return shlex.join(["gigabatch", *kept, "--retry-failed"])
 
