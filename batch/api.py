@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import anyio
 import anyio.to_thread
+import pyarrow.fs as pafs
 import sniffio
 
 from batch.command_options import API_OPTIONS, BATCHES_OPTIONS, ESTIMATE_OPTIONS, RUN_OPTIONS
@@ -30,6 +31,7 @@ from batch.errors import ConfigError
 from batch.estimate_math import Estimate
 from batch.launch import RunPlan, estimate_from_options, execute_run, planned_run
 from batch.options import Option, resolve
+from batch.output_uri import is_uri
 from batch.progress import ProgressMode
 from batch.summary import RunSummary
 from jobs.registry import DEFAULT_KIND, cli_options
@@ -88,7 +90,10 @@ def _existing_jobs(jobs: JobsPath) -> Path:
     return path
 
 
-def _output_dir(out: JobsPath) -> Path:
+def _output_dir(out: JobsPath, filesystem: pafs.FileSystem | None) -> Path | str:
+    """A local output directory, or an output URI (or path on `filesystem`) as given."""
+    if filesystem is not None or is_uri(out):
+        return os.fspath(out)
     path = Path(out)
     if path.is_file():
         raise ConfigError(f"out: {path} is a file, not a directory")
@@ -96,7 +101,13 @@ def _output_dir(out: JobsPath) -> Path:
 
 
 def run(
-    jobs: JobsPath, out: JobsPath, *, kind: str = DEFAULT_KIND, check: bool = True, **options: Any
+    jobs: JobsPath,
+    out: JobsPath,
+    *,
+    kind: str = DEFAULT_KIND,
+    check: bool = True,
+    filesystem: pafs.FileSystem | None = None,
+    **options: Any,
 ) -> RunSummary:
     """Answer every job of `jobs` into the output directory `out`, like `gigabatch run
     JOBS --out OUT`, and return the run's summary. Resumable: the same call again sends
@@ -111,17 +122,26 @@ def run(
     (rejected credentials, a wrong URL or model). Callable from any thread; inside a running
     event loop, `await arun(...)` instead.
 
+    `out` may be a filesystem URI (`s3://bucket/run`, `gs://...`, `file:///...`; see the
+    README's "Output on shared storage"), or a path on a pyarrow `filesystem` given here.
+
         >>> import batch
         >>> summary = batch.run("sample_jobs/chat.jsonl", "out/chat", emulator=True)
         >>> print(summary.status, summary.succeeded, summary.cost, summary.currency)
     """
     refuse_in_event_loop("batch.run", "batch.arun")
-    call = partial(arun, jobs, out, kind=kind, check=check, **options)
+    call = partial(arun, jobs, out, kind=kind, check=check, filesystem=filesystem, **options)
     return anyio.run(call)
 
 
 async def arun(
-    jobs: JobsPath, out: JobsPath, *, kind: str = DEFAULT_KIND, check: bool = True, **options: Any
+    jobs: JobsPath,
+    out: JobsPath,
+    *,
+    kind: str = DEFAULT_KIND,
+    check: bool = True,
+    filesystem: pafs.FileSystem | None = None,
+    **options: Any,
 ) -> RunSummary:
     """`run` on the running event loop (asyncio or trio): `await batch.arun(...)` in a
     notebook. The blocking set-up (validation, an emulator) runs in a worker thread.
@@ -131,7 +151,14 @@ async def arun(
     values = resolve(options, run_options(), call="batch.run")
     values["kind"] = kind
     progress = _progress_mode(values.pop("progress"), values.pop("quiet"))
-    setup = partial(planned_run, _existing_jobs(jobs), _output_dir(out), values, progress=progress)
+    setup = partial(
+        planned_run,
+        _existing_jobs(jobs),
+        _output_dir(out, filesystem),
+        values,
+        progress=progress,
+        filesystem=filesystem,
+    )
     async with _in_thread(setup) as plan:
         summary = await execute_run(plan)
     if check:

@@ -45,6 +45,7 @@ from batch.errors import (
 )
 from batch.failures import failure_classes
 from batch.outcomes import with_cached_column
+from batch.part_store import part_store
 from batch.preparing import keep_spec
 from batch.pricing import PriceTable
 from batch.progress import Progress
@@ -104,6 +105,7 @@ async def run_batches(config: RunConfig, settings: BatchesSettings) -> RunSummar
             restart=config.restart,
             retry_failed=config.retry_failed,
             setting_hints=kind.setting_hints(),
+            store=part_store(config.out_dir, config.output),
         )
     )
     stats = RunStats(
@@ -354,7 +356,7 @@ class _BatchesRun:
         self.status, self.message = run_outcome(
             self.status, self.message, self.stats, self.checkpoint.totals
         )
-        failures = await anyio.to_thread.run_sync(failure_classes, self.config.out_dir)
+        failures = await anyio.to_thread.run_sync(failure_classes, self.checkpoint.store)
         summary = build_summary(
             status=self.status,
             message=self.message,
@@ -362,7 +364,7 @@ class _BatchesRun:
             totals=self.checkpoint.totals,
             settled=0,
             limit_found=False,
-            out_dir=self.config.out_dir,
+            out_dir=self.config.shown_out,
             failures=failures,
         )
         summary.data["batches"] = {
@@ -371,7 +373,7 @@ class _BatchesRun:
             "adopted": self.adopted,
             "waiting": len(self.waiting),
         }
-        await anyio.to_thread.run_sync(summary.write, self.config.out_dir)
+        await anyio.to_thread.run_sync(summary.write, self.config.out_dir, self.checkpoint.store)
         return summary
 
 

@@ -18,30 +18,17 @@ import time
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from batch.api_types import Usage
 from batch.errors import RunRefused
 from batch.id_hashes import IdHashSet, id_hash
-from batch.layout import (
-    FAILED,
-    MANIFEST,
-    RESULTS,
-    atomic_file,
-    clear_output,
-    damaged_part,
-    part_files,
-    part_number,
-    prepare_directory,
-    read_manifest,
-    set_failed_aside,
-    write_atomic,
-)
+from batch.layout import FAILED, MANIFEST, RESULTS, part_number
+from batch.part_store import LocalParts, PartStore
 from batch.pricing import PriceTable
 from batch.storage import output_errors
 
@@ -72,6 +59,7 @@ class PartInfo:
     path: str
     rows: int
     usage: dict[str, Usage] = field(default_factory=dict)
+    size: int = 0  # bytes, when this run wrote it (not in the manifest)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,13 +77,12 @@ def _usage_from(data: Mapping[str, Any]) -> dict[str, Usage]:
     return {str(m): Usage(int(v[0]), int(v[1]), int(v[2])) for m, v in data.items()}
 
 
-def _read_part_info(path: Path, out_dir: Path) -> PartInfo:
-    with damaged_part(path):
-        meta = pq.read_metadata(path)
+def _read_part_info(store: PartStore, relative: str) -> PartInfo:
+    meta = store.read_metadata(relative)
     kv = meta.metadata or {}
     raw = kv.get(_USAGE_KEY)
     usage = _usage_from(orjson.loads(raw)) if raw else {}
-    return PartInfo(path.relative_to(out_dir).as_posix(), meta.num_rows, usage)
+    return PartInfo(relative, meta.num_rows, usage)
 
 
 @dataclass
@@ -144,15 +131,24 @@ class Checkpoint:
     """An output directory opened for a run: what is done, and where the next part goes.
 
     The blocking methods (`open`, `commit`) do file I/O; the engine calls them from a thread.
+    Parts and manifest go to `store`: `out_dir` itself, or an output URI (batch/part_store.py).
     """
 
-    def __init__(self, out_dir: Path, manifest: dict[str, Any], done: DoneIds) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        manifest: dict[str, Any],
+        done: DoneIds,
+        store: PartStore | None = None,
+    ) -> None:
         self.out_dir = out_dir
+        self.store = store if store is not None else LocalParts(out_dir)
         self.manifest = manifest
         self.done = done
         self.parts: dict[str, list[PartInfo]] = {RESULTS: [], FAILED: []}
         self.totals = Totals()
         self._next = 1
+        self._unnamed = 0  # rows of parts written since the last manifest
 
     @classmethod
     def open(
@@ -167,23 +163,26 @@ class Checkpoint:
         restart: bool = False,
         retry_failed: bool = False,
         setting_hints: Mapping[str, str] | None = None,
+        store: PartStore | None = None,
     ) -> Checkpoint:
         """Open (or create) `out_dir` for a run. Refuses, with what changed, to resume an
         output made from another input or other answer-affecting settings unless `restart`
         (which deletes the previous output); `setting_hints` say what to do about a changed
-        setting. `retry_failed` moves failed/ aside so its ids are pending again."""
+        setting. `retry_failed` moves failed/ aside so its ids are pending again. `store`
+        is where parts and manifest live (by default `out_dir` itself)."""
         settings_now = _normalised({"kind": kind, **settings})
-        manifest_path = out_dir / MANIFEST
+        store = store if store is not None else LocalParts(out_dir)
         if restart:
-            clear_output(out_dir)
-        previous: dict[str, Any] | None = None
-        if manifest_path.exists():
-            previous = read_manifest(manifest_path)
+            with output_errors("clear"):
+                store.clear()
+        with output_errors("read"):
+            previous = store.read_manifest()
+        if previous is not None:
             _check_resumable(previous, input_fingerprint, settings_now, setting_hints)
         with output_errors("write"):
-            prepare_directory(out_dir)
+            store.prepare(previous)
             if retry_failed:
-                set_failed_aside(out_dir)
+                store.set_failed_aside()
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "kind": kind,
@@ -192,28 +191,27 @@ class Checkpoint:
             "total_jobs": total_jobs,
             "created_at": previous.get("created_at") if previous else _now(),
         }
-        checkpoint = cls(out_dir, manifest, DoneIds())
-        checkpoint._scan()
+        checkpoint = cls(out_dir, manifest, DoneIds(), store)
+        checkpoint._scan(previous)
         with output_errors("write"):
             checkpoint.write_manifest()
         return checkpoint
 
-    def _scan(self) -> None:
+    def _scan(self, previous: dict[str, Any] | None) -> None:
         with output_errors("read"):
-            self._scan_parts()
+            self._scan_parts(previous)
 
-    def _scan_parts(self) -> None:
+    def _scan_parts(self, previous: dict[str, Any] | None) -> None:
         hashes: array[int] = array("Q")
         highest = 0
+        store = self.store
         for sub in (RESULTS, FAILED):
-            for path in part_files(self.out_dir / sub):
-                info = _read_part_info(path, self.out_dir)
+            for relative in store.committed(sub, previous):
+                info = _read_part_info(store, relative)
                 self.parts[sub].append(info)
                 self.totals.add(sub, info)
-                highest = max(highest, part_number(path))
-                with damaged_part(path):
-                    ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
-                hashes.extend(id_hash(i) for i in ids)
+                highest = max(highest, part_number(Path(relative)))
+                hashes.extend(id_hash(i) for i in store.read_ids(relative))
         self.done = DoneIds.from_hashes(hashes)
         self._next = highest + 1
 
@@ -240,7 +238,14 @@ class Checkpoint:
         info = self._write_part(sub, table, usage)
         self.parts[sub].append(info)
         self.totals.add(sub, info)
+        self._unnamed += info.rows
         return info
+
+    @property
+    def unrecorded_rows(self) -> int:
+        """Rows in parts whose manifest could not be written yet, when the manifest is the
+        record (an output URI): not done until it is written (0 for a local output)."""
+        return self._unnamed if self.store.manifest_is_record else 0
 
     def ensure_datasets(
         self, result_schema: pa.Schema, failed_schema: pa.Schema = FAILED_SCHEMA
@@ -257,18 +262,17 @@ class Checkpoint:
             self.write_manifest()
 
     def _write_part(self, sub: str, table: pa.Table, usage: Mapping[str, Usage]) -> PartInfo:
-        directory = self.out_dir / sub
-        name = f"part-{self._next:05d}.parquet"
+        relative = str(PurePosixPath(sub, self.store.part_name(self._next)))
         self._next += 1
         meta = dict(table.schema.metadata or {})
         meta[_USAGE_KEY] = orjson.dumps({m: _usage_list(u) for m, u in usage.items()})
         table = table.replace_schema_metadata(meta)
-        final = directory / name
-        with atomic_file(final) as f:
-            pq.write_table(
-                table, f, compression="zstd", use_dictionary=dictionary_columns(table.schema)
-            )
-        return PartInfo(final.relative_to(self.out_dir).as_posix(), table.num_rows, dict(usage))
+        size = self.store.write_part(relative, table)
+        return PartInfo(relative, table.num_rows, dict(usage), size)
+
+    def free_bytes(self) -> int:
+        """Room left for parts; -1 when the output's filesystem cannot say."""
+        return self.store.free_bytes()
 
     def write_manifest(self) -> None:
         self.manifest["updated_at"] = _now()
@@ -278,20 +282,8 @@ class Checkpoint:
             "failed": self.totals.failed,
             "usage": {m: _usage_list(u) for m, u in self.totals.usage.items()},
         }
-        data = orjson.dumps(self.manifest, option=orjson.OPT_INDENT_2)
-        write_atomic(self.out_dir / MANIFEST, data)
-
-
-def dictionary_columns(schema: pa.Schema) -> list[str]:
-    """The columns Parquet dictionary-encodes: all but lists of floats. An embedding's
-    floats are nearly all distinct, so a dictionary only costs time (~35% of a part's
-    write for 1024 random float32s) and falls back to plain encoding anyway."""
-    return [
-        f.name
-        for f in schema
-        if not (pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type))
-        or not pa.types.is_floating(f.type.value_type)
-    ]
+        self.store.write_manifest(orjson.dumps(self.manifest, option=orjson.OPT_INDENT_2))
+        self._unnamed = 0
 
 
 def _check_resumable(
@@ -320,17 +312,19 @@ def _check_resumable(
         )
 
 
-def read_status(out_dir: Path) -> tuple[dict[str, Any], Totals]:
-    """The manifest and totals rebuilt from the committed parts (for `gigabatch status`)."""
-    manifest_path = out_dir / MANIFEST
-    if not manifest_path.exists():
-        raise RunRefused(f"{out_dir} has no {MANIFEST}: not a gigabatch output directory")
-    manifest = read_manifest(manifest_path)
+def read_status(output: Path | PartStore) -> tuple[dict[str, Any], Totals]:
+    """The manifest and totals of an output directory (or store) rebuilt from the
+    committed parts (for `gigabatch status`)."""
+    store = LocalParts(output) if isinstance(output, Path) else output
+    with output_errors("read"):
+        manifest = store.read_manifest()
+    if manifest is None:
+        raise RunRefused(f"{store.where()} has no {MANIFEST}: not a gigabatch output directory")
     totals = Totals()
     with output_errors("read"):
         for sub in (RESULTS, FAILED):
-            for path in part_files(out_dir / sub):
-                totals.add(sub, _read_part_info(path, out_dir))
+            for relative in store.committed(sub, manifest):
+                totals.add(sub, _read_part_info(store, relative))
     return manifest, totals
 
 

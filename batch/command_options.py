@@ -181,6 +181,15 @@ CHANGED_SINCE = Option(
     type=Path,
     path="existing_dir",
 )
+# The local directory of an --out URI's lock, journal and event log (batch/output_uri.py).
+STATE_DIR = Option(
+    "--state-dir",
+    "With an --out URI (s3://, gs://, file://...): the local directory for what needs a "
+    "POSIX filesystem (the run lock, the answer journal, the event log). Default: one per "
+    "URI under the user cache directory.",
+    type=Path,
+    path="dir",
+)
 # A Ray cluster to run on (batch/cluster/).
 RAY_OPTIONS = (
     Option(
@@ -313,6 +322,7 @@ RUN_OPTIONS = (
     EMULATOR_OPTION,
     *ANSWER_CACHE,
     CHANGED_SINCE,
+    STATE_DIR,
     *RAY_OPTIONS,
     PROGRESS,
 )

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from batch.layout import FAILED
+from batch.part_store import LocalParts, PartStore
 
 # The example's message is cut here: the summary shows it on one line.
 _EXAMPLE_CHARS = 200
@@ -31,12 +32,14 @@ class FailureClass:
         }
 
 
-def failure_classes(out_dir: Path) -> list[FailureClass]:
-    """The failed rows of `out_dir` by error class, most frequent first (ties by name)."""
-    failed = out_dir / FAILED
-    if not failed.is_dir() or not any(failed.glob("*.parquet")):
+def failure_classes(output: Path | PartStore) -> list[FailureClass]:
+    """The failed rows of an output directory (or store) by error class, most frequent
+    first (ties by name)."""
+    store = LocalParts(output) if isinstance(output, Path) else output
+    files, filesystem = store.dataset_files(FAILED)
+    if not files:
         return []
-    dataset = ds.dataset(sorted(failed.glob("*.parquet")), format="parquet")
+    dataset = ds.dataset(files, format="parquet", filesystem=filesystem)
     counts: dict[str, int] = {}
     examples: dict[str, tuple[str, str]] = {}
     # Counted column-wise: a million failed rows are not turned into Python rows.

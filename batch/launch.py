@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import orjson
+import pyarrow.fs as pafs
 
 from batch.batch_journal import prepare_online_run
 from batch.batches_mode import run_batches
@@ -29,6 +30,7 @@ from batch.command_options import API_OPTION_NAMES
 from batch.errors import ConfigError, single_error
 from batch.estimate_math import Estimate
 from batch.estimator import EstimateRequest, estimate_jobs
+from batch.output_uri import resolve_output
 from batch.pricing import PriceTable
 from batch.progress import ProgressMode
 from batch.retry import RetryPolicy
@@ -146,10 +148,16 @@ class RunPlan:
 
 @contextlib.contextmanager
 def planned_run(
-    jobs: Path, out_dir: Path, values: MutableMapping[str, Any], *, progress: ProgressMode
+    jobs: Path,
+    out: Path | str,
+    values: MutableMapping[str, Any],
+    *,
+    progress: ProgressMode,
+    filesystem: pafs.FileSystem | None = None,
 ) -> Iterator[RunPlan]:
-    """Set up the run of `jobs` into `out_dir` from `run`'s option values (consumed): the
-    plan lives as long as the block (an emulator started for it stops at its end)."""
+    """Set up the run of `jobs` into `out` (a directory, an output URI, or a path on
+    `filesystem`) from `run`'s option values (consumed): the plan lives as long as the
+    block (an emulator started for it stops at its end)."""
     mode, batch_settings = pop_batches_options(values)
     ray, ray_workers = values.pop("ray"), values.pop("ray_workers")
     if ray is not None and mode == "batches":
@@ -162,11 +170,15 @@ def planned_run(
         kind = build_kind(values, settings.model)
         # Nothing is created on disk (the spool of `-`, the output) before these hold.
         require_auth(settings)
+        out_dir, output = resolve_output(
+            out, state_dir=values.pop("state_dir"), filesystem=filesystem
+        )
         check_output_dir(out_dir)
         jobs = spooled_input(jobs, out_dir / SPOOL_DIR)
         config = RunConfig(
             jobs_path=jobs,
             out_dir=out_dir,
+            output=output,
             kind=kind,
             client_settings=settings,
             max_concurrency=values.pop("max_concurrency"),

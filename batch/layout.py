@@ -66,8 +66,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def part_number(path: Path) -> int:
+    """N of `part-N.parquet`, `part-N-TOKEN.parquet` (an output URI's) or `failed-N`."""
     try:
-        return int(path.stem.split("-", 1)[1])
+        return int(path.stem.split("-")[1])
     except (IndexError, ValueError):
         return 0
 
@@ -79,17 +80,19 @@ def part_files(directory: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def damaged_part(path: Path) -> Iterator[None]:
+def damaged_part(path: Path | str) -> Iterator[None]:
     """A part that cannot be read (truncated, not Parquet, unreadable) is named, with what
-    to do; a part that was committed is never half-written, so something else damaged it."""
+    to do; a part that was committed is never half-written, so something else damaged it.
+    `path` is a local path or an output URI's part, as shown."""
     try:
         yield
     except OSError as exc:
         raise OutputError(describe(exc, "read")) from None
     except (pa.ArrowException, ValueError) as exc:
+        parent = path.parent if isinstance(path, Path) else path.rpartition("/")[0]
         raise OutputError(
             f"{path} is damaged and cannot be read ({_first_line(exc)}); move it out of "
-            f"{path.parent} and run again: its jobs are then sent again"
+            f"{parent} and run again: its jobs are then sent again"
         ) from None
 
 
@@ -101,6 +104,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest at `path`; a damaged one is named, with what to do."""
     with output_errors("read"):
         data = path.read_bytes()
+    return parse_manifest(data, path)
+
+
+def parse_manifest(data: bytes, path: Path | str) -> dict[str, Any]:
+    """The manifest read from `path` as `data`; a damaged one is named, with what to do."""
     try:
         manifest = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

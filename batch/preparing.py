@@ -15,6 +15,7 @@ from batch.budget import Budget
 from batch.checkpoint import FAILED_SCHEMA, Checkpoint
 from batch.errors import GigabatchError, RunRefused
 from batch.eventlog import EventLog
+from batch.part_store import part_store
 from batch.pricing import PriceTable
 from batch.progress import RunStart
 from batch.reuse import RunReuse
@@ -135,6 +136,7 @@ def _open_checkpoint(config: RunConfig, report: ValidationReport, keep: KeepSpec
         restart=config.restart,
         retry_failed=config.retry_failed,
         setting_hints=kind.setting_hints(),
+        store=part_store(config.out_dir, config.output),
     )
 
 
@@ -186,7 +188,7 @@ def _run_start(
         limits.append(f"{config.max_tokens} tokens")
     return RunStart(
         jobs_path=config.jobs_path,
-        out_dir=config.out_dir,
+        out_dir=config.shown_out,
         kind=config.kind.name,
         model=config.kind.answer_settings().get("model"),
         total_jobs=report.jobs,

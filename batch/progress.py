@@ -64,7 +64,7 @@ class RunStart:
     """What a run is about to do, for the start line of its log."""
 
     jobs_path: Path
-    out_dir: Path
+    out_dir: Path | str
     kind: str
     model: str | None
     total_jobs: int

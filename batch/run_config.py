@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batch.outage import DEFAULT_MAX_OUTAGE
+from batch.output_uri import OutputURI
 from batch.pricing import PriceTable
 from batch.progress import ProgressMode
 from batch.retry import RetryPolicy
@@ -68,6 +69,14 @@ class RunConfig:
     # worker actors (None: one per CPU of the cluster).
     ray: str | None = None
     ray_workers: int | None = None
+    # An output URI (batch/output_uri.py): parts, manifest and the run's files go there,
+    # and `out_dir` is then its local state directory (lock, journal, event log).
+    output: OutputURI | None = None
+
+    @property
+    def shown_out(self) -> str:
+        """Where the output is, as messages and the summary say it (no credentials)."""
+        return self.output.shown if self.output is not None else str(self.out_dir)
 
 
 def open_client(

@@ -285,7 +285,7 @@ class _Run:
             raise stop.error
         totals = self.checkpoint.totals
         status, message = run_outcome(stop.status, stop.message, self.stats, totals)
-        failures = await anyio.to_thread.run_sync(failure_classes, self.config.out_dir)
+        failures = await anyio.to_thread.run_sync(failure_classes, self.checkpoint.store)
         summary = build_summary(
             status=status,
             message=message,
@@ -293,12 +293,14 @@ class _Run:
             totals=totals,
             settled=self.limits.settled(),
             limit_found=self.limits.found_limit,
-            out_dir=self.config.out_dir,
+            out_dir=self.config.shown_out,
             failures=failures,
         )
         summary.error = stop.error
         with output_errors("write"):
-            await anyio.to_thread.run_sync(summary.write, self.config.out_dir)
+            await anyio.to_thread.run_sync(
+                summary.write, self.config.out_dir, self.checkpoint.store
+            )
         return summary
 
     def _invalid_log(self) -> contextlib.AbstractContextManager[OnProblem | None]:

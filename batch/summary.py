@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import orjson
 
 from batch.api_types import Usage
+from batch.changes import REMOVED
 from batch.checkpoint import Totals
 from batch.errors import (
     BudgetExhausted,
@@ -21,10 +22,15 @@ from batch.errors import (
     RunStopped,
     RunTimedOut,
 )
+from batch.eventlog import EVENTS
 from batch.failures import FailureClass
 from batch.layout import FAILED, INVALID, SUMMARY, write_atomic
+from batch.part_store import PartStore
 from batch.pricing import PriceTable
 
+# What an output URI gets a copy of from its state directory when a run ends, besides the
+# summary (copied last); cluster.json holds a Ray run's coordinator figures (batch/cluster/).
+RUN_FILES = (INVALID, EVENTS, f"{REMOVED}/part-00001.parquet", "cluster.json")
 
 @dataclass
 class RunStats:
@@ -176,8 +182,13 @@ class RunSummary:
             return RunTimedOut(message, self)
         return RunStopped(message, self)
 
-    def write(self, out_dir: Path) -> None:
+    def write(self, out_dir: Path, store: PartStore | None = None) -> None:
+        """Write OUT/summary.json; with an output URI's `store` (`out_dir` is then its state
+        directory), copy it and the run's other files there too, the summary last."""
         write_atomic(out_dir / SUMMARY, orjson.dumps(self.data, option=orjson.OPT_INDENT_2))
+        if store is not None:
+            for name in (*RUN_FILES, SUMMARY):
+                store.publish(out_dir, name)
 
     def print(self, stream: TextIO, retry_command: str | None = None) -> None:
         """The summary in a few lines; `retry_command` is the command line that re-drives
@@ -299,7 +310,7 @@ def build_summary(
     totals: Totals,
     settled: float,
     limit_found: bool,
-    out_dir: Path,
+    out_dir: Path | str,
     failures: Sequence[FailureClass] = (),
 ) -> RunSummary:
     """The summary of a run from its counters, the output directory's totals and its

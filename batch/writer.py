@@ -22,7 +22,7 @@ from batch.api_types import Usage
 from batch.checkpoint import FAILED_SCHEMA, Checkpoint, PartInfo
 from batch.errors import OutputError
 from batch.layout import FAILED, RESULTS
-from batch.storage import describe, free_bytes, is_disk_full
+from batch.storage import describe, is_disk_full
 
 
 @dataclass(slots=True)
@@ -177,9 +177,10 @@ class PartWriter:
         committed in the end or how many could not be."""
         if self.error is None:
             return None
-        if self.buffered:
+        lost = self.buffered + self.checkpoint.unrecorded_rows
+        if lost:
             return OutputError(
-                f"{self.error}; {self.buffered} answered rows could not be committed in "
+                f"{self.error}; {lost} answered rows could not be committed in "
                 f"{self.disk_wait:.0f} s and are lost"
             )
         return OutputError(
@@ -207,10 +208,9 @@ class PartWriter:
             checkpoint.write_manifest()
             self._manifest_stale = False
         for info in committed:
-            size = (checkpoint.out_dir / info.path).stat().st_size
-            self._largest_part = max(self._largest_part, size)
+            self._largest_part = max(self._largest_part, info.size)
         if committed:
-            self._free = free_bytes(checkpoint.out_dir)
+            self._free = checkpoint.free_bytes()
 
     async def run(self, receive: ObjectReceiveStream[Outcomes]) -> None:
         """Take outcomes until the stream closes, committing on time or size (while commits

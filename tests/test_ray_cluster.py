@@ -23,6 +23,7 @@ import ray
 
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.eventlog import ATTEMPT, read_events
+from batch.output_uri import open_output_uri
 from batch.retry import RetryPolicy
 from batch.run_config import RunConfig
 from batch.runner import run_jobs
@@ -107,6 +108,20 @@ def test_chat_sample_runs_on_the_cluster_into_one_dataset(cluster: str, tmp_path
     assert len(attempts) == written["requests"]
     assert sum(e.jobs for e in attempts if e.status == 200) == len(expected)
     assert all(began < e.t < e.t + e.duration < time.time() for e in attempts)
+
+
+def test_a_cluster_run_writes_an_output_uri_from_its_driver(cluster: str, tmp_path: Path) -> None:
+    uri = (tmp_path / "shared").as_uri()
+    output = open_output_uri(uri, state_dir=tmp_path / "state")
+    with serve_emulator(profile("b2b", stream_limit=8, **FAST)) as emu:
+        summary = cluster_run(emu, SAMPLES / "chat.jsonl", output.state_dir, output=output)
+    expected = {json.loads(line)["id"] for line in (SAMPLES / "chat.jsonl").open()}
+    assert summary.status == "completed", summary.message
+    got = ds.dataset(f"{uri}/results").to_table(columns=["id"]).column("id").to_pylist()
+    assert Counter(got) == Counter({str(i): 1 for i in expected})
+    for name in ("manifest.json", "summary.json", "cluster.json"):
+        assert (tmp_path / "shared" / name).is_file(), name
+    assert not (tmp_path / "state" / "results").exists()  # the parts went to the URI only
 
 
 def test_embeddings_run_on_the_cluster_and_a_second_run_is_answered_by_the_cache(

@@ -242,7 +242,7 @@ def test_rows_that_never_find_space_are_reported_as_lost(tmp_path: Path) -> None
 def test_a_disk_about_to_fill_stops_the_run_while_the_rows_still_fit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("batch.writer.free_bytes", lambda _: 1024)
+    monkeypatch.setattr("batch.part_store.free_bytes", lambda _: 1024)
     errors: list[OutputError] = []
     writer = PartWriter(
         checkpoint(tmp_path), SCHEMA, flush_interval=0.01, flush_rows=2, on_error=errors.append

@@ -43,6 +43,7 @@ from batch.launch import (
     settings_from_options,
 )
 from batch.options import Option
+from batch.output_uri import is_uri
 from jobs.registry import DEFAULT_KIND, cli_options, kind_names, kinds
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -217,3 +218,18 @@ def emulator_options(f: F) -> F:
     """`--emulator`, `--emulator-profile` and `--emulator-option`, for a command that talks
     to the API; read them back with `api_settings`."""
     return click_options((EMULATOR, EMULATOR_PROFILE, EMULATOR_OPTION))(f)
+
+
+class OutputLocation(click.ParamType):  # type: ignore[type-arg]
+    """An output: a local directory, checked as `click.Path` checks one, or a filesystem
+    URI (`s3://bucket/run`), kept as written (a Path would fold its `//`)."""
+
+    name = "DIR|URI"
+
+    def __init__(self, *, exists: bool = False) -> None:
+        self.local = click.Path(exists=exists, file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if is_uri(value):
+            return value
+        return self.local.convert(value, param, ctx)

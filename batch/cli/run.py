@@ -26,6 +26,7 @@ from batch.cli import (
 )
 from batch.cli.batches import batches_lines, batches_options, batches_status
 from batch.cli.common import (
+    OutputLocation,
     api_options,
     build_kind,
     cli_errors,
@@ -36,6 +37,8 @@ from batch.cli.common import (
 from batch.command_options import RUN_OPTIONS
 from batch.failures import failure_classes
 from batch.launch import execute_run, planned_run
+from batch.output_uri import is_uri, shown_uri
+from batch.part_store import output_for_reading
 from batch.preparing import keep_spec
 from batch.pricing import PriceTable
 from batch.progress import ProgressMode
@@ -59,15 +62,16 @@ EXIT_CODES = {
     "--out",
     "out_dir",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output directory (created; resumed when it holds a run of the same input).",
+    type=OutputLocation(),
+    help="Output directory (created; resumed when it holds a run of the same input), or a "
+    "filesystem URI: s3://bucket/prefix, gs://..., hdfs://..., file:///... (see --state-dir).",
 )
 @kind_options
 @click_options(RUN_OPTIONS)
 @batches_options
 @api_options
 @cli_errors
-def run(jobs: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
+def run(jobs: Path, out_dir: Path | str, quiet: bool, **options: Any) -> None:
     """Answer every job of JOBS into --out: JSONL (also .gz, .zst), Parquet, a directory of
     them, or `-` for standard input (spooled into --out/input/, which a resume reuses).
 
@@ -98,6 +102,7 @@ def run(jobs: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
       gigabatch run texts.parquet --kind embed --out out/$(date +%F) \\
           --changed-since out/yesterday
       gigabatch run texts.parquet --kind embed --out out/emb --ray auto --max-concurrency 64
+      gigabatch run texts.parquet --kind embed --out s3://bucket/emb --ray auto
     """
     progress: ProgressMode = "off" if quiet else "auto"
     given = jobs
@@ -118,7 +123,8 @@ def run(jobs: Path, out_dir: Path, quiet: bool, **options: Any) -> None:
 def retry_command(args: list[str], given: Path, jobs: Path) -> str:
     """The command line that re-drives this run's failed rows: the same arguments with
     --retry-failed (never --restart, which would delete the answers), reading a spooled
-    standard input from its spool. Secrets given as options are not repeated."""
+    standard input from its spool. Secrets given as options, or in an --out URI, are not
+    repeated."""
     kept: list[str] = []
     skip_value = False
     for arg in args:
@@ -129,7 +135,9 @@ def retry_command(args: list[str], given: Path, jobs: Path) -> str:
         if name in _SECRET_OPTIONS:
             skip_value = "=" not in arg
             continue
-        if arg not in ("--restart", "--retry-failed"):
+        if is_uri(arg):
+            kept.append(shown_uri(arg))
+        elif arg not in ("--restart", "--retry-failed"):
             kept.append(str(jobs) if arg == str(given) and given != jobs else arg)
     return shlex.join(["gigabatch", *kept, "--retry-failed"])
 
@@ -194,7 +202,7 @@ def validate(jobs: Path, as_json: bool, keep_columns: tuple[str, ...], **options
 
 
 @main.command()
-@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_dir", metavar="OUT", type=OutputLocation(exists=True))
 @click.option(
     "--prices",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -203,22 +211,25 @@ def validate(jobs: Path, as_json: bool, keep_columns: tuple[str, ...], **options
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @cli_errors
-def status(out_dir: Path, prices: Path | None, as_json: bool) -> None:
-    """Show a run's progress from its output directory: done, failed, remaining, tokens, cost.
+def status(out_dir: Path | str, prices: Path | None, as_json: bool) -> None:
+    """Show a run's progress from its output (a directory or an output URI): done, failed,
+    remaining, tokens, cost.
 
     \b
     Example:
       gigabatch status out/chat
+      gigabatch status s3://bucket/emb
     """
-    manifest, totals = read_status(out_dir)
-    batches = batches_status(out_dir)
+    store, state_dir = output_for_reading(out_dir)
+    manifest, totals = read_status(store)
+    batches = batches_status(state_dir)
     table = PriceTable.load(prices)
     if batches:  # the batch API bills at the table's batch prices, as the run priced it
         table = table.for_batches()
     total_jobs = int(manifest.get("total_jobs", 0))
     tokens = totals.tokens
     data = {
-        "out": str(out_dir),
+        "out": store.where(),
         "kind": manifest.get("kind"),
         "input": manifest.get("input", {}).get("path"),
         "total": total_jobs,
@@ -235,7 +246,7 @@ def status(out_dir: Path, prices: Path | None, as_json: bool) -> None:
         "currency": table.currency,
         "updated_at": manifest.get("updated_at"),
     }
-    failures = failure_classes(out_dir)
+    failures = failure_classes(store)
     data["failures"] = {f.error_class: f.to_json() for f in failures}
     if batches:
         data["batches"] = batches
@@ -243,7 +254,7 @@ def status(out_dir: Path, prices: Path | None, as_json: bool) -> None:
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return
     click.echo(
-        f"{out_dir} ({data['kind']} jobs from {data['input']}, updated {data['updated_at']})\n"
+        f"{data['out']} ({data['kind']} jobs from {data['input']}, updated {data['updated_at']})\n"
         f"  done: {totals.succeeded + totals.failed} of {total_jobs} "
         f"({totals.succeeded} succeeded, {totals.failed} failed), {data['remaining']} remaining\n"
         f"  tokens: {tokens.prompt_tokens} prompt, {tokens.completion_tokens} completion, "

@@ -8,6 +8,7 @@ module only reads the directory and writes `DIR/report.html`.
 from __future__ import annotations
 
 import datetime
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +18,46 @@ from batch.errors import ReportError
 from batch.eventlog import ATTEMPT, EVENTS, Event, read_events
 from batch.failures import failure_classes
 from batch.layout import SUMMARY
+from batch.output_uri import open_output_uri
+from batch.part_store import ObjectParts, PartStore
 from batch.report import series
 from batch.report.page import render
 
 REPORT = "report.html"
 
 
-def write_report(out_dir: Path) -> Path:
+def write_report(out_dir: Path, *, store: PartStore | None = None) -> Path:
     """Write `out_dir/report.html` and return its path. Raises ReportError when the
-    directory holds no run (no event log and no summary)."""
+    directory holds no run (no event log and no summary). With an output URI's `store`,
+    `out_dir` holds copies of its event log and summary, the failed rows are read from
+    the store, and the page is copied there too."""
+    where = store.where() if store is not None else str(out_dir)
     events = read_events(out_dir)
     summary = _read_summary(out_dir)
     if not events and summary is None:
         raise ReportError(
-            f"{out_dir}: no {EVENTS} or {SUMMARY} here; "
+            f"{where}: no {EVENTS} or {SUMMARY} here; "
             "give the --out directory of a run (made by gigabatch run)"
         )
-    page = build_page(events, summary, _failed_rows(out_dir), title=f"gigabatch run: {out_dir}")
+    failed = _failed_rows(store if store is not None else out_dir)
+    page = build_page(events, summary, failed, title=f"gigabatch run: {where}")
     path = out_dir / REPORT
     tmp = path.with_name("." + REPORT)
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
+    if store is not None:
+        store.publish(out_dir, REPORT)
     return path
+
+
+def write_uri_report(uri: str) -> str:
+    """Write URI/report.html from the run files at the output URI; return where it is."""
+    store = ObjectParts(open_output_uri(uri, probe=False))
+    with tempfile.TemporaryDirectory(prefix="gigabatch-report-") as tmp:
+        for name in (EVENTS, SUMMARY):
+            store.fetch(name, Path(tmp))
+        write_report(Path(tmp), store=store)
+    return store.where(REPORT)
 
 
 def build_page(
@@ -134,6 +153,6 @@ def _read_summary(out_dir: Path) -> dict[str, Any] | None:
     return data
 
 
-def _failed_rows(out_dir: Path) -> dict[str, int]:
+def _failed_rows(output: Path | PartStore) -> dict[str, int]:
     """Failed rows by error class, from the committed parts of failed/."""
-    return {c.error_class: c.count for c in failure_classes(out_dir)}
+    return {c.error_class: c.count for c in failure_classes(output)}
