@@ -148,7 +148,8 @@ def test_a_uri_is_told_from_a_path_and_shown_without_credentials() -> None:
 
 def test_the_retry_command_shows_an_out_uri_without_its_credentials() -> None:
     uri = f"s3://{KEY}:{SECRET}@bucket/run"
-    line = retry_command(["run", "jobs.jsonl", "--out", uri], Path("jobs.jsonl"), Path("jobs.jsonl"))
+    jobs = Path("jobs.jsonl")
+    line = retry_command(["run", "jobs.jsonl", "--out", uri], jobs, jobs)
     assert line == "gigabatch run jobs.jsonl --out s3://bucket/run --retry-failed"
 
 
