@@ -131,11 +131,12 @@ class OutputLocked(GigabatchError):
 
 
 class Interrupted(GigabatchError):
-    """Ctrl-C or SIGTERM while the run was still validating: nothing was sent."""
+    """Ctrl-C or SIGTERM before the run's workers existed (validating, or the start-up
+    check): no job was sent."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, during: str = "while validating; nothing was sent") -> None:
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        super().__init__(f"interrupted ({name}) while validating; nothing was sent")
+        super().__init__(f"interrupted ({name}) {during}")
         self.signum = signum
 
 

@@ -48,7 +48,7 @@ from batch.recording import AttemptRecorder
 from batch.run_config import RunConfig, open_client
 from batch.sending import BatchSender, BudgetGate
 from batch.stalls import HEADROOM
-from batch.stopping import RunStop
+from batch.stopping import RunStop, interruptible
 from batch.storage import output_errors
 from batch.summary import RunSummary, build_summary, run_outcome
 from batch.writer import Outcomes, PartWriter
@@ -247,7 +247,11 @@ class _Run:
         with self._invalid_log() as on_problem:
             async with self._client() as client:
                 if config.client_factory is None:
-                    await check_service(client, self.kind.answer_settings().get("model"))
+                    check = partial(check_service, client, self.kind.answer_settings().get("model"))
+                    if config.handle_signals:
+                        await interruptible(check, "during the start-up check; no job was sent")
+                    else:
+                        await check()
                 async with self._dispatcher(client), anyio.create_task_group() as outer:
                     outer.start_soon(writer.run, receive_out)
                     async with anyio.create_task_group() as side:

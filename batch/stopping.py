@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import anyio
@@ -56,6 +57,36 @@ class EarlySignals:
             task_status.started()
             async for signum in signals:
                 self.signum = signum
+
+
+async def interruptible(step: Callable[[], Awaitable[None]], during: str) -> None:
+    """Run `step` (the start-up check) so that Ctrl-C or SIGTERM meanwhile stops it with
+    Interrupted(`during`): between validation and the run's own handlers a signal would
+    otherwise kill the process by its default action, with no message."""
+    if not can_handle_signals():
+        await step()
+        return
+    caught: list[int] = []
+    failure: BaseException | None = None
+
+    async def watch(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                caught.append(signum)
+                group.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        await group.start(watch)
+        try:
+            await step()
+        except Exception as exc:  # raised outside the group, not in an ExceptionGroup
+            failure = exc
+        group.cancel_scope.cancel()
+    if caught:
+        raise Interrupted(caught[0], during)
+    if failure is not None:
+        raise failure
 
 
 class RunStop:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -147,6 +149,34 @@ def test_sigterm_as_soon_as_the_output_is_locked_exits_with_the_message(
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
     assert "while validating; nothing was sent" in err
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_the_start_up_check_exits_at_once_with_a_message(
+    emulator: RunningEmulator, tmp_path: Path, signum: int, code: int
+) -> None:
+    jobs, out = tmp_path / "jobs.jsonl", tmp_path / "out"
+    chat_jobs(jobs, 5)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIGACHAT_")}
+        env.update(emulator.client_env())
+        env["GIGACHAT_AUTH_URL"] = f"http://127.0.0.1:{silent.getsockname()[1]}/api/v2/oauth"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from batch.cli import main; main()", "run", str(jobs),
+             "--out", str(out)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        lock = out / "gigabatch.lock"
+        wait_for(lambda: lock.exists() and lock.stat().st_size)
+        time.sleep(1.0)  # 5 jobs validate at once: the run now waits on the token
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    assert proc.returncode == code, err
+    assert "during the start-up check; no job was sent" in err and "Traceback" not in err
+    assert took < 1.5
+    assert not emulator.stats()["requests"].get("/api/v1/chat/completions")
 
 
 def test_kill_9_during_validation_then_the_rerun_completes(
