@@ -357,9 +357,9 @@ ESTIMATE_OPTIONS = (
     Option(
         "--out",
         "Keep the sampled answers here, as a run checkpoint: `gigabatch run` with the "
-        "same --out and settings does not pay for them again.",
-        type=Path,
-        path="dir",
+        "same --out and settings does not pay for them again. A local directory.",
+        type=str,  # not a Path: an s3:// URI would fold into a local s3:/ directory
+        metavar="DIR",
     ),
     Option(
         "--json",

@@ -30,7 +30,7 @@ from batch.command_options import API_OPTION_NAMES
 from batch.errors import ConfigError, single_error
 from batch.estimate_math import Estimate
 from batch.estimator import EstimateRequest, estimate_jobs
-from batch.output_uri import resolve_output
+from batch.output_uri import is_uri, resolve_output, shown_uri
 from batch.pricing import PriceTable
 from batch.progress import ProgressMode
 from batch.retry import RetryPolicy
@@ -244,6 +244,7 @@ def estimate_from_options(jobs: Path, values: MutableMapping[str, Any]) -> Estim
         raise ConfigError("--offline sends no requests: it cannot take --sample or --emulator")
     if out is not None and not sample:
         raise ConfigError("--out keeps the answers of --sample N: give --sample too")
+    out = None if out is None else local_sample_dir(out)
     api = {name: values.pop(name) for name in API_OPTION_NAMES}
     prices = PriceTable.load(values.pop("prices_path"))
     if mode == "batches":
@@ -280,3 +281,16 @@ def estimate_from_options(jobs: Path, values: MutableMapping[str, Any]) -> Estim
 
 def _fresh_kind(values: dict[str, Any], model_default: str | None) -> JobKind:
     return build_kind(dict(values), model_default)
+
+
+def local_sample_dir(out: str) -> Path:
+    """`estimate --out`: the local directory that keeps sampled answers as a checkpoint."""
+    if is_uri(out):
+        raise ConfigError(
+            f"estimate --out {shown_uri(out)}: sampled answers are kept in a local directory; "
+            "give one, then run with the same --out (or estimate without --out)"
+        )
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"estimate --out {out}: is a file, not a directory")
+    return path

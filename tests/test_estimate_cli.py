@@ -286,6 +286,25 @@ def test_out_without_sample_is_refused(tmp_path: Path, clean_env: None) -> None:
     assert "--sample" in result.stderr
 
 
+def test_out_as_a_uri_is_refused_not_folded_into_a_local_directory(
+    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    jobs = write_chat_jobs(tmp_path / "chat.jsonl", 5)
+    result = estimate([str(jobs), "--sample", "2", "--out", "s3://KEY:SECRET@bucket/run"])
+    assert result.exit_code == 2
+    assert "s3://bucket/run" in result.stderr and "local directory" in result.stderr
+    assert "SECRET" not in result.output + result.stderr
+    assert not (tmp_path / "s3:").exists()
+
+
+def test_out_naming_a_file_is_refused(tmp_path: Path, clean_env: None) -> None:
+    jobs = write_chat_jobs(tmp_path / "chat.jsonl", 5)
+    result = estimate([str(jobs), "--sample", "2", "--out", str(jobs)])
+    assert result.exit_code == 2
+    assert "is a file, not a directory" in result.stderr
+
+
 def test_offline_estimate_honours_gigachat_model(
     tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
