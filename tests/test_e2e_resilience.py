@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -162,13 +161,9 @@ def test_a_signal_during_the_start_up_check_exits_at_once_with_a_message(
     jobs, out = tmp_path / "jobs.jsonl", tmp_path / "out"
     chat_jobs(jobs, 5)
     with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GIGACHAT_")}
-        env.update(emulator.client_env())
-        env["GIGACHAT_AUTH_URL"] = f"http://127.0.0.1:{silent.getsockname()[1]}/api/v2/oauth"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from batch.cli import main; main()", "run", str(jobs),
-             "--out", str(out)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        auth = f"http://127.0.0.1:{silent.getsockname()[1]}/api/v2/oauth"
+        proc = start(
+            emulator, "run", str(jobs), "--out", str(out), env_overrides={"GIGACHAT_AUTH_URL": auth}
         )
         lock = out / "gigabatch.lock"
         wait_for(lambda: lock.exists() and lock.stat().st_size)

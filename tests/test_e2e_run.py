@@ -37,9 +37,12 @@ FAST = {
 }
 
 
-def start(emu: RunningEmulator, *args: str) -> subprocess.Popen[str]:
+def start(
+    emu: RunningEmulator, *args: str, env_overrides: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIGACHAT_")}
     env.update(emu.client_env())
+    env.update(env_overrides or {})
     return subprocess.Popen(
         [sys.executable, "-c", "from batch.cli import main; main()", *args],
         env=env,
