@@ -310,7 +310,10 @@ def test_an_outage_mid_run_pauses_the_cluster_and_no_row_fails(
 ) -> None:
     jobs, out = tmp_path / "jobs.jsonl", tmp_path / "out"
     expected = chat_jobs(jobs, 400)
-    cfg = profile("b2b", stream_limit=8, **{**FAST, "latency_base_ms": 10.0})
+    # No Retry-After (the real API sends none): with the emulator's default 1 s on every
+    # 429, the cluster's pauses at 10 ms answers covered the whole outage in 1 of ~20 runs,
+    # so no request met it and the test proved nothing.
+    cfg = profile("b2b", stream_limit=8, retry_after="none", **{**FAST, "latency_base_ms": 10.0})
     result: list[RunSummary] = []
     with serve_emulator(cfg) as emu:
         # Two tries a request, 10 ms apart: only the cluster-wide pause saves the rows.
@@ -320,18 +323,15 @@ def test_an_outage_mid_run_pauses_the_cluster_and_no_row_fails(
         )
         runner.start()
         _wait_for_answers(emu, 60)
-        emu.reconfigure(start_outage_s=1.0)
+        emu.reconfigure(start_outage_s=2.0)
         runner.join(timeout=120)
         faults = emu.stats(arrivals=False)["faults"]
     assert result, "the run did not end"
     assert result[0].status == "completed", result[0].message
-    assert faults["outage"] > 0
+    assert faults.get("outage", 0) >= 3  # the outage met the run's requests
     assert ids(out, "failed") == []
     assert Counter(ids(out, "results")) == Counter(dict.fromkeys(expected, 1))
-    if json.loads((out / "cluster.json").read_text())["outages"] < 1:
-        # Every row still succeeded (asserted above); the coordinator's outage count stayed
-        # 0 in 1 of ~4 full-suite runs: known gap, the rows' outcome stays strict.
-        pytest.xfail("the cluster-wide outage was not declared in this run")
+    assert json.loads((out / "cluster.json").read_text())["outages"] >= 1
 
 
 def _wait_for_answers(emu: RunningEmulator, count: int) -> None:
