@@ -211,9 +211,9 @@ def test_402_after_some_answers_stops_the_run_with_exit_1_and_keeps_the_answers(
 def test_oauth_429s_are_retried_by_the_token_flow_and_never_reach_the_api_limiter(
     emu: RunningEmulator, tmp_path: Path
 ) -> None:
-    # A refresh every half second of a run of about 3 s.
+    # A refresh every half second; 7 token requests in 10 get a 429 (refused, then retried).
     emu.reconfigure(fault_oauth_429=0.7, token_ttl_s=1.0, latency_base_ms=40.0)
-    run_to_completion(emu, tmp_path, 600)
+    run_to_completion(emu, tmp_path, 300)
     stats = emu.stats(arrivals=False)
     assert stats["requests"]["/api/v2/oauth"].get("429", 0) > 0
     api_429s = stats["requests"]["/api/v1/chat/completions"].get("429", 0)
