@@ -57,6 +57,7 @@ from jobs.readers import read_jobs
 
 if TYPE_CHECKING:
     from batch.client import GigaChatClient
+    from batch.cluster.dispatch import ClusterSender
 
 # Jobs the producer thread reads per hop to the thread (amortises the hop's cost).
 _READ_CHUNK = 512
@@ -165,6 +166,7 @@ class _Run:
         # the limit the run settled at.
         self.dispatch: Dispatch = self.sender
         self.limits: LimitReport = self.limiter
+        self.cluster: ClusterSender | None = None
 
     def close_reuse(self, *, finished: bool) -> None:
         """Commit the answers handed to the cache or journal, and remember the limit."""
@@ -189,8 +191,9 @@ class _Run:
     def _pause(self) -> str:
         """The run-wide pause in force, for the progress line ("" when none)."""
         outage = self.limiter.outage
-        if outage.active:
-            return f"PAUSED: API unreachable for {outage.elapsed:.0f}s, probing"
+        away = self.cluster.outage_elapsed if self.cluster is not None else outage.elapsed
+        if away > 0:
+            return f"PAUSED: API unreachable for {away:.0f}s, probing"
         remaining = self.limiter.cooldown.remaining
         return f"PAUSED {remaining:.1f}s after 429s" if remaining >= 0.5 else ""
 
@@ -224,7 +227,7 @@ class _Run:
             announce=self.progress.announce,
         )
         async with open_cluster(plan, client, self.stats, self.stop, duties) as cluster:
-            self.dispatch = self.limits = self.stop.limiter = cluster
+            self.dispatch = self.limits = self.stop.limiter = self.cluster = cluster
             yield
 
     async def execute(self) -> RunSummary:

@@ -306,7 +306,7 @@ def test_a_budget_stops_the_cluster_run_as_locally_within_it_and_a_rerun_resumes
 
 
 def test_an_outage_mid_run_pauses_the_cluster_and_no_row_fails(
-    cluster: str, tmp_path: Path
+    cluster: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     jobs, out = tmp_path / "jobs.jsonl", tmp_path / "out"
     expected = chat_jobs(jobs, 400)
@@ -318,8 +318,9 @@ def test_an_outage_mid_run_pauses_the_cluster_and_no_row_fails(
     with serve_emulator(cfg) as emu:
         # Two tries a request, 10 ms apart: only the cluster-wide pause saves the rows.
         retry = RetryPolicy(max_attempts=2, initial=0.01, max_wait=0.01)
+        log = {"progress": "log", "progress_interval": 0.1}
         runner = threading.Thread(
-            target=lambda: result.append(cluster_run(emu, jobs, out, retry=retry))
+            target=lambda: result.append(cluster_run(emu, jobs, out, retry=retry, **log))
         )
         runner.start()
         _wait_for_answers(emu, 60)
@@ -332,6 +333,9 @@ def test_an_outage_mid_run_pauses_the_cluster_and_no_row_fails(
     assert ids(out, "failed") == []
     assert Counter(ids(out, "results")) == Counter(dict.fromkeys(expected, 1))
     assert json.loads((out / "cluster.json").read_text())["outages"] >= 1
+    said = capsys.readouterr().err
+    assert "API unreachable since" in said and "resuming" in said, said
+    assert "| PAUSED: API unreachable for" in said, said  # the progress line, meanwhile
 
 
 def _wait_for_answers(emu: RunningEmulator, count: int) -> None:

@@ -85,10 +85,18 @@ class ClusterSender:
         self._counted: dict[str, tuple[int, int, int]] = {}
         self.lost_batches = 0
         self.report: CoordinatorReport | None = None
+        # When the coordinator's outage in force began (wall clock; 0: none), as the
+        # driver last heard of it: the progress line says PAUSED meanwhile.
+        self.outage_since = 0.0
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def outage_elapsed(self) -> float:
+        """Seconds the cluster's outage has lasted (0 outside one)."""
+        return max(0.0, time.time() - self.outage_since) if self.outage_since else 0.0
 
     async def wait_changed(self) -> None:
         changed = self._changed

@@ -133,8 +133,8 @@ async def open_cluster(
         sender = ClusterSender(ray, workers, plan.kind, stats, stop, duties)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_keep_token_fresh, client.auth, coordinator, stop)
-            if duties is not None and duties.announce is not None:
-                tg.start_soon(_announce_outages, coordinator, duties.announce)
+            announce = duties.announce if duties is not None else None
+            tg.start_soon(_follow_outages, coordinator, sender, announce)
             yield sender
             tg.cancel_scope.cancel()
         sender.report = await coordinator.summary.remote()
@@ -211,23 +211,32 @@ async def _close_workers(ray: Any, workers: list[Any]) -> None:
             continue
 
 
-async def _announce_outages(coordinator: Any, announce: Callable[[str], None]) -> None:
-    """Say when the coordinator's outage begins and ends, as a local run's progress does."""
+async def _follow_outages(
+    coordinator: Any, sender: ClusterSender, announce: Callable[[str], None] | None
+) -> None:
+    """Follow the coordinator's outage: the sender keeps when it began (the progress line
+    says PAUSED meanwhile), and its beginning and end are announced as a local run's are."""
     known = 0.0
     while True:
         since = await coordinator.next_outage.remote(known)
-        if since:
-            announce(
-                f"API unreachable since {clock_time(since)} (requests from the cluster's "
-                "workers fail); paused, probing with one request"
-            )
-        else:
-            now = time.time()
-            announce(
-                f"API back at {clock_time(now)} after {now - known:.1f} s "
-                f"(away since {clock_time(known)}); resuming"
-            )
+        sender.outage_since = since
+        if announce is not None:
+            announce(_outage_news(since, known))
         known = since
+
+
+def _outage_news(since: float, known: float) -> str:
+    """The line saying an outage began at `since` (0: the one since `known` ended)."""
+    if since:
+        return (
+            f"API unreachable since {clock_time(since)} (requests from the cluster's "
+            "workers fail); paused, probing with one request"
+        )
+    now = time.time()
+    return (
+        f"API back at {clock_time(now)} after {now - known:.1f} s "
+        f"(away since {clock_time(known)}); resuming"
+    )
 
 
 async def _keep_token_fresh(auth: Authenticator, coordinator: Any, stop: RunStop) -> None:
