@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -30,6 +31,22 @@ from bench.peers.measure import requests_by_status
 from bench.peers.scenarios import PeerBench, Plan, _env
 
 NAMES = ("gigabatch", "SDK expert")
+
+
+@dataclass(frozen=True)
+class Floor(Contender):
+    """`scripts/floor_chat.py` in one of its modes: the floor under gigabatch's CPU."""
+
+    mode: str = "httpx"
+
+    def command(self, kind: str, jobs: Path, out: Path, limit: int) -> list[str]:
+        return [*super().command(kind, jobs, out, limit), self.mode]
+
+
+FLOORS = (
+    Floor("floor: httpx", {"chat": "floor_chat.py"}, mode="httpx"),
+    Floor("floor: GigaChatClient", {"chat": "floor_chat.py"}, mode="client"),
+)
 IDLE_JOBS = 10
 STEADY_WINDOW = (0.2, 0.9)  # shares of the jobs answered between the two CPU samples
 POLL_S = 0.05
@@ -137,6 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--idle-s", type=float, default=10.0,
                         help="seconds of idle CPU sampled (10; 0: no idle run)")
     parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
+    parser.add_argument("--floors", action="store_true",
+                        help="also the floors in the steady state (scripts/floor_chat.py)")
     parser.add_argument("--no-passes", action="store_true", help="the idle runs alone")
     return parser
 
@@ -153,9 +172,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.no_passes:
             lines += _medians("whole run, start-up (a prefix run) taken off",
                               cpu_passes(workdir, plan, who, args.repeats))
-            steady: dict[str, list[float]] = {c.name: [] for c in who}
+            measured = [*who, *(FLOORS if args.floors else ())]
+            steady: dict[str, list[float]] = {c.name: [] for c in measured}
             for n in range(args.repeats):
-                for contender in who:
+                for contender in measured:
                     (workdir / f"steady-{n}").mkdir(exist_ok=True)
                     figure = steady_cpu_per_1000(contender, workdir / f"steady-{n}", plan)
                     steady[contender.name].append(figure)
@@ -178,7 +198,7 @@ def _medians(title: str, figures: dict[str, list[float]]) -> list[str]:
     for name, median in medians.items():
         shown = ", ".join(f"{f:.2f}" for f in figures[name])
         lines.append(f"  {name}: median {median:.2f} ({shown})")
-    if len(medians) == 2 and medians["SDK expert"] > 0:
+    if "gigabatch" in medians and medians.get("SDK expert", 0) > 0:
         ratio = medians["gigabatch"] / medians["SDK expert"]
         lines.append(f"  ratio gigabatch / SDK expert: {ratio:.2f}x (goal <= 0.6x)")
     return lines
