@@ -156,6 +156,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
     parser.add_argument("--floors", action="store_true",
                         help="also the floors in the steady state (scripts/floor_chat.py)")
+    parser.add_argument("--steady-only", action="store_true",
+                        help="no whole-run passes (the steady state is the steadier figure)")
     parser.add_argument("--no-passes", action="store_true", help="the idle runs alone")
     return parser
 
@@ -170,8 +172,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="gigabatch-chat-cpu-") as tmp:
         workdir = Path(tmp)
         if not args.no_passes:
-            lines += _medians("whole run, start-up (a prefix run) taken off",
-                              cpu_passes(workdir, plan, who, args.repeats))
+            if not args.steady_only:
+                lines += _medians("whole run, start-up (a prefix run) taken off",
+                                  cpu_passes(workdir, plan, who, args.repeats))
             measured = [*who, *(FLOORS if args.floors else ())]
             steady: dict[str, list[float]] = {c.name: [] for c in measured}
             for n in range(args.repeats):
