@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpcore
 import orjson
 import pytest
@@ -16,8 +17,8 @@ import pytest
 from batch.client import GigaChatClient
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.errors import SendHeld
-from batch.settings import ClientSettings
 from batch.fast_lock import FastLock
+from batch.settings import ClientSettings
 from batch.transport import FLUSH_AT, CoalescingBackend, CoalescingStream, ShardedPool
 
 
@@ -402,11 +403,11 @@ def test_a_fast_lock_taken_free_does_not_yield_and_waiters_go_in_order() -> None
             nonlocal ticks
             while True:
                 ticks += 1
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(ticker)
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             before = ticks
             async with lock:
                 pass
