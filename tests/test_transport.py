@@ -383,8 +383,8 @@ def test_connections_get_fast_locks_after_their_first_request() -> None:
 
     anyio.run(scenario)
     [connection] = connections
-    assert isinstance(connection._request_lock, FastLock)  # type: ignore[attr-defined]
-    assert isinstance(connection._connection._state_lock, FastLock)  # type: ignore[attr-defined]
+    assert isinstance(connection._request_lock, FastLock)
+    assert isinstance(connection._connection._state_lock, FastLock)
 
 
 def test_a_fast_lock_taken_free_does_not_yield_and_waiters_go_in_order() -> None:
