@@ -40,7 +40,7 @@ from batch.invalid_log import OnProblem, invalid_log
 from batch.limiter import AdaptiveLimiter, Cooldown
 from batch.outage import Outage
 from batch.outcomes import cached_batch, reused_batch, with_cached_column
-from batch.pipeline import run_pipeline
+from batch.pipeline import run_pipeline, send_soon
 from batch.preflight import check_service
 from batch.preparing import Prepared, prepare_watching_signals, refuse_on_cluster
 from batch.progress import Progress
@@ -422,6 +422,5 @@ class _Run:
             self._drop_unchanged(outcomes)
             # Answered (and billed): hand it to the writer even if the grace period ends
             # now; the writer keeps reading until every worker is gone.
-            with anyio.CancelScope(shield=True):
-                await send.send(outcomes)
+            await send_soon(send, outcomes, shield=True)
         return True

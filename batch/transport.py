@@ -1,7 +1,8 @@
 """The one seam below httpx: the sharded keep-alive pool and one-write requests.
 
-Everything tuned under httpx lives here, and only here is an httpx or httpcore private
-attribute touched (one: the network backend of the pool an httpx transport builds).
+Everything tuned under httpx lives here, and only here are httpx or httpcore private
+attributes touched (the network backend of the pool an httpx transport builds, and the
+locks of its connections).
 
 - `ShardedPool` splits `max_connections` over small httpx pools (httpcore scans every
   connection of a pool per request).
@@ -10,6 +11,10 @@ attribute touched (one: the network backend of the pool an httpx transport build
   write yields to the event loop. A request's writes are held until the connection reads
   (which it does as soon as the request is out), so a small request leaves in one send; a
   large body still goes out in slices of at most `FLUSH_AT` bytes.
+- `quicken_locks` gives each connection's locks anyio's fast acquire. httpcore takes three
+  locks per request (the connection's, then its HTTP/1.1 state twice), and anyio's default
+  Lock yields to the event loop on every uncontended acquire: three extra loop turns, each
+  with a shielded cancel scope, per request.
 - `send_check` is called at the last moment before a request's bytes leave (each flush):
   it raises (`batch.errors.SendHeld`) when a run-wide pause began after the request passed
   the limiter, so nothing leaves inside a window the server announced.
@@ -23,6 +28,8 @@ from typing import Any
 
 import httpcore
 import httpx
+
+from batch.fast_lock import FastLock
 
 FLUSH_AT = 64 * 1024
 
@@ -133,6 +140,27 @@ def _install(transport: httpx.AsyncHTTPTransport, backend: CoalescingBackend) ->
     return True
 
 
+def _quicken(owner: object, name: str) -> None:
+    """Replace `owner.<name>`, an httpcore AsyncLock, by a FastLock while nobody holds it."""
+    lock = getattr(owner, name, None)
+    if lock is None or isinstance(lock, FastLock):
+        return
+    held = getattr(lock, "_anyio_lock", None)  # set on the lock's first use under asyncio
+    if getattr(lock, "_backend", "") not in ("", "asyncio") or (held and held.locked()):
+        return
+    setattr(owner, name, FastLock())
+
+
+def quicken_locks(pool: object) -> None:
+    """Give the connections of an httpcore pool fast locks: each connection's own (taken per
+    request) and, once it is connected, its HTTP/1.1 state lock. Only attributes of this
+    httpcore version are touched; under another one nothing changes (requests still work,
+    one loop turn slower, and tests catch it)."""
+    for connection in getattr(pool, "connections", ()):
+        _quicken(connection, "_request_lock")
+        _quicken(getattr(connection, "_connection", None), "_state_lock")
+
+
 class _ReleasingStream(httpx.AsyncByteStream):
     """A response body that tells its shard when the connection is given back."""
 
@@ -208,11 +236,13 @@ class ShardedPool(httpx.AsyncBaseTransport):
         def release() -> None:
             self._busy[index] -= 1
 
+        shard = self._shards[index]
         try:
-            response = await self._shards[index].handle_async_request(request)
+            response = await shard.handle_async_request(request)
         except BaseException:
             release()
             raise
+        quicken_locks(shard._pool)  # the connection this request opened, if it did
         assert isinstance(response.stream, httpx.AsyncByteStream)
         return httpx.Response(
             response.status_code,

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpcore
 import orjson
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from batch.client import GigaChatClient
 from batch.emulator import RunningEmulator, profile, serve_emulator
 from batch.errors import SendHeld
+from batch.fast_lock import FastLock
 from batch.settings import ClientSettings
 from batch.transport import FLUSH_AT, CoalescingBackend, CoalescingStream, ShardedPool
 
@@ -362,3 +364,58 @@ def test_pool_shards_add_up_to_max_connections(total: int) -> None:
     assert sum(pool.sizes) == total
     assert max(pool.sizes) <= ShardedPool.SHARD_SIZE
     anyio.run(pool.aclose)
+
+
+def test_connections_get_fast_locks_after_their_first_request() -> None:
+    """httpcore's locks are anyio Locks that yield to the event loop on every free acquire
+    (three per request); the pool swaps in FastLocks, which do not. Fails if the swap stops
+    reaching the connection's lock or its HTTP/1.1 state lock."""
+    network = ScriptedNetwork(CHAT_ANSWER)
+    body = {"model": "GigaChat", "messages": [{"role": "user", "content": "hello"}]}
+    pool = ShardedPool(4, network_backend=network)
+    connections: list[Any] = []
+
+    async def scenario() -> None:
+        async with scripted_client(pool) as client:
+            for _ in range(3):
+                assert (await client.chat(body)).content == "hi"
+            connections.extend(c for shard in pool._shards for c in shard._pool.connections)
+
+    anyio.run(scenario)
+    [connection] = connections
+    assert isinstance(connection._request_lock, FastLock)
+    assert isinstance(connection._connection._state_lock, FastLock)
+
+
+def test_a_fast_lock_taken_free_does_not_yield_and_waiters_go_in_order() -> None:
+    lock = FastLock()
+    order: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with lock:
+            order.append(name)
+            await anyio.sleep(0.01)
+
+    async def scenario() -> None:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(ticker)
+            await anyio.lowlevel.checkpoint()
+            before = ticks
+            async with lock:
+                pass
+            assert ticks == before  # no loop turn was taken
+            tasks.start_soon(hold, "first")
+            tasks.start_soon(hold, "second")
+            await anyio.sleep(0.05)
+            tasks.cancel_scope.cancel()
+
+    anyio.run(scenario)
+    assert order == ["first", "second"]
